@@ -1,0 +1,148 @@
+"""Command line: ``hybridopt train|search|eval``.
+
+Bad input (config, argument, weights file, tracking store) ends with one line on stderr
+naming the problem and exit code 2, before anything is written to the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import NoReturn, Optional
+
+from hybridopt.config import Config, ConfigError, flatten, load_config
+
+__all__ = ["main"]
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """Bad command-line input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
+        raise UsageError(message)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config key, e.g. --set plasticity.input.rule=hebbian (repeatable)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlflow.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hybridopt", description="Evolution plus gradient search for plastic spiking networks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p_train = sub.add_parser("train", help="train one configuration (one MLflow run)")
+    _common(p_train)
+    p_eval = sub.add_parser("eval", help="evaluate saved weights on held-out episodes")
+    p_eval.add_argument("weights", help="a weights.pt file written by train or search")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    return load_config(args.config, overrides)
+
+
+def _run_name(cfg: Config, kind: str) -> str:
+    return f"{cfg.task.name}__{kind}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    Console().print(table)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hybridopt.tracking import Tracker, log_result, resolve_uri
+    from hybridopt.train import train_candidate
+
+    cfg = _load(args)
+    tracker = Tracker(resolve_uri(args.tracking_uri, cfg.tracking.uri), cfg.tracking.experiment or cfg.experiment)
+    run_id = tracker.start_run(_run_name(cfg, "train"), "train", params=flatten(cfg))
+    try:
+        with Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            transient=False,
+        ) as bar:
+            job = bar.add_task("train", total=cfg.train.steps, info="")
+
+            def progress(step: int, m: dict[str, float]) -> None:
+                info = f"loss {m['train/loss']:.3f}"
+                if "eval/accuracy" in m:
+                    info += f"  eval acc {m['eval/accuracy']:.3f}"
+                bar.update(job, completed=step, info=info)
+
+            result = train_candidate(cfg, progress)
+    except KeyboardInterrupt:
+        tracker.end_run(run_id, "KILLED", "interrupted")
+        print("hybridopt: interrupted; run ended as KILLED", file=sys.stderr)
+        return 130
+    log_result(tracker, run_id, result, cfg)
+    if result.failed:
+        print(f"hybridopt: training failed: {result.reason} (run {run_id})", file=sys.stderr)
+        return 1
+    _print_metrics("final metrics", {"fitness": result.fitness, **result.final_metrics})
+    print(f"run {run_id} in {tracker.uri}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from hybridopt.train.gradient import evaluate
+    from hybridopt.train.weights import load_weights
+
+    cfg, task, net = load_weights(args.weights)
+    _print_metrics(f"{args.weights}", evaluate(net, task, cfg))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from hybridopt.tracking import TrackingError
+    from hybridopt.train.weights import WeightsError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"hybridopt: error: {e}", file=sys.stderr)
+    except ConfigError as e:
+        print(f"hybridopt: config error: {e}", file=sys.stderr)
+    except TrackingError as e:
+        print(f"hybridopt: tracking error: {e}", file=sys.stderr)
+    except WeightsError as e:
+        print(f"hybridopt: weights error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

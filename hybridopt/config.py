@@ -1,0 +1,271 @@
+"""Validated configuration: YAML in, a frozen tree of pydantic models out.
+
+Sections: ``task``, ``network``, ``plasticity`` (one entry per projection), ``train``,
+``search``, ``ray``, ``tracking``.  Unknown keys are rejected with the key named;
+``--set a.b=value`` overrides any key (the value is parsed as YAML).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hybridopt.snn.network import NetworkSpec, ProjectionSpec
+from hybridopt.snn.neurons import SURROGATES
+from hybridopt.snn.plasticity import MODES, RULES
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "apply_overrides",
+    "flatten",
+    "load_config",
+    "network_spec",
+    "parse_config",
+]
+
+
+class ConfigError(ValueError):
+    """A bad configuration; its message is one line naming the problem."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[float, Field(gt=0.0)]
+
+
+class ProjectionConfig(Strict):
+    """Plasticity of one projection: rule family, modulation mode, initial coefficients."""
+
+    rule: str = "none"
+    modulation: str = "plain"
+    alpha_init: float = 0.05
+    eta_init: float = 0.1
+    eta_per_neuron: bool = True
+    eta_E_init: Fraction = 0.1
+    h_max: Positive = 1.0
+    trace_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.8
+    coefficients: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, v: str) -> str:
+        if v not in RULES:
+            raise ValueError(f"unknown rule {v!r}; known: {', '.join(RULES)}")
+        return v
+
+    @field_validator("modulation")
+    @classmethod
+    def _known_mode(cls, v: str) -> str:
+        if v not in MODES:
+            raise ValueError(f"unknown modulation {v!r}; known: {', '.join(MODES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _known_coefficients(self) -> ProjectionConfig:
+        unknown = set(self.coefficients) - set(RULES[self.rule].coefficients)
+        if unknown:
+            raise ValueError(f"rule {self.rule!r} has no coefficient(s) {', '.join(sorted(unknown))}")
+        return self
+
+
+class PlasticityConfig(Strict):
+    input: ProjectionConfig = ProjectionConfig()
+    recurrent: ProjectionConfig = ProjectionConfig()
+    readout: ProjectionConfig = ProjectionConfig()
+
+
+class NetworkConfig(Strict):
+    """Hidden LIF layer and readout.  ``beta = exp(-dt / tau_mem)``."""
+
+    hidden: Annotated[int, Field(ge=1, le=8192)] = 64
+    beta: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+    theta: Positive = 1.0
+    reset: Literal["zero", "subtract"] = "zero"
+    surrogate: str = "fast_sigmoid"
+    slope: Positive = 10.0
+    readout_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.8
+    input_gain: Positive = 1.0
+    recurrent_gain: Annotated[float, Field(ge=0.0)] = 0.5
+    readout_gain: Positive = 1.0
+
+    @field_validator("surrogate")
+    @classmethod
+    def _known_surrogate(cls, v: str) -> str:
+        if v not in SURROGATES:
+            raise ValueError(f"unknown surrogate {v!r}; known: {', '.join(SURROGATES)}")
+        return v
+
+
+class CueAssociationConfig(Strict):
+    """Meta-learning: which of ``n_cues`` fresh random cues is the target?  See ``tasks.cue_association``."""
+
+    name: Literal["cue_association"]
+    n_cues: Annotated[int, Field(ge=2)] = 4
+    cue_bits: Annotated[int, Field(ge=2)] = 16
+    trials: Annotated[int, Field(ge=2)] = 12
+    cue_steps: Annotated[int, Field(ge=1)] = 10
+    response_steps: Annotated[int, Field(ge=1)] = 5
+    feedback_steps: Annotated[int, Field(ge=1)] = 5
+    hold_cue: bool = True
+    rate_on: Fraction = 0.5
+    rate_off: Fraction = 0.0
+    feedback_rate: Fraction = 0.8
+    noise: Fraction = 0.0
+
+
+class PatternMemoryConfig(Strict):
+    """Store ``n_patterns`` random binary patterns, then complete a half-erased one."""
+
+    name: Literal["pattern_memory"]
+    n_patterns: Annotated[int, Field(ge=1)] = 3
+    pattern_bits: Annotated[int, Field(ge=2)] = 16
+    repeats: Annotated[int, Field(ge=1)] = 3
+    show_steps: Annotated[int, Field(ge=1)] = 6
+    gap_steps: Annotated[int, Field(ge=0)] = 2
+    recall_steps: Annotated[int, Field(ge=1)] = 8
+    rate_on: Fraction = 0.5
+    rate_off: Fraction = 0.0
+    noise: Fraction = 0.0
+
+
+TaskConfig = Annotated[Union[CueAssociationConfig, PatternMemoryConfig], Field(discriminator="name")]
+
+
+class TrainConfig(Strict):
+    """Gradient inner loop: Adam on all learned parameters, BPTT with the surrogate."""
+
+    steps: Annotated[int, Field(ge=1)] = 200
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    lr: Positive = 3e-3
+    grad_clip: Positive = 1.0
+    eval_every: Annotated[int, Field(ge=1)] = 25
+    eval_batches: Annotated[int, Field(ge=1)] = 4
+    max_minutes: Optional[Positive] = None
+    threads: Annotated[int, Field(ge=1)] = 1
+
+
+class TrackingConfig(Strict):
+    experiment: Optional[str] = None
+    uri: Optional[str] = None
+
+
+class Config(Strict):
+    """The whole run: what to learn, with which network, how, and where to record it."""
+
+    experiment: str = "hybridopt"
+    seed: int = 0
+    task: TaskConfig
+    network: NetworkConfig = NetworkConfig()
+    plasticity: PlasticityConfig = PlasticityConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def _format_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = [str(x) for x in e["loc"]]
+        # Drop pydantic's union-tag segment (``task.cue_association.x`` -> ``task.x``).
+        if len(loc) >= 2 and loc[0] == "task" and loc[1] in ("cue_association", "pattern_memory", "locomotion"):
+            loc.pop(1)
+        where = ".".join(loc) or "config"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``a.b.c=value`` applied (value parsed as YAML)."""
+    out = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        key, value = item.split("=", 1)
+        path = [k for k in key.strip().split(".") if k]
+        if not path:
+            raise ConfigError(f"--set {item!r}: empty key")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+        node = out
+        for k in path[:-1]:
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}: {k!r} is not a section")
+            node = nxt
+        node[path[-1]] = parsed
+    return out
+
+
+def parse_config(raw: Any, overrides: Optional[list[str]] = None) -> Config:
+    """Validate a plain dict (after overrides) into a :class:`Config`."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a mapping of sections (task, network, plasticity, train, ...)")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Config:
+    """Read, override and validate a YAML config file; errors are :class:`ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"invalid YAML in {p}{where}: {getattr(e, 'problem', e)}") from None
+    return parse_config(raw, overrides)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for MLflow params)."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def network_spec(cfg: Config, n_in: int, n_out: int) -> NetworkSpec:
+    """The :class:`NetworkSpec` a config describes, for a task with these input/output sizes."""
+    n = cfg.network
+    proj = {
+        name: ProjectionSpec(**getattr(cfg.plasticity, name).model_dump()) for name in ("input", "recurrent", "readout")
+    }
+    return NetworkSpec(
+        n_in=n_in,
+        n_hidden=n.hidden,
+        n_out=n_out,
+        beta=n.beta,
+        theta=n.theta,
+        reset=n.reset,
+        surrogate=n.surrogate,
+        slope=n.slope,
+        readout_decay=n.readout_decay,
+        input_gain=n.input_gain,
+        recurrent_gain=n.recurrent_gain,
+        readout_gain=n.readout_gain,
+        **proj,
+    )

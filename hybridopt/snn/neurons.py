@@ -1,0 +1,134 @@
+"""Leaky integrate-and-fire neurons as pure functions over explicit state.
+
+Discrete time, one step per call.  With input current ``I_t``::
+
+    v_t = beta * v_{t-1} * (1 - s_{t-1}) + I_t          (reset="zero")
+    v_t = beta * v_{t-1} - theta * s_{t-1} + I_t        (reset="subtract")
+    s_t = Heaviside(v_t - theta)
+
+``beta = exp(-dt / tau_mem)`` is the membrane decay per step (dimensionless; ``v`` and
+``theta`` are in the same arbitrary units as ``I``).  The Heaviside step has zero
+derivative almost everywhere, so its backward pass uses a *surrogate* derivative
+(``fast_sigmoid`` or ``arctan``, both with a slope ``k``).  The reset term is detached
+from the graph, as is usual for BPTT in SNNs: gradients flow through the membrane, not
+through the discontinuous reset.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LIFParameters",
+    "LIFState",
+    "SURROGATES",
+    "arctan_spike",
+    "fast_sigmoid_spike",
+    "lif_initial_state",
+    "lif_step",
+    "surrogate_derivative",
+]
+
+
+class LIFParameters(NamedTuple):
+    """Parameters of a LIF population (plain floats: they are hyper-parameters)."""
+
+    beta: float = 0.9
+    theta: float = 1.0
+    reset: str = "zero"
+    surrogate: str = "fast_sigmoid"
+    slope: float = 10.0
+
+
+class LIFState(NamedTuple):
+    """Membrane potential ``v`` and last spikes ``s``, both ``B x N``."""
+
+    v: Tensor
+    s: Tensor
+
+
+class _FastSigmoidSpike(torch.autograd.Function):
+    """Heaviside forward; backward ``d s / d x = 1 / (k |x| + 1)^2``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, slope: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.slope = slope
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad / (ctx.slope * x.abs() + 1.0) ** 2, None
+
+
+class _ArctanSpike(torch.autograd.Function):
+    """Heaviside forward; backward ``d s / d x = (k / 2) / (1 + (pi k x / 2)^2)``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, slope: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.slope = slope
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        k = ctx.slope
+        return grad * (k / 2.0) / (1.0 + (math.pi * k * x / 2.0) ** 2), None
+
+
+def fast_sigmoid_spike(x: Tensor, slope: float = 10.0) -> Tensor:
+    """Spike ``H(x)`` with the fast-sigmoid surrogate ``1 / (k|x| + 1)^2``."""
+    return _FastSigmoidSpike.apply(x, slope)
+
+
+def arctan_spike(x: Tensor, slope: float = 10.0) -> Tensor:
+    """Spike ``H(x)`` with the arctan surrogate ``(k/2) / (1 + (pi k x / 2)^2)``."""
+    return _ArctanSpike.apply(x, slope)
+
+
+SURROGATES: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "fast_sigmoid": fast_sigmoid_spike,
+    "arctan": arctan_spike,
+}
+
+
+def surrogate_derivative(name: str, x: Tensor, slope: float) -> Tensor:
+    """The surrogate derivative in closed form (for tests and fused kernels)."""
+    if name == "fast_sigmoid":
+        return 1.0 / (slope * x.abs() + 1.0) ** 2
+    if name == "arctan":
+        return (slope / 2.0) / (1.0 + (math.pi * slope * x / 2.0) ** 2)
+    raise ValueError(f"unknown surrogate {name!r}; known: {sorted(SURROGATES)}")
+
+
+def lif_initial_state(batch: int, n: int, *, device=None, dtype=torch.float32) -> LIFState:
+    """Resting state: ``v = 0``, no spikes."""
+    zeros = torch.zeros(batch, n, device=device, dtype=dtype)
+    return LIFState(v=zeros, s=zeros)
+
+
+def lif_step(current: Tensor, state: LIFState, p: LIFParameters) -> tuple[Tensor, LIFState]:
+    """One LIF step; returns the new spikes ``s_t`` and the new state.
+
+    ``current`` is ``I_t`` (``B x N``); see the module docstring for the equations.
+    """
+    s_prev = state.s.detach()
+    if p.reset == "zero":
+        v = p.beta * state.v * (1.0 - s_prev) + current
+    elif p.reset == "subtract":
+        v = p.beta * state.v - p.theta * s_prev + current
+    else:
+        raise ValueError(f"unknown reset mode {p.reset!r}; known: 'zero', 'subtract'")
+    try:
+        spike_fn = SURROGATES[p.surrogate]
+    except KeyError:
+        raise ValueError(f"unknown surrogate {p.surrogate!r}; known: {sorted(SURROGATES)}") from None
+    s = spike_fn(v - p.theta, p.slope)
+    return s, LIFState(v=v, s=s)

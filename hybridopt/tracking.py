@@ -1,0 +1,161 @@
+"""MLflow at the edge: one writer (the driver) records runs, params, curves and artifacts.
+
+Uses ``MlflowClient`` with explicit run ids (no process-global active run), and batches
+everything: params 100 per call, metrics 1000 per call.  The default store is MLflow's
+own default, ``sqlite:///mlflow.db`` in the working directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Optional
+
+# Fail fast on an unreachable server instead of retrying for minutes.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+__all__ = ["DEFAULT_URI", "Tracker", "TrackingError", "resolve_uri"]
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+_PARAM_MAX = 6000
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message is one line naming the problem."""
+
+
+def resolve_uri(cli_uri: Optional[str], config_uri: Optional[str]) -> str:
+    """``--tracking-uri`` > ``MLFLOW_TRACKING_URI`` > the config's ``tracking.uri`` > default."""
+    return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or config_uri or DEFAULT_URI
+
+
+def _check_reachable(uri: str) -> None:
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+                r.read()
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"tracking server unreachable at {uri}: {reason}") from None
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.parent.exists():
+            raise TrackingError(f"tracking store directory does not exist: {path.parent}")
+    elif "://" not in uri and not uri.startswith("file:"):
+        raise TrackingError(f"unsupported tracking URI {uri!r} (use sqlite:///PATH, http(s)://HOST:PORT or file:PATH)")
+
+
+def _artifact_location(uri: str, experiment: str) -> Optional[str]:
+    """Artifacts of a SQLite store live beside the database file (``<dir>/mlruns/<experiment>``),
+    not in whatever directory the process happens to run in."""
+    if not uri.startswith("sqlite:///"):
+        return None  # the server (or file store) decides
+    root = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns" / experiment
+    return root.as_uri()
+
+
+class Tracker:
+    """Records runs in one MLflow experiment."""
+
+    def __init__(self, uri: str, experiment: str):
+        _check_reachable(uri)
+        self.uri = uri
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (
+                exp.experiment_id
+                if exp
+                else self.client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
+            )
+        except Exception as e:  # noqa: BLE001 - any store failure becomes one clear line
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise TrackingError(f"cannot open tracking store {uri}: {msg}") from None
+
+    def start_run(
+        self,
+        name: str,
+        kind: str,
+        params: Optional[dict[str, Any]] = None,
+        tags: Optional[dict[str, str]] = None,
+        parent_run_id: Optional[str] = None,
+    ) -> str:
+        """Create a run tagged ``hybridopt.kind=<kind>`` (a child when ``parent_run_id``)."""
+        all_tags = {"hybridopt.kind": kind, **(tags or {})}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        if params:
+            self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:_PARAM_MAX]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:_PARAM_MAX]) for k, v in tags.items()])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        self.log_history(run_id, [(step, metrics)])
+
+    def log_history(self, run_id: str, history: Iterable[tuple[int, dict[str, float]]]) -> None:
+        """Log ``[(step, {key: value})]`` in batches of 1000 metrics."""
+        now = int(time.time() * 1000)
+        batch: list[Metric] = []
+        for step, metrics in history:
+            for k, v in metrics.items():
+                batch.append(Metric(k, float(v), now, int(step)))
+                if len(batch) == 1000:
+                    self.client.log_batch(run_id, metrics=batch)
+                    batch = []
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def log_artifact_file(self, run_id: str, path: Path, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_artifact_bytes(self, run_id: str, name: str, data: bytes, artifact_path: Optional[str] = None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / name
+            p.write_bytes(data)
+            self.client.log_artifact(run_id, str(p), artifact_path)
+
+    def end_run(self, run_id: str, status: str = "FINISHED", reason: Optional[str] = None) -> None:
+        """End a run as FINISHED, FAILED or KILLED; a reason is kept as tag ``hybridopt.failure``."""
+        if reason:
+            self.set_tags(run_id, {"hybridopt.failure": reason})
+        self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
+
+
+def log_result(tracker: Tracker, run_id: str, result: Any, config: Any, *, weights: bool = True) -> None:
+    """Record a :class:`~hybridopt.train.result.TrainResult`: curves, final metrics, the
+    resolved config and (when it finished) the weights; then end the run with its status."""
+    import yaml
+
+    from hybridopt.train.weights import weights_bytes
+
+    tracker.log_history(run_id, result.history)
+    final = dict(result.final_metrics)
+    final.update({"wall_time_s": result.wall_time, "train_steps": result.steps, "episodes": result.episodes})
+    if not result.failed:
+        final["fitness"] = result.fitness
+    tracker.log_history(run_id, [(result.steps, final)])
+    tracker.log_artifact_bytes(run_id, "config.yaml", yaml.safe_dump(config.model_dump(mode="json")).encode())
+    if weights and not result.failed:
+        tracker.log_artifact_bytes(run_id, "weights.pt", weights_bytes(config, result.state_dict))
+    tracker.end_run(run_id, result.status, result.reason)
