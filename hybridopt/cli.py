@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p_train = sub.add_parser("train", help="train one configuration (one MLflow run)")
     _common(p_train)
+    p_search = sub.add_parser("search", help="evolve rule families and hyper-parameters (nested MLflow runs)")
+    _common(p_search)
+    p_search.add_argument("--address", default=None, help="Ray cluster address ('auto' joins a running cluster)")
+    p_search.add_argument("--resume", action="store_true", help="continue from the search's last checkpoint")
     p_eval = sub.add_parser("eval", help="evaluate saved weights on held-out episodes")
     p_eval.add_argument("weights", help="a weights.pt file written by train or search")
     return parser
@@ -114,6 +118,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hybridopt.search.evolution import run_search
+    from hybridopt.search.genome import GenomeSpace
+    from hybridopt.tracking import Tracker, resolve_uri
+
+    cfg = _load(args)
+    if cfg.search is None:
+        raise ConfigError(f"{args.config} has no search section")
+    GenomeSpace.from_config(cfg.search).validate(cfg)
+    tracker = Tracker(resolve_uri(args.tracking_uri, cfg.tracking.uri), cfg.tracking.experiment or cfg.experiment)
+    gens = cfg.search.generations
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]}"),
+        TimeElapsedColumn(),
+    ) as bar:
+        job = bar.add_task("generation", total=None, best="-")
+
+        def progress(generation: int, done: int, total: int, best: float) -> None:
+            best_s = "-" if best != best else f"{best:.4f}"
+            bar.update(job, description=f"generation {generation + 1}/{gens}", completed=done, total=total, best=best_s)
+
+        try:
+            out = run_search(cfg, tracker, resume=args.resume, address=args.address, progress=progress)
+        except KeyboardInterrupt:
+            print("hybridopt: interrupted; search run ended as KILLED (resume with --resume)", file=sys.stderr)
+            return 130
+    if not out.best_values:
+        print(f"hybridopt: every candidate failed (run {out.parent_run_id})", file=sys.stderr)
+        return 1
+    _print_metrics("best candidate", {"fitness": out.best_fitness, **out.best_values})
+    print(f"search run {out.parent_run_id} in {tracker.uri} ({len(out.records)} candidates)")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from hybridopt.train.gradient import evaluate
     from hybridopt.train.weights import load_weights
@@ -123,10 +166,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval}
+COMMANDS = {"train": cmd_train, "search": cmd_search, "eval": cmd_eval}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from hybridopt.search.checkpoint import CheckpointError
+    from hybridopt.search.workers import RayConnectError
     from hybridopt.tracking import TrackingError
     from hybridopt.train.weights import WeightsError
 
@@ -141,6 +186,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"hybridopt: tracking error: {e}", file=sys.stderr)
     except WeightsError as e:
         print(f"hybridopt: weights error: {e}", file=sys.stderr)
+    except CheckpointError as e:
+        print(f"hybridopt: checkpoint error: {e}", file=sys.stderr)
+    except RayConnectError as e:
+        print(f"hybridopt: ray error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 

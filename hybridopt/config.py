@@ -21,6 +21,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "apply_overrides",
+    "set_path",
     "flatten",
     "load_config",
     "network_spec",
@@ -139,7 +140,13 @@ TaskConfig = Annotated[Union[CueAssociationConfig, PatternMemoryConfig], Field(d
 
 
 class TrainConfig(Strict):
-    """Gradient inner loop: Adam on all learned parameters, BPTT with the surrogate."""
+    """Gradient inner loop: Adam on all learned parameters, BPTT with the surrogate.
+
+    The loss is the task's plus a firing-rate regulariser that keeps hidden neurons alive
+    (a silent LIF layer passes almost no surrogate gradient)::
+
+        L = L_task + rate_reg * mean_j (r_j - rate_target)^2,   r_j = mean_{b,t} s_{b,t,j}
+    """
 
     steps: Annotated[int, Field(ge=1)] = 200
     batch_size: Annotated[int, Field(ge=1)] = 32
@@ -147,8 +154,75 @@ class TrainConfig(Strict):
     grad_clip: Positive = 1.0
     eval_every: Annotated[int, Field(ge=1)] = 25
     eval_batches: Annotated[int, Field(ge=1)] = 4
+    rate_reg: Annotated[float, Field(ge=0.0)] = 0.0
+    rate_target: Fraction = 0.05
     max_minutes: Optional[Positive] = None
     threads: Annotated[int, Field(ge=1)] = 1
+
+
+class GeneConfig(Strict):
+    """One gene: ``choices`` (categorical) or ``low``/``high`` (continuous; ``log`` scale;
+    ``integer`` rounds)."""
+
+    choices: Optional[list[Any]] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> GeneConfig:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.integer:
+                raise ValueError("a gene has either choices or low/high, not both")
+            if len(self.choices) < 1:
+                raise ValueError("choices must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a gene needs choices, or both low and high")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale gene needs low > 0")
+        return self
+
+
+class SearchConfig(Strict):
+    """Outer loop: an evotorch genetic algorithm over the genes (dotted config paths).
+
+    Each generation keeps the ``elite`` best and fills the rest with children made by
+    tournament selection, one-point cross-over, Gaussian mutation of the (unit-encoded)
+    genes and uniform resampling of categorical genes.
+    """
+
+    population: Annotated[int, Field(ge=2)] = 8
+    generations: Annotated[int, Field(ge=1)] = 4
+    elite: Annotated[int, Field(ge=0)] = 2
+    tournament: Annotated[int, Field(ge=1)] = 2
+    mutation_stdev: Positive = 0.1
+    mutation_prob: Fraction = 0.3
+    categorical_resample: Fraction = 0.2
+    checkpoint: str = "checkpoints/search.ckpt"
+    genes: dict[str, GeneConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SearchConfig:
+        children = self.population - self.elite
+        if children < 2 or children % 2:
+            raise ValueError(f"population - elite must be an even number >= 2 (got {self.population} - {self.elite})")
+        if not self.genes:
+            raise ValueError("search.genes is empty: declare at least one gene")
+        return self
+
+
+class RayConfig(Strict):
+    """Where candidates run: resources per candidate, retries when a worker dies."""
+
+    address: Optional[str] = None
+    num_cpus: Optional[Annotated[int, Field(ge=1)]] = None
+    num_cpus_per_candidate: Annotated[float, Field(gt=0)] = 1
+    num_gpus_per_candidate: Annotated[float, Field(ge=0)] = 0
+    max_retries: Annotated[int, Field(ge=0)] = 2
 
 
 class TrackingConfig(Strict):
@@ -165,6 +239,8 @@ class Config(Strict):
     network: NetworkConfig = NetworkConfig()
     plasticity: PlasticityConfig = PlasticityConfig()
     train: TrainConfig = TrainConfig()
+    search: Optional[SearchConfig] = None
+    ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 
@@ -183,6 +259,22 @@ def _format_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``key = "a.b.c"``, creating sections as needed."""
+    path = [k for k in key.strip().split(".") if k]
+    if not path:
+        raise ConfigError(f"empty key {key!r}")
+    node = raw
+    for k in path[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{key}: {k!r} is not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with each ``a.b.c=value`` applied (value parsed as YAML)."""
     out = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
@@ -190,22 +282,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
         key, value = item.split("=", 1)
-        path = [k for k in key.strip().split(".") if k]
-        if not path:
-            raise ConfigError(f"--set {item!r}: empty key")
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
-        node = out
-        for k in path[:-1]:
-            nxt = node.get(k)
-            if nxt is None:
-                nxt = node[k] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {key}: {k!r} is not a section")
-            node = nxt
-        node[path[-1]] = parsed
+        set_path(out, key, parsed)
     return out
 
 

@@ -142,9 +142,10 @@ class Tracker:
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
 
 
-def log_result(tracker: Tracker, run_id: str, result: Any, config: Any, *, weights: bool = True) -> None:
-    """Record a :class:`~hybridopt.train.result.TrainResult`: curves, final metrics, the
-    resolved config and (when it finished) the weights; then end the run with its status."""
+def log_result(tracker: Tracker, run_id: str, result: Any, config: Any, *, artifacts: bool = True) -> None:
+    """Record a :class:`~hybridopt.train.result.TrainResult`: curves and final metrics and,
+    with ``artifacts``, the resolved config and (when it finished) the weights; then end
+    the run with its status."""
     import yaml
 
     from hybridopt.train.weights import weights_bytes
@@ -155,7 +156,8 @@ def log_result(tracker: Tracker, run_id: str, result: Any, config: Any, *, weigh
     if not result.failed:
         final["fitness"] = result.fitness
     tracker.log_history(run_id, [(result.steps, final)])
-    tracker.log_artifact_bytes(run_id, "config.yaml", yaml.safe_dump(config.model_dump(mode="json")).encode())
-    if weights and not result.failed:
+    if artifacts:
+        tracker.log_artifact_bytes(run_id, "config.yaml", yaml.safe_dump(config.model_dump(mode="json")).encode())
+    if artifacts and not result.failed:
         tracker.log_artifact_bytes(run_id, "weights.pt", weights_bytes(config, result.state_dict))
     tracker.end_run(run_id, result.status, result.reason)

@@ -63,7 +63,10 @@ def train_gradient(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainR
         while step < tc.steps and time.perf_counter() < deadline:
             batch = task.batch(tc.batch_size, gen)
             y, s, _ = net(batch.x)
-            loss = task.loss(y, batch)
+            task_loss = task.loss(y, batch)
+            loss = task_loss
+            if tc.rate_reg > 0:
+                loss = loss + tc.rate_reg * (s.mean(dim=(0, 1)) - tc.rate_target).pow(2).mean()
             if not torch.isfinite(loss):
                 return TrainResult.failure(
                     f"non-finite loss at step {step}", history=history, steps=step, wall_time=time.perf_counter() - t0
@@ -74,7 +77,7 @@ def train_gradient(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainR
             opt.step()
             step += 1
             metrics = {
-                "train/loss": loss.item(),
+                "train/loss": task_loss.item(),
                 "train/accuracy": task.fitness(y.detach(), batch).mean().item(),
                 "train/firing_rate": s.detach().mean().item(),
             }

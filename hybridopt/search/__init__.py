@@ -1,0 +1,1 @@
+"""The outer loop: genomes, evolution on evotorch, candidates on Ray, checkpoints."""

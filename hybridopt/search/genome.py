@@ -1,0 +1,122 @@
+"""The genome: what the outer loop chooses, encoded in one place.
+
+Every gene is a dotted config path (``plasticity.input.rule``, ``train.lr``, ...) and is
+encoded as one real number ``u`` in ``[0, 1]``, so evotorch's real-valued operators act
+on every gene alike:
+
+* categorical, ``n`` choices: ``index = min(floor(u * n), n - 1)``; encoded at the centre
+  of its cell, ``u = (index + 1/2) / n``;
+* continuous on ``[lo, hi]``: ``x = lo + u (hi - lo)``, or on a log scale
+  ``x = lo (hi / lo)^u``; integer genes round ``x``.
+
+Decoding a genome gives config overrides; applied to the base config they give exactly
+the :class:`~hybridopt.config.Config` that trains the candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from hybridopt.config import Config, ConfigError, SearchConfig, parse_config, set_path
+
+__all__ = ["Gene", "GenomeSpace"]
+
+
+@dataclass(frozen=True)
+class Gene:
+    path: str
+    choices: Optional[tuple[Any, ...]] = None
+    low: float = 0.0
+    high: float = 1.0
+    log: bool = False
+    integer: bool = False
+
+    @property
+    def categorical(self) -> bool:
+        return self.choices is not None
+
+    def decode(self, u: float) -> Any:
+        u = min(max(float(u), 0.0), 1.0)
+        if self.choices is not None:
+            return self.choices[min(int(u * len(self.choices)), len(self.choices) - 1)]
+        if self.log:
+            x = self.low * (self.high / self.low) ** u
+        else:
+            x = self.low + u * (self.high - self.low)
+        return int(round(x)) if self.integer else x
+
+    def encode(self, value: Any) -> float:
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ValueError(f"{self.path}: {value!r} is not one of {list(self.choices)}")
+            return (self.choices.index(value) + 0.5) / len(self.choices)
+        x = min(max(float(value), self.low), self.high)
+        if self.log:
+            return math.log(x / self.low) / math.log(self.high / self.low)
+        return (x - self.low) / (self.high - self.low)
+
+
+class GenomeSpace:
+    """The ordered genes of a search, with encode/decode and genome -> config."""
+
+    def __init__(self, genes: Sequence[Gene]):
+        self.genes = tuple(genes)
+
+    @classmethod
+    def from_config(cls, search: SearchConfig) -> GenomeSpace:
+        genes = []
+        for path, g in search.genes.items():
+            if g.choices is not None:
+                genes.append(Gene(path, choices=tuple(g.choices)))
+            else:
+                genes.append(Gene(path, low=float(g.low), high=float(g.high), log=g.log, integer=g.integer))
+        return cls(genes)
+
+    def __len__(self) -> int:
+        return len(self.genes)
+
+    @property
+    def categorical_mask(self) -> torch.Tensor:
+        return torch.tensor([g.categorical for g in self.genes], dtype=torch.bool)
+
+    def decode(self, u: Sequence[float]) -> dict[str, Any]:
+        """Unit vector -> ``{path: value}``."""
+        if len(u) != len(self.genes):
+            raise ValueError(f"genome has {len(u)} values, the space has {len(self.genes)} genes")
+        return {g.path: g.decode(float(x)) for g, x in zip(self.genes, u)}
+
+    def encode(self, values: dict[str, Any]) -> list[float]:
+        """``{path: value}`` -> unit vector (inverse of :meth:`decode` on decoded values)."""
+        return [g.encode(values[g.path]) for g in self.genes]
+
+    def config_for(self, base: Config, values: dict[str, Any]) -> Config:
+        """The config that trains this genome: ``base`` with every gene's value applied."""
+        raw = base.model_dump(mode="json")
+        raw["search"] = None  # a candidate trains; it does not search
+        for path, value in values.items():
+            set_path(raw, path, value)
+        return parse_config(raw)
+
+    def validate(self, base: Config) -> None:
+        """Check that every gene names a real config key and its whole range is valid."""
+        for g in self.genes:
+            probes = list(g.choices) if g.choices is not None else [g.decode(0.0), g.decode(1.0)]
+            for value in probes:
+                try:
+                    self.config_for(base, {g.path: value})
+                except ConfigError as e:
+                    raise ConfigError(f"search.genes.{g.path} = {value!r}: {e}") from None
+
+    @staticmethod
+    def describe(values: dict[str, Any]) -> str:
+        """A short printable form: ``input=hebbian/neuromodulated lr=0.0031 hidden=64``."""
+        parts = []
+        for path, v in values.items():
+            name = path.removeprefix("plasticity.").removeprefix("train.").removeprefix("network.")
+            parts.append(f"{name}={v:.3g}" if isinstance(v, float) else f"{name}={v}")
+        return " ".join(parts)

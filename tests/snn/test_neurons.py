@@ -1,0 +1,181 @@
+"""LIF neurons: golden traces worked out by hand, shapes, and the surrogate gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hybridopt.snn.neurons import (
+    LIFParameters,
+    arctan_spike,
+    fast_sigmoid_spike,
+    lif_initial_state,
+    lif_step,
+    surrogate_derivative,
+)
+
+
+def _run(currents: list[list[float]], p: LIFParameters) -> tuple[list[list[float]], list[list[float]]]:
+    """Step a 1 x N population through ``currents`` (T x N); returns the v and s traces."""
+    state = lif_initial_state(1, len(currents[0]))
+    vs, ss = [], []
+    for row in currents:
+        s, state = lif_step(torch.tensor([row]), state, p)
+        vs.append(state.v[0].tolist())
+        ss.append(s[0].tolist())
+    return vs, ss
+
+
+# Neuron 0 gets a constant 0.6 (fires every third step), neuron 1 a constant 1.5 (fires every step).
+# beta = 0.5, theta = 1.
+CURRENTS = [[0.6, 1.5]] * 7
+
+
+def test_golden_trace_reset_to_zero():
+    # v_t = 0.5 v_{t-1} (1 - s_{t-1}) + I_t
+    # neuron 0: 0.6, 0.9, 1.05 (spike), 0.6 (reset), 0.9, 1.05 (spike), 0.6
+    # neuron 1: 1.5 every step (it spikes every step, so the reset wipes the memory every step)
+    vs, ss = _run(CURRENTS, LIFParameters(beta=0.5, theta=1.0, reset="zero"))
+    expected_v = [[0.6, 1.5], [0.9, 1.5], [1.05, 1.5], [0.6, 1.5], [0.9, 1.5], [1.05, 1.5], [0.6, 1.5]]
+    expected_s = [[0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [1, 1], [0, 1]]
+    torch.testing.assert_close(torch.tensor(vs), torch.tensor(expected_v))
+    assert ss == expected_s
+
+
+def test_golden_trace_reset_by_subtraction():
+    # v_t = 0.5 v_{t-1} - 1 * s_{t-1} + I_t
+    # neuron 0: 0.6, 0.9, 1.05 (spike), 0.525 - 1 + 0.6 = 0.125, 0.6625, 0.93125, 1.065625 (spike)
+    # neuron 1: 1.5, 0.75 - 1 + 1.5 = 1.25, 1.125, 1.0625, 1.03125, 1.015625, 1.0078125 (all spikes)
+    vs, ss = _run(CURRENTS, LIFParameters(beta=0.5, theta=1.0, reset="subtract"))
+    expected_v = [
+        [0.6, 1.5],
+        [0.9, 1.25],
+        [1.05, 1.125],
+        [0.125, 1.0625],
+        [0.6625, 1.03125],
+        [0.93125, 1.015625],
+        [1.065625, 1.0078125],
+    ]
+    expected_s = [[0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [0, 1], [1, 1]]
+    torch.testing.assert_close(torch.tensor(vs), torch.tensor(expected_v))
+    assert ss == expected_s
+
+
+def test_threshold_is_strict():
+    # v = theta exactly is not a spike: s = H(v - theta) with H(0) = 0.
+    s, _ = lif_step(torch.tensor([[1.0, 1.0001]]), lif_initial_state(1, 2), LIFParameters(theta=1.0))
+    assert s.tolist() == [[0.0, 1.0]]
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("surrogate", ["fast_sigmoid", "arctan"])
+def test_batch_shapes_and_rows_are_independent(reset, surrogate):
+    B, N = 4, 5
+    p = LIFParameters(reset=reset, surrogate=surrogate)
+    state = lif_initial_state(B, N)
+    assert state.v.shape == (B, N) and state.s.shape == (B, N)
+    assert state.v.abs().sum() == 0 and state.s.abs().sum() == 0
+    gen = torch.Generator().manual_seed(0)
+    row = torch.rand(8, 1, N, generator=gen) * 2.0
+    for t in range(8):
+        s, state = lif_step(row[t].expand(B, N), state, p)
+        assert s.shape == (B, N) and state.v.shape == (B, N) and state.s.shape == (B, N)
+        # the same current in every sample row gives the same state in every row
+        assert torch.equal(state.v, state.v[:1].expand(B, N))
+        assert torch.equal(s, state.s)
+        assert set(s.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_unknown_reset_and_surrogate_raise():
+    state = lif_initial_state(1, 1)
+    with pytest.raises(ValueError, match="reset"):
+        lif_step(torch.ones(1, 1), state, LIFParameters(reset="hard"))
+    with pytest.raises(ValueError, match="surrogate"):
+        lif_step(torch.ones(1, 1), state, LIFParameters(surrogate="sigmoid"))
+    with pytest.raises(ValueError, match="surrogate"):
+        surrogate_derivative("sigmoid", torch.zeros(1), 1.0)
+
+
+# x values and the surrogate derivatives at them, worked out by hand.
+X = [-0.5, -0.1, 0.0, 0.2, 1.0]
+# fast sigmoid, k = 10: 1 / (10 |x| + 1)^2
+FAST_SIGMOID_K10 = [1 / 36, 1 / 4, 1.0, 1 / 9, 1 / 121]
+# fast sigmoid, k = 2: 1 / (2 |x| + 1)^2
+FAST_SIGMOID_K2 = [1 / 4, 1 / 1.44, 1.0, 1 / 1.96, 1 / 9]
+# arctan, k = 10: 5 / (1 + (5 pi x)^2)
+ARCTAN_K10 = [
+    5 / (1 + (2.5 * math.pi) ** 2),
+    5 / (1 + (0.5 * math.pi) ** 2),
+    5.0,
+    5 / (1 + math.pi**2),
+    5 / (1 + (5 * math.pi) ** 2),
+]
+# arctan, k = 2: 1 / (1 + (pi x)^2)
+ARCTAN_K2 = [
+    1 / (1 + (0.5 * math.pi) ** 2),
+    1 / (1 + (0.1 * math.pi) ** 2),
+    1.0,
+    1 / (1 + (0.2 * math.pi) ** 2),
+    1 / (1 + math.pi**2),
+]
+
+
+@pytest.mark.parametrize(
+    "name, spike_fn, slope, expected",
+    [
+        ("fast_sigmoid", fast_sigmoid_spike, 10.0, FAST_SIGMOID_K10),
+        ("fast_sigmoid", fast_sigmoid_spike, 2.0, FAST_SIGMOID_K2),
+        ("arctan", arctan_spike, 10.0, ARCTAN_K10),
+        ("arctan", arctan_spike, 2.0, ARCTAN_K2),
+    ],
+)
+def test_surrogate_backward_is_the_closed_form(name, spike_fn, slope, expected):
+    x = torch.tensor(X, dtype=torch.float64, requires_grad=True)
+    s = spike_fn(x, slope)
+    assert s.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]  # Heaviside forward, H(0) = 0
+    (grad,) = torch.autograd.grad(s.sum(), x)
+    torch.testing.assert_close(grad, torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(
+        surrogate_derivative(name, x.detach(), slope), torch.tensor(expected, dtype=torch.float64)
+    )
+    # the upstream gradient is multiplied through
+    upstream = torch.tensor([1.0, -2.0, 3.0, 0.5, 0.0], dtype=torch.float64)
+    (grad,) = torch.autograd.grad(spike_fn(x, slope), x, upstream)
+    torch.testing.assert_close(grad, upstream * torch.tensor(expected, dtype=torch.float64))
+
+
+def test_gradient_flows_through_the_membrane_not_the_reset():
+    # beta = 0.5, theta = 1, fast sigmoid k = 10, reset to zero; I_1 = 0.8, I_2 = 0.5.
+    # v_1 = 0.8 (no spike), v_2 = 0.5 * 0.8 * (1 - s_1) + 0.5 = 0.9 (no spike).
+    # ds_1/dI_1 = 1 / (10 * 0.2 + 1)^2 = 1/9.
+    # ds_2/dI_1 = sg(v_2 - 1) * beta * (1 - s_1) = 1 / (10 * 0.1 + 1)^2 * 0.5 = 0.125: the reset
+    # factor (1 - s_1) is detached, so there is no extra - beta v_1 ds_1/dI_1 = -0.4/9 term.
+    p = LIFParameters(beta=0.5, theta=1.0, reset="zero", surrogate="fast_sigmoid", slope=10.0)
+    i1 = torch.tensor([[0.8]], dtype=torch.float64, requires_grad=True)
+    i2 = torch.tensor([[0.5]], dtype=torch.float64, requires_grad=True)
+    state = lif_initial_state(1, 1, dtype=torch.float64)
+    s1, state = lif_step(i1, state, p)
+    (g1,) = torch.autograd.grad(s1.sum(), i1, retain_graph=True)
+    s2, state = lif_step(i2, state, p)
+    g21, g22 = torch.autograd.grad(s2.sum(), (i1, i2))
+    assert s1.item() == 0.0 and s2.item() == 0.0
+    assert g1.item() == pytest.approx(1 / 9)
+    assert g21.item() == pytest.approx(0.125)
+    assert g22.item() == pytest.approx(0.25)
+
+
+def test_subtractive_reset_gradient_ignores_the_spike():
+    # reset="subtract": v_2 = beta v_1 - theta s_1 + I_2 with s_1 detached, so dv_2/dI_1 = beta
+    # even when neuron 1 spiked.  I_1 = 1.2 (spike), I_2 = 0.3: v_2 = 0.6 - 1 + 0.3 = -0.1.
+    # ds_2/dI_1 = 1 / (10 * 1.1 + 1)^2 * 0.5 = 0.5 / 144.
+    p = LIFParameters(beta=0.5, theta=1.0, reset="subtract", slope=10.0)
+    i1 = torch.tensor([[1.2]], dtype=torch.float64, requires_grad=True)
+    state = lif_initial_state(1, 1, dtype=torch.float64)
+    s1, state = lif_step(i1, state, p)
+    s2, state = lif_step(torch.tensor([[0.3]], dtype=torch.float64), state, p)
+    (g,) = torch.autograd.grad(s2.sum(), i1)
+    assert s1.item() == 1.0
+    assert state.v.item() == pytest.approx(-0.1)
+    assert g.item() == pytest.approx(0.5 / 144)
