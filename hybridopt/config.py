@@ -146,6 +146,10 @@ class TrainConfig(Strict):
     (a silent LIF layer passes almost no surrogate gradient)::
 
         L = L_task + rate_reg * mean_j (r_j - rate_target)^2,   r_j = mean_{b,t} s_{b,t,j}
+
+    The budget is ``steps`` optimiser steps of ``batch_size`` episodes, cut short after
+    ``cpu_minutes`` of this process's CPU time (CPU, not wall time, so that budgets stay
+    comparable when several candidates share a machine).
     """
 
     steps: Annotated[int, Field(ge=1)] = 200
@@ -156,7 +160,7 @@ class TrainConfig(Strict):
     eval_batches: Annotated[int, Field(ge=1)] = 4
     rate_reg: Annotated[float, Field(ge=0.0)] = 0.0
     rate_target: Fraction = 0.05
-    max_minutes: Optional[Positive] = None
+    cpu_minutes: Optional[Positive] = None
     threads: Annotated[int, Field(ge=1)] = 1
 
 

@@ -59,8 +59,9 @@ def train_gradient(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainR
         task, net = build(cfg)
         opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
         gen = torch.Generator().manual_seed(cfg.seed)
-        deadline = t0 + 60.0 * tc.max_minutes if tc.max_minutes else math.inf
-        while step < tc.steps and time.perf_counter() < deadline:
+        cpu0 = time.process_time()
+        cpu_budget = 60.0 * tc.cpu_minutes if tc.cpu_minutes else math.inf
+        while step < tc.steps and time.process_time() - cpu0 < cpu_budget:
             batch = task.batch(tc.batch_size, gen)
             y, s, _ = net(batch.x)
             task_loss = task.loss(y, batch)
@@ -102,6 +103,7 @@ def train_gradient(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainR
         history=history,
         state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
         wall_time=time.perf_counter() - t0,
+        cpu_time=time.process_time() - cpu0,
         steps=step,
         episodes=step * tc.batch_size,
     )

@@ -27,6 +27,7 @@ class TrainResult:
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     state_dict: dict[str, Any] = field(default_factory=dict)
     wall_time: float = 0.0
+    cpu_time: float = 0.0
     steps: int = 0
     episodes: int = 0
     status: str = "FINISHED"
