@@ -16,6 +16,7 @@ children that finished after the checkpoint without re-running or re-logging the
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from evotorch.algorithms import GeneticAlgorithm
 from evotorch.operators import CopyingOperator, GaussianMutation, OnePointCrossOver
 from ray.exceptions import RayError
 
-from hybridopt.config import Config, flatten
+from hybridopt.config import Config, SearchConfig, flatten
 from hybridopt.search.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hybridopt.search.genome import GenomeSpace
 from hybridopt.search.workers import init_ray, remote_evaluator
@@ -40,7 +41,10 @@ from hybridopt.tracking import Tracker, log_result
 from hybridopt.train import TrainResult
 from hybridopt.train.weights import weights_bytes
 
-__all__ = ["FAILED_FITNESS", "CandidateRecord", "SearchOutcome", "run_search"]
+# evotorch announces every Problem's dtype and device at INFO level.
+logging.getLogger("evotorch").setLevel(logging.WARNING)
+
+__all__ = ["FAILED_FITNESS", "CandidateRecord", "GenomeProblem", "SearchOutcome", "make_algorithm", "run_search"]
 
 # Fitness given to a failed candidate: below any real fitness, but finite for the GA.
 FAILED_FITNESS = -1.0e9
@@ -290,6 +294,21 @@ class _Driver:
         return SearchOutcome(self.parent, rec.values, rec.fitness, self.records, self.best_history)
 
 
+def make_algorithm(problem: GenomeProblem, sc: SearchConfig, space: GenomeSpace) -> GeneticAlgorithm:
+    """The evotorch GA of a search: ``elite`` survivors plus ``population - elite`` children."""
+    return GeneticAlgorithm(
+        problem,
+        popsize=sc.population,
+        elitist=False,  # elitism by count: the best ``elite`` parents survive, children fill the rest
+        re_evaluate=False,  # fitness is a deterministic function of the genome
+        operators=[
+            OnePointCrossOver(problem, tournament_size=sc.tournament, num_children=sc.population - sc.elite),
+            GaussianMutation(problem, stdev=sc.mutation_stdev, mutation_probability=sc.mutation_prob),
+            CategoricalResample(problem, space.categorical_mask, sc.categorical_resample),
+        ],
+    )
+
+
 def run_search(
     cfg: Config,
     tracker: Tracker,
@@ -310,17 +329,7 @@ def run_search(
     sc = cfg.search
     try:
         problem = GenomeProblem(len(driver.space), cfg.seed, driver.evaluate_generation)
-        ga = GeneticAlgorithm(
-            problem,
-            popsize=sc.population,
-            elitist=False,  # elitism by count: ``elite`` parents survive, children fill the rest
-            re_evaluate=False,
-            operators=[
-                OnePointCrossOver(problem, tournament_size=sc.tournament, num_children=sc.population - sc.elite),
-                GaussianMutation(problem, stdev=sc.mutation_stdev, mutation_probability=sc.mutation_prob),
-                CategoricalResample(problem, driver.space.categorical_mask, sc.categorical_resample),
-            ],
-        )
+        ga = make_algorithm(problem, sc, driver.space)
         if driver.state is None:
             problem.evaluate(ga.population)  # generation 0
             driver.end_generation(ga, problem)

@@ -1,0 +1,94 @@
+import torch
+
+from hybridopt.config import parse_config
+from hybridopt.tasks import make_task
+
+
+def make(**kw):
+    task = {"name": "cue_association", "n_cues": 4, "cue_bits": 6, "trials": 6, "cue_steps": 3, "response_steps": 2}
+    task.update({"feedback_steps": 2, "rate_on": 1.0, "rate_off": 0.0, "feedback_rate": 1.0, **kw})
+    return make_task(parse_config({"task": task}).task)
+
+
+def test_shapes_and_sizes():
+    t = make()
+    b = t.batch(5, torch.Generator().manual_seed(0))
+    assert t.n_in == 2 * 6 + 3 and t.n_out == 1 and t.chance == 0.5
+    assert b.x.shape == (5, 6 * 7, t.n_in)
+    assert b.target.shape == (5, 6)
+
+
+def test_same_seed_same_batch_and_different_seed_differs():
+    t = make(rate_on=0.5, noise=0.1)
+    a = t.batch(4, torch.Generator().manual_seed(3))
+    b = t.batch(4, torch.Generator().manual_seed(3))
+    c = t.batch(4, torch.Generator().manual_seed(4))
+    assert torch.equal(a.x, b.x) and torch.equal(a.target, b.target)
+    assert not torch.equal(a.x, c.x)
+
+
+def test_pairs_feedback_and_response_marker_follow_the_target():
+    # rate_on=1, rate_off=0, no noise: spikes are exactly the cue bits, so the task is readable.
+    nb, T = 16, 7  # 16 bits: two random cues collide with probability 2^-16
+    t = make(cue_bits=nb)
+    b = t.batch(64, torch.Generator().manual_seed(1))
+    x = b.x.reshape(64, 6, T, t.n_in)
+    for i in range(64):
+        seen = {}
+        for k in range(6):
+            left, right = x[i, k, 0, :nb], x[i, k, 0, nb : 2 * nb]
+            # hold_cue (default) keeps the pair on through response and feedback windows
+            assert torch.equal(x[i, k, :, : 2 * nb], x[i, k, :1, : 2 * nb].expand(T, -1))
+            assert x[i, k, 3:5, 2 * nb].eq(1).all() and x[i, k, :3, 2 * nb].eq(0).all()
+            yes, no = x[i, k, 5:, 2 * nb + 1], x[i, k, 5:, 2 * nb + 2]
+            assert yes.eq(b.target[i, k]).all() and no.eq(1 - b.target[i, k]).all()
+            for cue in (left, right):
+                seen.setdefault(tuple(cue.tolist()), []).append(b.target[i, k].item())
+        # the target is the one cue that appears exactly in the "present" trials
+        present_trials = int(b.target[i].sum())
+        if 0 < present_trials < 6:
+            counts = [v for v in seen.values() if len(v) == present_trials and all(v)]
+            assert counts, "no cue co-occurs with every 'present' trial"
+    assert 0.35 < b.target.mean().item() < 0.65  # the target is in the pair half the time
+
+
+def test_cue_off_after_cue_window_without_hold():
+    t = make(hold_cue=False)
+    x = t.batch(8, torch.Generator().manual_seed(2)).x.reshape(8, 6, 7, t.n_in)
+    assert x[:, :, 3:, :12].sum() == 0
+    assert x[:, :, :3, :12].sum() > 0
+
+
+def test_noise_adds_spikes_on_every_channel():
+    clean = make(rate_on=0.0).batch(16, torch.Generator().manual_seed(0)).x
+    noisy = make(rate_on=0.0, noise=0.3).batch(16, torch.Generator().manual_seed(0)).x
+    assert noisy.sum() > clean.sum()
+    rate = noisy[..., :12].mean().item()  # cue channels carry only noise here
+    assert 0.25 < rate < 0.35
+
+
+def test_fitness_counts_only_the_second_half_and_logits_use_the_response_window():
+    t = make()
+    b = t.batch(2, torch.Generator().manual_seed(0))
+    y = torch.zeros(2, 6 * 7, 1)
+    # Response window of each trial = steps 3,4 of the 7; put the right sign there.
+    sign = b.target * 2 - 1
+    for k in range(6):
+        y[:, k * 7 + 3 : k * 7 + 5, 0] = sign[:, k : k + 1]
+    assert torch.equal(t.fitness(y, b), torch.ones(2))
+    # Wrong answers in the first half only: fitness unchanged.
+    for k in range(3):
+        y[:, k * 7 + 3 : k * 7 + 5, 0] = -sign[:, k : k + 1]
+    assert torch.equal(t.fitness(y, b), torch.ones(2))
+    # One wrong answer in the second half of 3 trials: 2/3.
+    y[0, 5 * 7 + 3 : 5 * 7 + 5, 0] = -sign[0, 5]
+    assert torch.allclose(t.fitness(y, b), torch.tensor([2 / 3, 1.0]))
+    # Outside the response window the readout does not matter.
+    y[:, 0:3] = 100.0
+    assert torch.allclose(t.fitness(y, b), torch.tensor([2 / 3, 1.0]))
+
+
+def test_loss_is_ln2_for_a_silent_readout():
+    t = make()
+    b = t.batch(4, torch.Generator().manual_seed(0))
+    assert abs(t.loss(torch.zeros(4, 42, 1), b).item() - 0.6931472) < 1e-6

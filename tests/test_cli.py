@@ -1,0 +1,90 @@
+"""The real CLI, in a subprocess, on a temporary SQLite store."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from hybridopt.train.gradient import evaluate
+from hybridopt.train.weights import load_weights
+from tests.conftest import CONFIGS, run_cli
+
+
+def test_train_logs_one_complete_run_and_weights_reproduce_eval(tmp_path: Path, store: str):
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    p = run_cli(["train", str(CONFIGS / "smoke.yaml"), "--tracking-uri", store], cwd=cwd)
+    assert p.returncode == 0, p.stderr
+    client = MlflowClient(store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["hybridopt.kind"] == "train" and run.info.status == "FINISHED"
+    for proj in ("input", "recurrent", "readout"):
+        assert f"plasticity.{proj}.rule" in run.data.params
+        assert f"plasticity.{proj}.modulation" in run.data.params
+    assert run.data.params["plasticity.input.rule"] == "hebbian"
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
+    assert len(client.get_metric_history(run.info.run_id, "eval/accuracy")) >= 2
+    fitness = run.data.metrics["fitness"]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"weights.pt", "config.yaml"} <= arts
+    path = client.download_artifacts(run.info.run_id, "weights.pt", str(tmp_path))
+    cfg, task, net = load_weights(path)
+    assert evaluate(net, task, cfg)["eval/accuracy"] == pytest.approx(fitness, abs=1e-7)
+    assert not (cwd / "mlruns").exists()  # artifacts live beside the store, not in the cwd
+    assert (tmp_path / "mlruns").is_dir()
+
+
+def test_python_dash_m_and_eval_command(tmp_path: Path, store: str):
+    assert run_cli(["train", str(CONFIGS / "smoke.yaml"), "--tracking-uri", store, "--seed", "3"], tmp_path).returncode == 0
+    weights = next(tmp_path.rglob("weights.pt"))
+    p = run_cli(["eval", str(weights)], tmp_path)
+    assert p.returncode == 0 and "eval/accuracy" in p.stdout
+
+
+BAD = {
+    "missing file": (["train", "nope.yaml"], "not found"),
+    "unknown key": (["train", "SMOKE", "--set", "network.bogus=1"], "network.bogus: unknown key"),
+    "unknown rule": (["train", "SMOKE", "--set", "plasticity.input.rule=hebb"], "unknown rule 'hebb'"),
+    "negative budget": (["train", "SMOKE", "--set", "train.steps=-5"], "train.steps"),
+    "bad override": (["train", "SMOKE", "--set", "oops"], "KEY.PATH=VALUE"),
+    "unknown command": (["fly"], "invalid choice"),
+    "bad seed": (["train", "SMOKE", "--seed", "x"], "invalid int"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input_one_line_exit_2_nothing_written(case: str, tmp_path: Path, store: str):
+    args, needle = BAD[case]
+    args = [str(CONFIGS / "smoke.yaml") if a == "SMOKE" else a for a in args]
+    p = run_cli([*args, "--tracking-uri", store] if args[0] == "train" else args, tmp_path)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], p.stderr
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_invalid_yaml_file(tmp_path: Path, store: str):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: {name: cue_association\nnetwork: [\n")
+    p = run_cli(["train", str(bad), "--tracking-uri", store], tmp_path)
+    assert p.returncode == 2 and "invalid YAML" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_unreachable_tracking_server(tmp_path: Path):
+    p = run_cli(["train", str(CONFIGS / "smoke.yaml"), "--tracking-uri", "http://127.0.0.1:9"], tmp_path, timeout=60)
+    assert p.returncode == 2 and "unreachable" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_corrupted_weights_file(tmp_path: Path):
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"\x00not a torch file")
+    p = run_cli(["eval", str(bad)], tmp_path)
+    assert p.returncode == 2 and "corrupted weights file" in p.stderr and "Traceback" not in p.stderr
+    torch.save({"something": 1}, bad)
+    p = run_cli(["eval", str(bad)], tmp_path)
+    assert p.returncode == 2 and "not a hybridopt weights file" in p.stderr

@@ -1,0 +1,74 @@
+import math
+
+import pytest
+import torch
+
+from hybridopt.config import load_config
+from hybridopt.train.gradient import build, evaluate, train_gradient
+from tests.conftest import CONFIGS
+
+
+def smoke(*overrides):
+    return load_config(CONFIGS / "smoke.yaml", list(overrides))
+
+
+def test_same_seed_same_fitness_bit_for_bit():
+    a, b = train_gradient(smoke()), train_gradient(smoke())
+    assert a.status == b.status == "FINISHED"
+    assert a.fitness == b.fitness
+    assert [m for _, m in a.history] == [m for _, m in b.history]
+    for k in a.state_dict:
+        assert torch.equal(a.state_dict[k], b.state_dict[k])
+
+
+def test_training_changes_weights_and_records_curves():
+    cfg = smoke()
+    _, net0 = build(cfg)
+    r = train_gradient(cfg)
+    assert r.steps == cfg.train.steps and r.episodes == cfg.train.steps * cfg.train.batch_size
+    assert [s for s, _ in r.history] == list(range(1, cfg.train.steps + 1))
+    assert all("train/loss" in m for _, m in r.history)
+    assert sum("eval/accuracy" in m for _, m in r.history) == 2  # eval_every=3 over 6 steps
+    changed = [k for k, v in net0.state_dict().items() if not torch.equal(v, r.state_dict[k])]
+    assert "projections.input.W" in changed and "projections.input.alpha" in changed
+
+
+def test_eval_is_held_out_and_reproducible_from_weights():
+    cfg = smoke()
+    r = train_gradient(cfg)
+    task, net = build(cfg)
+    net.load_state_dict(r.state_dict)
+    assert evaluate(net, task, cfg)["eval/accuracy"] == r.fitness
+    # held-out: evaluation episodes are not the first training batches
+    gen_train = torch.Generator().manual_seed(cfg.seed)
+    from hybridopt.train.gradient import EVAL_SEED_OFFSET
+
+    gen_eval = torch.Generator().manual_seed(EVAL_SEED_OFFSET + cfg.seed)
+    assert not torch.equal(task.batch(8, gen_train).x, task.batch(8, gen_eval).x)
+
+
+def test_non_finite_loss_fails_the_candidate_with_a_reason():
+    blow_up = ["plasticity.input.alpha_init=1e38", "plasticity.input.h_max=1e38", "plasticity.input.eta_init=1e38"]
+    r = train_gradient(smoke(*blow_up))
+    assert r.failed and r.status == "FAILED"
+    assert "non-finite loss" in r.reason
+    assert r.fitness == -math.inf and r.state_dict == {}
+
+
+def test_an_error_inside_training_fails_the_candidate_instead_of_raising():
+    # n_cues=2 passes config validation but the task cannot build pairs without the target.
+    r = train_gradient(smoke("task.n_cues=2"))
+    assert r.failed and "n_cues" in r.reason
+
+
+def test_cpu_budget_stops_training_early():
+    r = train_gradient(smoke("train.steps=100000", "train.cpu_minutes=0.02"))
+    assert r.status == "FINISHED"
+    assert 0 < r.steps < 100000
+    assert r.cpu_time < 0.02 * 60 + 5
+
+
+@pytest.mark.parametrize("task", ["pattern_memory"])
+def test_other_task_trains(task):
+    r = train_gradient(smoke(f"task={{name: {task}}}", "train.steps=2"))
+    assert r.status == "FINISHED" and 0.0 <= r.fitness <= 1.0
