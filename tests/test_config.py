@@ -68,7 +68,9 @@ def test_flatten_exposes_each_projections_rule_and_modulation():
 
 
 def test_network_spec_carries_plasticity_per_projection():
-    cfg = load_config(CONFIGS / "smoke.yaml", ["plasticity.readout.rule=bcm", "plasticity.readout.coefficients={tau_phi: 7}"])
+    cfg = load_config(
+        CONFIGS / "smoke.yaml", ["plasticity.readout.rule=bcm", "plasticity.readout.coefficients={tau_phi: 7}"]
+    )
     spec = network_spec(cfg, n_in=5, n_out=2)
     assert (spec.n_in, spec.n_hidden, spec.n_out) == (5, 16, 2)
     assert spec.input.rule == "hebbian" and spec.readout.rule == "bcm"
@@ -78,5 +80,8 @@ def test_network_spec_carries_plasticity_per_projection():
 def test_coefficient_of_another_rule_rejected():
     with pytest.raises(ConfigError, match="has no coefficient"):
         parse_config(
-            {"task": {"name": "cue_association"}, "plasticity": {"input": {"rule": "oja", "coefficients": {"a_plus": 1}}}}
+            {
+                "task": {"name": "cue_association"},
+                "plasticity": {"input": {"rule": "oja", "coefficients": {"a_plus": 1}}},
+            }
         )

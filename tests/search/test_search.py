@@ -1,0 +1,229 @@
+"""The real ``hybridopt search`` in a subprocess: local Ray, a SQLite store, the smoke config."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import CONFIGS, REPO
+
+pytestmark = pytest.mark.slow
+
+SMOKE = str(CONFIGS / "smoke_search.yaml")
+# population 4, elite 2: 4 initial candidates, then 2 children per generation
+THREE_GENERATIONS = ["--set", "search.generations=3"]
+EXPECTED_CHILDREN = 4 + 2 + 2
+
+
+@pytest.fixture
+def ray_tmp():
+    """A private Ray temp dir; every process started under it is killed at teardown."""
+    d = tempfile.mkdtemp(prefix="hr", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    yield d
+    subprocess.run(["pkill", "-9", "-f", d], check=False)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _env(ray_tmp: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def search(args, cwd: Path, ray_tmp: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hybridopt", "search", *args],
+        cwd=cwd,
+        env=_env(ray_tmp),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_search(args, cwd: Path, ray_tmp: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hybridopt", "search", *args],
+        cwd=cwd,
+        env=_env(ray_tmp),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def runs_of(store: str):
+    client = MlflowClient(store)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("hybridopt.kind") == "search"]
+    children = [r for r in runs if r.data.tags.get("hybridopt.kind") == "candidate"]
+    return client, parents, children
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    t0 = time.time()
+    while not pred():
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def best_genome(client: MlflowClient, parent_id: str) -> str:
+    return client.get_run(parent_id).data.tags["hybridopt.best_genome"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted three-generation smoke search (shared by the tests below)."""
+    d = tmp_path_factory.mktemp("reference")
+    rt = tempfile.mkdtemp(prefix="hr", dir="/tmp")
+    try:
+        store = f"sqlite:///{d / 'm.db'}"
+        p = search([SMOKE, *THREE_GENERATIONS, "--tracking-uri", store], d, rt)
+        assert p.returncode == 0, p.stderr
+    finally:
+        subprocess.run(["pkill", "-9", "-f", rt], check=False)
+        shutil.rmtree(rt, ignore_errors=True)
+    return d, store
+
+
+def test_search_logs_parent_and_children(reference):
+    _, store = reference
+    client, parents, children = runs_of(store)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert len(children) == EXPECTED_CHILDREN
+    for c in children:
+        assert c.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert {"hybridopt.generation", "hybridopt.candidate"} <= set(c.data.tags)
+        for proj in ("input", "recurrent", "readout"):
+            assert f"plasticity.{proj}.rule" in c.data.params and f"plasticity.{proj}.modulation" in c.data.params
+        assert "fitness" in c.data.metrics and c.info.status == "FINISHED"
+        assert len(client.get_metric_history(c.info.run_id, "train/loss")) == 4
+    best = [
+        m.value for m in sorted(client.get_metric_history(parent.info.run_id, "best_fitness"), key=lambda m: m.step)
+    ]
+    assert len(best) == 3 and all(a <= b for a, b in zip(best, best[1:]))
+    assert best[-1] == max(c.data.metrics["fitness"] for c in children)
+    assert "mean_fitness" in parent.data.metrics
+    assert any(k.startswith("rules/input/") for k in parent.data.metrics)
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"weights.pt", "best_genome.yaml", "config.yaml"} <= arts
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_search(reference, tmp_path: Path, ray_tmp: str):
+    ref_dir, ref_store = reference
+    store = f"sqlite:///{tmp_path / 'm.db'}"
+    ckpt = tmp_path / "c.ckpt"
+    args = [SMOKE, *THREE_GENERATIONS, "--tracking-uri", store, "--set", f"search.checkpoint={ckpt}"]
+    proc = start_search(args, tmp_path, ray_tmp)
+    try:
+        wait_for(ckpt.exists, 240, "the first generation's checkpoint")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    p = search([*args, "--resume"], tmp_path, ray_tmp)
+    assert p.returncode == 0, p.stderr
+    client, parents, children = runs_of(store)
+    ref_client, ref_parents, ref_children = runs_of(ref_store)
+    assert len(parents) == 1  # the same parent run, continued
+    assert len(children) == len(ref_children) == EXPECTED_CHILDREN
+    keys = sorted((c.data.tags["hybridopt.generation"], c.data.tags["hybridopt.candidate"]) for c in children)
+    assert len(set(keys)) == len(keys)  # nothing re-logged
+    assert best_genome(client, parents[0].info.run_id) == best_genome(ref_client, ref_parents[0].info.run_id)
+    assert client.get_run(parents[0].info.run_id).info.status == "FINISHED"
+
+
+def test_resume_refuses_a_mismatched_or_corrupt_checkpoint(tmp_path: Path, store: str, ray_tmp: str):
+    ckpt = tmp_path / "c.ckpt"
+    ckpt.write_bytes(b"garbage")
+    p = search([SMOKE, "--tracking-uri", store, "--set", f"search.checkpoint={ckpt}", "--resume"], tmp_path, ray_tmp)
+    assert p.returncode == 2 and "corrupted checkpoint" in p.stderr and "Traceback" not in p.stderr
+    p = search(
+        [SMOKE, "--tracking-uri", store, "--set", f"search.checkpoint={tmp_path / 'none'}", "--resume"],
+        tmp_path,
+        ray_tmp,
+    )
+    assert p.returncode == 2 and "no checkpoint" in p.stderr
+
+
+def test_a_killed_worker_is_retried_and_every_candidate_accounted_for(tmp_path: Path, store: str, ray_tmp: str):
+    # Longer candidates (a few seconds each) so that one can be killed mid-training.
+    args = [SMOKE, "--tracking-uri", store, "--set", "train.steps=150", "--set", f"search.checkpoint={tmp_path}/c"]
+    proc = start_search(args, tmp_path, ray_tmp)
+    killed = []
+
+    def kill_a_worker() -> bool:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                env = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            if cmd.startswith(b"ray::evaluate_candidate") and ray_tmp.encode() in env:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(pid)
+                return True
+        return False
+
+    try:
+        wait_for(kill_a_worker, 240, "a worker running a candidate")
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    _, parents, children = runs_of(store)
+    assert killed and len(parents) == 1
+    assert len(children) == 4 + 2
+    assert all(c.info.status == "FINISHED" and "fitness" in c.data.metrics for c in children)
+
+
+def test_a_failing_candidate_is_a_failed_child_and_the_search_goes_on(tmp_path: Path, store: str, ray_tmp: str):
+    blow_up = ["plasticity.input.alpha_init=1e38", "plasticity.input.h_max=1e38", "plasticity.input.eta_init=1e38"]
+    genes = "search.genes={plasticity.input.rule: {choices: [none, hebbian]}, train.lr: {low: 0.001, high: 0.01}}"
+    args = [SMOKE, "--tracking-uri", store, "--set", genes, "--set", f"search.checkpoint={tmp_path}/c"]
+    for b in blow_up:
+        args += ["--set", b]
+    p = search(args, tmp_path, ray_tmp)
+    assert p.returncode == 0, p.stderr
+    _, parents, children = runs_of(store)
+    failed = [c for c in children if c.info.status == "FAILED"]
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert len(children) == 6 and failed and finished
+    for c in failed:
+        assert c.data.params["plasticity.input.rule"] == "hebbian"
+        assert "non-finite loss" in c.data.tags["hybridopt.failure"]
+        assert "fitness" not in c.data.metrics
+    assert parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["hybridopt.best_genome"].startswith("input.rule=none")
+
+
+def test_ctrl_c_ends_the_search_run_as_killed(tmp_path: Path, store: str, ray_tmp: str):
+    ckpt = tmp_path / "c.ckpt"
+    args = [SMOKE, "--tracking-uri", store, "--set", "train.steps=150", "--set", f"search.checkpoint={ckpt}"]
+    proc = start_search(args, tmp_path, ray_tmp)
+    try:
+        wait_for(ckpt.exists, 240, "the first checkpoint")
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    _, parents, _ = runs_of(store)
+    assert parents[0].info.status == "KILLED"
