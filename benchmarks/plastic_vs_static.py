@@ -64,10 +64,40 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_all(jobs: list[dict[str, Any]], procs: int) -> list[dict[str, Any]]:
-    out = []
-    with mp.get_context("spawn").Pool(procs, maxtasksperchild=1) as pool:
-        for r in pool.imap_unordered(run_one, jobs):
+FIELDS = ["config", "stage", "variant", "seed", "noise", "minutes", "accuracy", "status", "episodes", "wall_s", "cpu_s"]
+
+
+def _key(job: dict[str, Any]) -> tuple:
+    return (job["stage"], job["variant"], int(job["seed"]), float(job["noise"]), float(job["minutes"]))
+
+
+def load_done(path: Path) -> dict[tuple, dict[str, Any]]:
+    """Rows already measured (``--resume``): each run is appended to runs.csv as it ends."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ("seed", "episodes"):
+            r[k] = int(r[k])
+        for k in ("noise", "minutes", "accuracy", "wall_s", "cpu_s"):
+            r[k] = float(r[k])
+    return {_key(r): r for r in rows}
+
+
+def run_all(jobs: list[dict[str, Any]], procs: int, log: Path, done: dict[tuple, dict[str, Any]]):
+    out = [done[_key(j)] for j in jobs if _key(j) in done]
+    todo = [j for j in jobs if _key(j) not in done]
+    if not todo:
+        return out
+    new_file = not log.exists()
+    with mp.get_context("spawn").Pool(procs, maxtasksperchild=1) as pool, open(log, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new_file:
+            writer.writeheader()
+        for r in pool.imap_unordered(run_one, todo):
+            writer.writerow({k: r[k] for k in FIELDS})
+            f.flush()
             print(
                 f"  {r['stage']:<8} {r['variant']:<32} noise={r['noise']:<4} seed={r['seed']} "
                 f"acc={r['accuracy']:.3f} episodes={r['episodes']} wall={r['wall_s']:.0f}s",
@@ -131,9 +161,14 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/plastic_vs_static")
     ap.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    ap.add_argument("--resume", action="store_true", help="reuse the runs already in OUT/runs.csv")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    log = out / "runs.csv"
+    if not args.resume:
+        log.unlink(missing_ok=True)
+    done = load_done(log)
     t0 = time.time()
 
     base = {"config": args.config, "seed": 0, "noise": 0.0}
@@ -144,26 +179,34 @@ def main() -> int:
         for m in MODES
     ]
     print(f"(a) screening {len(screen)} configurations at {args.screen_minutes} CPU-min each", flush=True)
-    rows = run_all(screen, args.procs)
+    rows = run_all(screen, args.procs, log, done)
     best_input = max((r for r in rows if r["variant"] != "static"), key=lambda r: r["accuracy"])
     rec = "recurrent:" + best_input["variant"].split(":")[1]
-    rows += run_all([{**base, "stage": "screen", "variant": rec, "minutes": args.screen_minutes}], args.procs)
+    rows += run_all(
+        [{**base, "stage": "screen", "variant": rec, "minutes": args.screen_minutes}], args.procs, log, done
+    )
     ranked = sorted((r for r in rows if r["variant"] != "static"), key=lambda r: -r["accuracy"])
     best_two = [r["variant"] for r in ranked[:2]]
 
     print(f"(b) confirmation: static vs {best_two}, {args.seeds} seeds, clean and noise={args.noise}", flush=True)
     confirm = [
-        {"config": args.config, "stage": "confirm", "variant": v, "seed": s, "noise": n, "minutes": args.confirm_minutes}
+        {
+            "config": args.config,
+            "stage": "confirm",
+            "variant": v,
+            "seed": s,
+            "noise": n,
+            "minutes": args.confirm_minutes,
+        }
         for n in (0.0, args.noise)
         for v in ["static", *best_two]
         for s in range(args.seeds)
     ]
-    rows += run_all(confirm, args.procs)
+    rows += run_all(confirm, args.procs, log, done)
 
     table = summarise(rows)
     md = markdown(table)
     print(md)
-    write_csv(out / "runs.csv", rows)
     write_csv(out / "summary.csv", table)
     (out / "summary.md").write_text(md + "\n")
     print(f"total wall time {time.time() - t0:.0f}s; results in {out}")
