@@ -197,6 +197,8 @@ class _Driver:
                 fitness[i] = stored.fitness
                 done += 1
                 continue
+            if stored is not None:  # logged for another genome (config changed between runs): redo it
+                self.tracker.client.delete_run(stored.run_id)
             cand = self.space.config_for(self.cfg, values)
             cand = cand.model_copy(update={"train": cand.train.model_copy(update={"threads": threads})})
             pending[self.evaluate.remote(cand.model_dump(mode="json"))] = (i, u, values)

@@ -17,10 +17,10 @@ import torch
 
 from hybridopt.config import Config, network_spec
 from hybridopt.snn.network import PlasticSNN
-from hybridopt.tasks import Task, make_task
+from hybridopt.tasks import Batch, Task, make_task
 from hybridopt.train.result import ProgressFn, TrainResult
 
-__all__ = ["EVAL_SEED_OFFSET", "build", "evaluate", "train_gradient"]
+__all__ = ["EVAL_SEED_OFFSET", "build", "evaluate", "resolve_device", "train_gradient"]
 
 EVAL_SEED_OFFSET = 1_000_003
 
@@ -32,13 +32,27 @@ def build(cfg: Config) -> tuple[Task, PlasticSNN]:
     return task, net
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when a GPU is visible (Ray shows one only to candidates that declare it)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return Batch(batch.x.to(device), batch.target.to(device)) if device.type != "cpu" else batch
+
+
 @torch.no_grad()
 def evaluate(net: PlasticSNN, task: Task, cfg: Config) -> dict[str, float]:
-    """Mean fitness, loss and firing rate on the held-out evaluation episodes."""
+    """Mean fitness, loss and firing rate on the held-out evaluation episodes.
+
+    Episodes are drawn on the CPU from a fixed seed, so they are the same on every device."""
     gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + cfg.seed)
+    device = net.b_hidden.device
     fit, loss, rate = [], [], []
     for _ in range(cfg.train.eval_batches):
-        batch = task.batch(cfg.train.batch_size, gen)
+        batch = _to(task.batch(cfg.train.batch_size, gen), device)
         y, s, _ = net(batch.x)
         fit.append(task.fitness(y, batch).mean().item())
         loss.append(task.loss(y, batch).item())
@@ -57,12 +71,14 @@ def train_gradient(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainR
     step = 0
     try:
         task, net = build(cfg)
+        net.to(resolve_device(tc.device))
+        device = net.b_hidden.device
         opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
         gen = torch.Generator().manual_seed(cfg.seed)
         cpu0 = time.process_time()
         cpu_budget = 60.0 * tc.cpu_minutes if tc.cpu_minutes else math.inf
         while step < tc.steps and time.process_time() - cpu0 < cpu_budget:
-            batch = task.batch(tc.batch_size, gen)
+            batch = _to(task.batch(tc.batch_size, gen), device)
             y, s, _ = net(batch.x)
             task_loss = task.loss(y, batch)
             loss = task_loss
