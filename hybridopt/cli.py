@@ -96,12 +96,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             TimeElapsedColumn(),
             transient=False,
         ) as bar:
-            job = bar.add_task("train", total=cfg.train.steps, info="")
+            # Locomotion trains by ES: its steps are generations, its curves returns.
+            total = cfg.es.generations if cfg.task.name == "locomotion" else cfg.train.steps
+            job = bar.add_task("train", total=total, info="")
+            shown = {
+                "train/loss": "loss",
+                "train/return_mean": "return",
+                "eval/accuracy": "eval acc",
+                "eval/return/standard": "eval return",
+            }
 
             def progress(step: int, m: dict[str, float]) -> None:
-                info = f"loss {m['train/loss']:.3f}"
-                if "eval/accuracy" in m:
-                    info += f"  eval acc {m['eval/accuracy']:.3f}"
+                info = "  ".join(f"{label} {m[k]:.3f}" for k, label in shown.items() if k in m)
                 bar.update(job, completed=step, info=info)
 
             result = train_candidate(cfg, progress)

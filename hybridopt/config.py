@@ -1,12 +1,14 @@
 """Validated configuration: YAML in, a frozen tree of pydantic models out.
 
 Sections: ``task``, ``network``, ``plasticity`` (one entry per projection), ``train``,
-``search``, ``ray``, ``tracking``.  Unknown keys are rejected with the key named;
-``--set a.b=value`` overrides any key (the value is parsed as YAML).
+``es`` (the search-gradient inner loop of control tasks), ``search``, ``ray``, ``tracking``.
+Unknown keys are rejected with the key named; ``--set a.b=value`` overrides any key (the
+value is parsed as YAML).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -95,6 +97,8 @@ class NetworkConfig(Strict):
     input_gain: Positive = 1.0
     recurrent_gain: Annotated[float, Field(ge=0.0)] = 0.5
     readout_gain: Positive = 1.0
+    # how training differentiates a sequence: the fused plastic-synapse kernel, or plain autograd
+    kernel: Literal["fused", "reference"] = "fused"
 
     @field_validator("surrogate")
     @classmethod
@@ -136,7 +140,44 @@ class PatternMemoryConfig(Strict):
     noise: Fraction = 0.0
 
 
-TaskConfig = Annotated[Union[CueAssociationConfig, PatternMemoryConfig], Field(discriminator="name")]
+class LocomotionConfig(Strict):
+    """Control a gymnasium MuJoCo robot; see ``tasks.locomotion`` (trained by the ES inner loop, ``es``).
+
+    Observations are normalised by running mean/std, clipped to ``obs_clip`` and fed as input
+    currents times ``obs_gain``; actions are ``tanh`` of the readout, mapped into the action
+    bounds; the readout weights start ``readout_scale`` times their usual size.  Evaluation
+    runs ``eval_seeds`` seeded episodes in the standard condition and in each of ``conditions``
+    (never seen in training): ``crippled_leg`` zeroes the actuators of ``crippled_leg``,
+    ``low_friction`` scales friction by ``friction_scale``, ``heavy_body`` scales the torso's
+    mass by ``torso_mass_scale``.
+    """
+
+    name: Literal["locomotion"]
+    env_id: str = "HalfCheetah-v5"
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    episode_steps: Annotated[int, Field(ge=1)] = 500
+    obs_gain: Positive = 1.0
+    obs_clip: Positive = 5.0
+    readout_scale: Positive = 0.1
+    conditions: list[Literal["crippled_leg", "low_friction", "heavy_body"]] = Field(
+        default_factory=lambda: ["crippled_leg", "low_friction", "heavy_body"]
+    )
+    crippled_leg: str = "back"
+    friction_scale: Positive = 0.25
+    torso_mass_scale: Positive = 1.5
+    eval_seeds: Annotated[int, Field(ge=1)] = 3
+
+    @model_validator(mode="after")
+    def _known_env_and_leg(self) -> LocomotionConfig:
+        from hybridopt.tasks.locomotion import check_env_and_leg
+
+        check_env_and_leg(self.env_id, self.crippled_leg)
+        if len(set(self.conditions)) != len(self.conditions):
+            raise ValueError(f"conditions has duplicates: {self.conditions}")
+        return self
+
+
+TaskConfig = Annotated[Union[CueAssociationConfig, PatternMemoryConfig, LocomotionConfig], Field(discriminator="name")]
 
 
 class TrainConfig(Strict):
@@ -162,6 +203,44 @@ class TrainConfig(Strict):
     rate_target: Fraction = 0.05
     cpu_minutes: Optional[Positive] = None
     threads: Annotated[int, Field(ge=1)] = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ESConfig(Strict):
+    """Search-gradient inner loop for control tasks (``locomotion``): evotorch PGPE or SNES
+    over the flat vector of learned parameters.
+
+    Weights and biases are sampled with stdev ``stdev``; plasticity coefficients (``alpha``,
+    ``eta``, ``mod_a``/``mod_b``, ``eta_E``, ``w_M``/``b_M`` and the rule's own coefficients,
+    the latter relative to their magnitude) with ``plastic_stdev``: perturbed as much as the
+    weights they drive ``H`` to its clip within a few steps.  PGPE samples antithetic pairs
+    (``popsize`` even) and moves its centre with ``optimizer`` (ClipUp: step ``center_lr``,
+    speed limit ``max_speed``, default ``2 * center_lr``).  Each sample plays
+    ``episodes_per_sample`` episodes, in ``workers`` processes (default ``train.threads``, which
+    a search sets to the CPUs a candidate declares); the budget is ``generations``, cut short
+    after ``cpu_minutes`` of CPU time (this process and its episode workers).
+    """
+
+    algorithm: Literal["pgpe", "snes"] = "pgpe"
+    popsize: Annotated[int, Field(ge=2)] = 48
+    generations: Annotated[int, Field(ge=1)] = 200
+    stdev: Positive = 0.1
+    plastic_stdev: Positive = 0.01
+    center_lr: Positive = 0.1
+    stdev_lr: Positive = 0.1
+    max_speed: Optional[Positive] = None
+    optimizer: Literal["clipup", "adam", "sgd"] = "clipup"
+    ranking: Literal["centered", "linear", "nes", "normalized", "raw"] = "centered"
+    episodes_per_sample: Annotated[int, Field(ge=1)] = 1
+    workers: Optional[Annotated[int, Field(ge=1)]] = None
+    eval_every: Annotated[int, Field(ge=1)] = 10
+    cpu_minutes: Optional[Positive] = None
+
+    @model_validator(mode="after")
+    def _even_popsize(self) -> ESConfig:
+        if self.algorithm == "pgpe" and self.popsize % 2:
+            raise ValueError(f"pgpe samples antithetic pairs: popsize must be even (got {self.popsize})")
+        return self
 
 
 class GeneConfig(Strict):
@@ -243,6 +322,7 @@ class Config(Strict):
     network: NetworkConfig = NetworkConfig()
     plasticity: PlasticityConfig = PlasticityConfig()
     train: TrainConfig = TrainConfig()
+    es: ESConfig = ESConfig()
     search: Optional[SearchConfig] = None
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -281,7 +361,7 @@ def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with each ``a.b.c=value`` applied (value parsed as YAML)."""
-    out = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    out = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
@@ -352,5 +432,6 @@ def network_spec(cfg: Config, n_in: int, n_out: int) -> NetworkSpec:
         input_gain=n.input_gain,
         recurrent_gain=n.recurrent_gain,
         readout_gain=n.readout_gain,
+        kernel=n.kernel,
         **proj,
     )

@@ -15,17 +15,24 @@ whose rule is ``none`` has no ``alpha`` and no ``H``: it is an ordinary static w
 The maths is :func:`network_step` over explicit :class:`NetworkParams` and
 :class:`NetworkState`; :class:`PlasticSNN` is the thin ``nn.Module`` that owns the
 parameters and runs the time loop.
+
+``NetworkSpec.kernel`` picks how a sequence is differentiated: ``"fused"`` (the default) runs
+every plastic projection's ``B x I x J`` work through :mod:`hybridopt.snn.fused` (same
+forward values, a fraction of the memory and time in training); ``"reference"`` is plain
+autograd through the same equations, kept as the yardstick the fused kernel is tested against.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
+from hybridopt.snn.fused import BufferPool, PlasticTape, default_interval, fused_plastic_current, fused_plasticity_step
 from hybridopt.snn.neurons import LIFParameters, LIFState, lif_initial_state, lif_step
 from hybridopt.snn.plasticity import (
     MODES,
@@ -39,6 +46,7 @@ from hybridopt.snn.plasticity import (
 )
 
 __all__ = [
+    "KERNELS",
     "PROJECTIONS",
     "NetworkParams",
     "NetworkSpec",
@@ -50,6 +58,7 @@ __all__ = [
 ]
 
 PROJECTIONS = ("input", "recurrent", "readout")
+KERNELS = ("fused", "reference")
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,13 @@ class ProjectionSpec:
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """Sizes, neuron hyper-parameters and the plasticity of each projection."""
+    """Sizes, neuron hyper-parameters, the plasticity of each projection and the kernel
+    (``"fused"`` or ``"reference"``, see the module docstring).
+
+    ``checkpoint_interval`` (fused kernel only) trades memory for time: ``0`` keeps every step's
+    pre-clip ``U`` for backward (about 4 bytes per synapse per sample per step, no recomputation);
+    ``k >= 1`` keeps ``H`` every ``k`` steps and recomputes the rest in backward (``ceil(sqrt(T))``
+    is the least memory).  The results are the same."""
 
     n_in: int
     n_hidden: int
@@ -107,6 +122,14 @@ class NetworkSpec:
     input: ProjectionSpec = field(default_factory=ProjectionSpec)
     recurrent: ProjectionSpec = field(default_factory=ProjectionSpec)
     readout: ProjectionSpec = field(default_factory=ProjectionSpec)
+    kernel: str = "fused"
+    checkpoint_interval: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {self.kernel!r}; known: {', '.join(KERNELS)}")
+        if self.checkpoint_interval < 0:
+            raise ValueError(f"checkpoint_interval must be >= 0, got {self.checkpoint_interval}")
 
     @property
     def lif(self) -> LIFParameters:
@@ -152,16 +175,30 @@ class NetworkState(NamedTuple):
     readout: Optional[PlasticState]
 
 
-def _projection_forward(spec: ProjectionSpec, p: ProjectionParams, pre: Tensor, st: Optional[PlasticState]) -> Tensor:
+def _projection_forward(
+    spec: ProjectionSpec, p: ProjectionParams, pre: Tensor, st: Optional[PlasticState], tape: Optional[PlasticTape]
+) -> Tensor:
+    if st is not None and tape is not None:
+        return fused_plastic_current(tape, pre, p.W, p.alpha, st.H)
     return plastic_current(pre, p.W, p.alpha, st.H if st is not None else None)
 
 
 def _projection_update(
-    spec: ProjectionSpec, p: ProjectionParams, st: Optional[PlasticState], pre: Tensor, post: Tensor, features: Tensor
+    spec: ProjectionSpec,
+    p: ProjectionParams,
+    st: Optional[PlasticState],
+    pre: Tensor,
+    post: Tensor,
+    features: Tensor,
+    tape: Optional[PlasticTape],
 ) -> Optional[PlasticState]:
     if st is None:
         return None
     M = modulator_signal(features, p.w_M, p.b_M) if spec.modulated else None
+    if tape is not None:
+        return fused_plasticity_step(
+            tape, st, pre, post, trace_decay=spec.trace_decay, coeffs=p.coeffs, mod=p.mod, M=M
+        )  # fmt: skip
     return plasticity_step(
         spec.rule,
         spec.modulation,
@@ -177,19 +214,28 @@ def _projection_update(
 
 
 def network_step(
-    params: NetworkParams, spec: NetworkSpec, x: Tensor, state: NetworkState
+    params: NetworkParams,
+    spec: NetworkSpec,
+    x: Tensor,
+    state: NetworkState,
+    tapes: Optional[Mapping[str, PlasticTape]] = None,
 ) -> tuple[Tensor, Tensor, NetworkState]:
-    """One time step; returns ``(y_t, s_t, new_state)`` (equations in the module docstring)."""
+    """One time step; returns ``(y_t, s_t, new_state)`` (equations in the module docstring).
+
+    ``tapes`` (projection name -> :class:`~hybridopt.snn.fused.PlasticTape`, one per plastic
+    projection, made for this sequence) routes those projections through the fused kernel;
+    without it the step is plain autograd.  The values are the same either way."""
+    tp = {name: (tapes or {}).get(name) for name in PROJECTIONS}
     s_prev = state.lif.s
     current = (
-        _projection_forward(spec.input, params.input, x, state.input)
-        + _projection_forward(spec.recurrent, params.recurrent, s_prev, state.recurrent)
+        _projection_forward(spec.input, params.input, x, state.input, tp["input"])
+        + _projection_forward(spec.recurrent, params.recurrent, s_prev, state.recurrent, tp["recurrent"])
         + params.b_hidden
     )
     s, lif = lif_step(current, state.lif, spec.lif)
     y = (
         spec.readout_decay * state.y
-        + _projection_forward(spec.readout, params.readout, s, state.readout)
+        + _projection_forward(spec.readout, params.readout, s, state.readout, tp["readout"])
         + params.b_out
     )
     features = (
@@ -198,9 +244,13 @@ def network_step(
     new = NetworkState(
         lif=lif,
         y=y,
-        input=_projection_update(spec.input, params.input, state.input, x, s, features),
-        recurrent=_projection_update(spec.recurrent, params.recurrent, state.recurrent, s_prev, s, features),
-        readout=_projection_update(spec.readout, params.readout, state.readout, s, torch.tanh(y), features),
+        input=_projection_update(spec.input, params.input, state.input, x, s, features, tp["input"]),
+        recurrent=_projection_update(
+            spec.recurrent, params.recurrent, state.recurrent, s_prev, s, features, tp["recurrent"]
+        ),
+        readout=_projection_update(
+            spec.readout, params.readout, state.readout, s, torch.tanh(y), features, tp["readout"]
+        ),
     )
     return y, s, new
 
@@ -270,6 +320,10 @@ class PlasticSNN(nn.Module):
         self.b_hidden = nn.Parameter(torch.zeros(spec.n_hidden))
         self.b_out = nn.Parameter(torch.zeros(spec.n_out))
 
+    def __getstate__(self) -> dict:
+        # the fused kernel's buffer pool is scratch memory: not part of the network
+        return {k: v for k, v in self.__dict__.items() if k != "_pool"}
+
     def params(self) -> NetworkParams:
         p = {name: self.projections[name].params() for name in PROJECTIONS}
         return NetworkParams(**p, b_hidden=self.b_hidden, b_out=self.b_out)
@@ -295,18 +349,45 @@ class PlasticSNN(nn.Module):
         )
 
     def step(self, x: Tensor, state: NetworkState, params: Optional[NetworkParams] = None):
-        """One step: ``(y_t, s_t, state)``.  Pass ``params`` to avoid rebuilding them every step."""
+        """One step: ``(y_t, s_t, state)``.  Pass ``params`` to avoid rebuilding them every step.
+
+        Plain autograd maths whatever the kernel (the fused kernel needs the whole sequence);
+        the values are the same as :meth:`forward`'s."""
         return network_step(params if params is not None else self.params(), self.spec, x, state)
 
-    def forward(self, x: Tensor, state: Optional[NetworkState] = None) -> tuple[Tensor, Tensor, NetworkState]:
+    def forward(
+        self, x: Tensor, state: Optional[NetworkState] = None, *, checkpoint_interval: Optional[int] = None
+    ) -> tuple[Tensor, Tensor, NetworkState]:
         """Run a ``B x T x N_in`` input; returns readout ``B x T x N_out``, spikes ``B x T x N``
-        and the final state.  Without ``state`` the episode starts from :meth:`initial_state`."""
+        and the final state.  Without ``state`` the episode starts from :meth:`initial_state`.
+
+        With the fused kernel and gradients enabled, ``checkpoint_interval`` (default: the
+        spec's) says what each plastic projection keeps for backward (see :class:`NetworkSpec`);
+        the results do not depend on it."""
         if state is None:
             state = self.initial_state(x.shape[0])
         params = self.params()
+        tapes = None
+        if self.spec.kernel == "fused" and torch.is_grad_enabled():
+            k = self.spec.checkpoint_interval if checkpoint_interval is None else checkpoint_interval
+            pool = self.__dict__.setdefault("_pool", BufferPool())
+            tapes = {
+                name: PlasticTape(
+                    spec.rule,
+                    spec.modulation,
+                    spec.h_max,
+                    getattr(state, name),
+                    k or default_interval(x.shape[1]),
+                    store=k == 0,
+                    pool=pool,
+                )
+                for name in PROJECTIONS
+                if getattr(state, name) is not None
+                for spec in [self.spec.projection(name)]
+            }
         ys, ss = [], []
         for t in range(x.shape[1]):
-            y, s, state = network_step(params, self.spec, x[:, t], state)
+            y, s, state = network_step(params, self.spec, x[:, t], state, tapes)
             ys.append(y)
             ss.append(s)
         return torch.stack(ys, 1), torch.stack(ss, 1), state

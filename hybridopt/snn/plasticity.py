@@ -27,6 +27,10 @@ retroactive     ``E <- (1 - eta_E) E + eta_E D``; ``H <- clip(H + M_t E)`` (elig
 
 Both tables are registries (:data:`RULES`, :data:`MODES`): a new family is one function
 plus one registry line.  Nothing here holds state; everything is passed in and returned.
+
+Each entry may also carry its vector-Jacobian product (``vjp``): the derivative the fused
+kernel (:mod:`hybridopt.snn.fused`) plugs into its hand-written backward.  A family or mode
+without one still runs fused, differentiated by autograd one step at a time.
 """
 
 from __future__ import annotations
@@ -41,19 +45,33 @@ __all__ = [
     "MODES",
     "RULES",
     "Activity",
+    "ModeGrad",
     "ModulationParams",
     "Mode",
     "PlasticState",
     "Rule",
+    "RuleGrad",
     "apply_modulation",
+    "bcm_threshold",
     "bcm_update",
+    "bcm_update_into",
+    "bcm_vjp",
     "hebbian_update",
+    "hebbian_update_into",
+    "hebbian_vjp",
     "modulator_signal",
+    "next_threshold",
     "oja_update",
+    "oja_update_into",
+    "oja_vjp",
     "plastic_current",
     "plastic_initial_state",
+    "plasticity_drive",
     "plasticity_step",
     "stdp_update",
+    "stdp_update_into",
+    "stdp_vjp",
+    "unclipped_update",
 ]
 
 
@@ -90,92 +108,307 @@ class ModulationParams(NamedTuple):
 
 
 # --------------------------------------------------------------------------- rule families
-RuleFn = Callable[[Activity, Tensor, Optional[Tensor], Mapping[str, Tensor]], tuple[Tensor, Optional[Tensor]]]
+RuleFn = Callable[[Activity, Tensor, Optional[Tensor], Mapping[str, Tensor]], Tensor]
+ThresholdFn = Callable[[Activity, Tensor, Mapping[str, Tensor]], Tensor]
 
 
-def hebbian_update(act: Activity, H: Tensor, phi: Optional[Tensor], coeffs: Mapping[str, Tensor]):
+class RuleGrad(NamedTuple):
+    """Vector-Jacobian product of a rule's ``D`` (what a fused backward needs from a family).
+
+    Given the gradient ``gD_bij = gX_bij * gain_bj`` flowing into ``D``: the gradients of the
+    activity fields, of ``phi`` and of the coefficients; ``gain`` is ``sum_i gX_bij D_bij``
+    (``B x J``: the gradient of a per-post-neuron multiplier of ``D``); ``h_scale`` is
+    ``dD_bij / dH_bij`` as ``B x J`` when ``D`` depends on ``H`` (Oja), else ``None``.
+    """
+
+    pre_trace: Optional[Tensor] = None
+    post_trace: Optional[Tensor] = None
+    pre_spike: Optional[Tensor] = None
+    post_spike: Optional[Tensor] = None
+    phi: Optional[Tensor] = None
+    coeffs: dict[str, Tensor] = {}
+    gain: Optional[Tensor] = None
+    h_scale: Optional[Tensor] = None
+
+
+RuleVjp = Callable[..., RuleGrad]
+RuleIntoFn = Callable[..., Tensor]
+
+
+def _col_sums(a: Tensor, gX: Tensor) -> Tensor:
+    """``sum_i a_bi gX_bij`` (``B x J``; ``a`` may carry an extra leading axis: ``B x K x I`` -> ``B x K x J``)."""
+    return torch.bmm(a.unsqueeze(1), gX).squeeze(1) if a.dim() == 2 else torch.bmm(a, gX)
+
+
+def _row_sums(gX: Tensor, c: Tensor) -> Tensor:
+    """``sum_j gX_bij c_bj`` (``B x I``; ``c`` may be ``B x K x J`` -> ``B x K x I``)."""
+    gT = gX.transpose(1, 2)  # a transposed batched vector-matrix product is the fast BLAS path on CPU
+    return torch.bmm(c.unsqueeze(1), gT).squeeze(1) if c.dim() == 2 else torch.bmm(c, gT)
+
+
+def hebbian_update(act: Activity, H: Tensor, phi: Optional[Tensor], coeffs: Mapping[str, Tensor]) -> Tensor:
     """``D_ij = xpre_i * xpost_j``."""
-    return act.pre_trace.unsqueeze(2) * act.post_trace.unsqueeze(1), None
+    return act.pre_trace.unsqueeze(2) * act.post_trace.unsqueeze(1)
 
 
-def oja_update(act: Activity, H: Tensor, phi: Optional[Tensor], coeffs: Mapping[str, Tensor]):
+def hebbian_update_into(act: Activity, H: Tensor, phi, coeffs, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
+    """:func:`hebbian_update` written into ``out`` (the same operations, so the same bits)."""
+    return torch.mul(act.pre_trace.unsqueeze(2), act.post_trace.unsqueeze(1), out=out)
+
+
+def hebbian_vjp(act: Activity, H: Tensor, phi, coeffs, gX: Tensor, gain: Tensor, scratch=None) -> RuleGrad:
+    """``d xpre_i = sum_j gD_ij xpost_j``, ``d xpost_j = sum_i gD_ij xpre_i``."""
+    Y = _col_sums(act.pre_trace, gX)
+    return RuleGrad(pre_trace=_row_sums(gX, gain * act.post_trace), post_trace=gain * Y, gain=act.post_trace * Y)
+
+
+def oja_update(act: Activity, H: Tensor, phi: Optional[Tensor], coeffs: Mapping[str, Tensor]) -> Tensor:
     """``D_ij = xpost_j * (xpre_i - H_ij * xpost_j)``."""
     post = act.post_trace.unsqueeze(1)
-    return post * (act.pre_trace.unsqueeze(2) - H * post), None
+    return post * (act.pre_trace.unsqueeze(2) - H * post)
 
 
-def bcm_update(act: Activity, H: Tensor, phi: Optional[Tensor], coeffs: Mapping[str, Tensor]):
-    """``D_ij = xpre_i * xpost_j * (xpost_j - phi_j)``; then ``phi_j += (xpost_j^2 - phi_j) / tau_phi``.
+def oja_update_into(act: Activity, H: Tensor, phi, coeffs, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
+    """:func:`oja_update` written into ``out``: ``H xpost``, ``xpre - that``, ``xpost * that``."""
+    post = act.post_trace.unsqueeze(1)
+    torch.mul(H, post, out=out)
+    torch.sub(act.pre_trace.unsqueeze(2), out, out=out)
+    return out.mul_(post)
 
-    ``D`` uses the threshold before this step's update.  ``tau_phi`` (steps) is learned and
-    kept at least 1 so the threshold never overshoots its target.
-    """
+
+def oja_vjp(act: Activity, H: Tensor, phi, coeffs, gX: Tensor, gain: Tensor, scratch=None) -> RuleGrad:
+    """``D = xpre xpost^T - H ⊙ xpost^2``: ``d xpost_j = sum_i gD_ij (xpre_i - 2 H_ij xpost_j)``;
+    ``dD/dH = -xpost^2``."""
+    post = act.post_trace
+    Y = _col_sums(act.pre_trace, gX)
+    Z = torch.mul(gX, H, out=scratch).sum(1)  # sum_i gX_ij H_ij
+    sq = post * post
+    return RuleGrad(
+        pre_trace=_row_sums(gX, gain * post),
+        post_trace=gain * (Y - 2.0 * post * Z),
+        gain=post * Y - sq * Z,
+        h_scale=-sq,
+    )
+
+
+def bcm_update(act: Activity, H: Tensor, phi: Optional[Tensor], coeffs: Mapping[str, Tensor]) -> Tensor:
+    """``D_ij = xpre_i * xpost_j * (xpost_j - phi_j)`` with the threshold before this step's update."""
     assert phi is not None, "bcm needs its sliding threshold phi"
     post = act.post_trace
-    D = act.pre_trace.unsqueeze(2) * (post * (post - phi)).unsqueeze(1)
+    return act.pre_trace.unsqueeze(2) * (post * (post - phi)).unsqueeze(1)
+
+
+def bcm_threshold(act: Activity, phi: Tensor, coeffs: Mapping[str, Tensor]) -> Tensor:
+    """``phi_j += (xpost_j^2 - phi_j) / tau_phi``; ``tau_phi`` (steps, learned) is kept at least 1
+    so the threshold never overshoots its target."""
+    post = act.post_trace
     tau = coeffs["tau_phi"].clamp(min=1.0)
-    return D, phi + (post * post - phi) / tau
+    return phi + (post * post - phi) / tau
 
 
-def stdp_update(act: Activity, H: Tensor, phi: Optional[Tensor], coeffs: Mapping[str, Tensor]):
+def bcm_update_into(act: Activity, H: Tensor, phi: Optional[Tensor], coeffs, out: Tensor, scratch) -> Tensor:
+    """:func:`bcm_update` written into ``out``."""
+    post = act.post_trace
+    return torch.mul(act.pre_trace.unsqueeze(2), (post * (post - phi)).unsqueeze(1), out=out)
+
+
+def bcm_vjp(
+    act: Activity, H: Tensor, phi: Optional[Tensor], coeffs, gX: Tensor, gain: Tensor, scratch=None
+) -> RuleGrad:
+    """``D = xpre q^T`` with ``q_j = xpost_j (xpost_j - phi_j)``."""
+    post = act.post_trace
+    q = post * (post - phi)
+    Y = _col_sums(act.pre_trace, gX)
+    gq = gain * Y
+    return RuleGrad(pre_trace=_row_sums(gX, gain * q), post_trace=gq * (2.0 * post - phi), phi=-gq * post, gain=q * Y)
+
+
+def stdp_update(act: Activity, H: Tensor, phi: Optional[Tensor], coeffs: Mapping[str, Tensor]) -> Tensor:
     """Trace-based pair rule: ``D_ij = a_plus * xpre_i * s_post_j - a_minus * s_pre_i * xpost_j``."""
     ltp = act.pre_trace.unsqueeze(2) * act.post_spike.unsqueeze(1)
     ltd = act.pre_spike.unsqueeze(2) * act.post_trace.unsqueeze(1)
-    return coeffs["a_plus"] * ltp - coeffs["a_minus"] * ltd, None
+    return coeffs["a_plus"] * ltp - coeffs["a_minus"] * ltd
+
+
+def stdp_update_into(
+    act: Activity, H: Tensor, phi, coeffs: Mapping[str, Tensor], out: Tensor, scratch: Tensor
+) -> Tensor:
+    """:func:`stdp_update` written into ``out`` (LTP) and ``scratch`` (LTD)."""
+    torch.mul(act.pre_trace.unsqueeze(2), act.post_spike.unsqueeze(1), out=out)
+    torch.mul(act.pre_spike.unsqueeze(2), act.post_trace.unsqueeze(1), out=scratch)
+    out.mul_(coeffs["a_plus"])
+    scratch.mul_(coeffs["a_minus"])
+    return out.sub_(scratch)
+
+
+def stdp_vjp(
+    act: Activity, H: Tensor, phi, coeffs: Mapping[str, Tensor], gX: Tensor, gain: Tensor, scratch=None
+) -> RuleGrad:
+    """Two outer products: LTP ``xpre s_post^T`` and LTD ``s_pre xpost^T``, reduced in one pass each way."""
+    a_plus, a_minus = coeffs["a_plus"], coeffs["a_minus"]
+    Y = _col_sums(torch.stack([act.pre_trace, act.pre_spike], 1), gX)  # B x 2 x J
+    X = _row_sums(gX, torch.stack([gain * act.post_spike, gain * act.post_trace], 1))  # B x 2 x I
+    ltp, ltd = act.post_spike * Y[:, 0], act.post_trace * Y[:, 1]  # sum_i gX ⊙ (each outer product)
+    return RuleGrad(
+        pre_trace=a_plus * X[:, 0],
+        pre_spike=-a_minus * X[:, 1],
+        post_spike=a_plus * gain * Y[:, 0],
+        post_trace=-a_minus * gain * Y[:, 1],
+        coeffs={"a_plus": (gain * ltp).sum(), "a_minus": -(gain * ltd).sum()},
+        gain=a_plus * ltp - a_minus * ltd,
+    )
 
 
 class Rule(NamedTuple):
-    """A registered rule family: its update, its learned coefficients (with initial values)
-    and whether it keeps a per-post-neuron threshold ``phi``."""
+    """A registered rule family: its raw update ``D``, its learned coefficients (with initial
+    values) and the per-post-neuron threshold update if it keeps one (``phi``).
+
+    For the fused kernel, optionally: ``update_into(act, H, phi, coeffs, out, scratch)``, the
+    same ``D`` written into a ``B x I x J`` buffer (it must give the same bits as ``update``;
+    ``scratch`` is a second buffer it may use), and ``vjp(act, H, phi, coeffs, gX, gain,
+    scratch)``, the :class:`RuleGrad` of ``D``.  Without them the fused kernel runs ``update``
+    and differentiates it by autograd, one step at a time."""
 
     update: Optional[RuleFn]
     coefficients: Mapping[str, float] = {}
-    has_threshold: bool = False
+    threshold: Optional[ThresholdFn] = None
+    update_into: Optional[RuleIntoFn] = None
+    vjp: Optional[RuleVjp] = None
+
+    @property
+    def has_threshold(self) -> bool:
+        return self.threshold is not None
 
 
 RULES: dict[str, Rule] = {
     "none": Rule(None),
-    "hebbian": Rule(hebbian_update),
-    "oja": Rule(oja_update),
-    "bcm": Rule(bcm_update, {"tau_phi": 20.0}, has_threshold=True),
-    "stdp": Rule(stdp_update, {"a_plus": 1.0, "a_minus": 1.0}),
+    "hebbian": Rule(hebbian_update, update_into=hebbian_update_into, vjp=hebbian_vjp),
+    "oja": Rule(oja_update, update_into=oja_update_into, vjp=oja_vjp),
+    "bcm": Rule(bcm_update, {"tau_phi": 20.0}, bcm_threshold, bcm_update_into, bcm_vjp),
+    "stdp": Rule(stdp_update, {"a_plus": 1.0, "a_minus": 1.0}, update_into=stdp_update_into, vjp=stdp_vjp),
 }
 
 
 # --------------------------------------------------------------------------- modulation modes
-def _plain(D: Tensor, H: Tensor, E: Optional[Tensor], M: Optional[Tensor], p: ModulationParams, h_max: float):
-    """``H <- clip(H + eta ⊙ D)`` with ``eta`` broadcast over the post-synaptic axis."""
-    return (H + p.eta * D).clamp(-h_max, h_max), None
+# A mode is split in two: ``gain(params, M)`` is the small (B x J at most) multiplier of ``D``,
+# ``update(D, H, E, gain, M)`` the B x I x J part that gives ``H`` before the clip.  The split lets
+# the fused kernel keep the small part on autograd and the big part in its own backward.
+def _plain_gain(p: ModulationParams, M: Optional[Tensor]) -> Tensor:
+    """``eta`` (``J`` or ``1``), broadcast over the post-synaptic axis."""
+    return p.eta
 
 
-def _neuromodulated(D: Tensor, H: Tensor, E: Optional[Tensor], M: Optional[Tensor], p: ModulationParams, h_max: float):
-    """``eta_j(t) = a_j M_t + b_j``; ``H <- clip(H + eta(t) ⊙ D)``."""
-    eta = p.mod_a * M.unsqueeze(1) + p.mod_b  # B x J
-    return (H + eta.unsqueeze(1) * D).clamp(-h_max, h_max), None
+def _neuromodulated_gain(p: ModulationParams, M: Optional[Tensor]) -> Tensor:
+    """``eta_j(t) = a_j M_t + b_j`` as ``B x 1 x J``."""
+    return (p.mod_a * M.unsqueeze(1) + p.mod_b).unsqueeze(1)
 
 
-def _retroactive(D: Tensor, H: Tensor, E: Optional[Tensor], M: Optional[Tensor], p: ModulationParams, h_max: float):
-    """``E <- (1 - eta_E) E + eta_E D``; ``H <- clip(H + M_t E)``."""
-    eta_E = p.eta_E.clamp(0.0, 1.0)
-    E = (1.0 - eta_E) * E + eta_E * D
-    return (H + M.view(-1, 1, 1) * E).clamp(-h_max, h_max), E
+def _retroactive_gain(p: ModulationParams, M: Optional[Tensor]) -> Tensor:
+    """``eta_E`` clamped to ``[0, 1]``."""
+    return p.eta_E.clamp(0.0, 1.0)
 
 
-ModeFn = Callable[..., tuple[Tensor, Optional[Tensor]]]
+def _gain_update(D: Tensor, H: Tensor, E: Optional[Tensor], gain: Tensor, M: Optional[Tensor]):
+    """``H + eta ⊙ D`` (plain and neuromodulated)."""
+    return H + gain * D, None
+
+
+def _eligibility_update(D: Tensor, H: Tensor, E: Optional[Tensor], gain: Tensor, M: Optional[Tensor]):
+    """``E <- (1 - eta_E) E + eta_E D``; ``H + M_t E``."""
+    E = (1.0 - gain) * E + gain * D
+    return H + M.view(-1, 1, 1) * E, E
+
+
+# In-place twins for the fused kernel: ``D``'s buffer becomes ``U``; the same operations as above
+# with the operands of a product or sum swapped at most (exact in IEEE arithmetic), so the same bits.
+def _gain_update_into(D: Tensor, H: Tensor, E: Optional[Tensor], gain: Tensor, M: Optional[Tensor], E_out):
+    return D.mul_(gain).add_(H), None
+
+
+def _eligibility_update_into(D: Tensor, H: Tensor, E: Tensor, gain: Tensor, M: Tensor, E_out: Tensor):
+    torch.mul(E, 1.0 - gain, out=E_out)
+    E_out.add_(D.mul_(gain))
+    torch.mul(E_out, M.view(-1, 1, 1), out=D)
+    return D.add_(H), E_out
+
+
+class ModeGrad(NamedTuple):
+    """Gradients a mode's backward returns: ``H`` and ``E`` before the step, the gain, ``M`` and the rule's."""
+
+    H: Optional[Tensor] = None
+    E: Optional[Tensor] = None
+    gain: Optional[Tensor] = None
+    M: Optional[Tensor] = None
+    rule: RuleGrad = RuleGrad()
+
+
+# Backward of the two update forms.  ``gU`` (the gradient on ``U``, clip already applied) and ``gE``
+# (on the new ``E``) are buffers the caller owns: they are overwritten and handed back as the
+# gradients on the old ``H`` and ``E``.  ``scratch`` is one more ``B x I x J`` buffer (or ``None``).
+def _gain_vjp(rule: Rule, act: Activity, H, phi, coeffs, E, E_new, gain: Tensor, M, gU, gE, scratch) -> ModeGrad:
+    """Backward of ``U = H + gain ⊙ D(H)``: ``dU/dH = 1 + gain dD/dH``."""
+    if gU is None:
+        return ModeGrad()
+    B, _, J = gU.shape
+    g = gain.expand(B, 1, J).squeeze(1)
+    rg = rule.vjp(act, H, phi, coeffs, gU, g, scratch)
+    if rg.h_scale is not None:
+        gU.mul_((1.0 + g * rg.h_scale).unsqueeze(1))
+    return ModeGrad(H=gU, gain=rg.gain.unsqueeze(1).sum_to_size(gain.shape), rule=rg)
+
+
+def _eligibility_vjp(rule: Rule, act: Activity, H, phi, coeffs, E, E_new, gain, M, gU, gE, scratch) -> ModeGrad:
+    """Backward of ``E' = (1 - c) E + c D(H)``, ``U = H + M E'``; ``gX = gE + M gU`` is the total
+    gradient on ``E'`` (``gE`` must be given, zeros if nothing reached ``E'``, whenever ``gU`` is)."""
+    if gE is None:
+        return ModeGrad()
+    B, _, J = gE.shape
+    gX = gE if gU is None else gE.addcmul_(gU, M.view(-1, 1, 1))
+    rg = rule.vjp(act, H, phi, coeffs, gX, gain.expand(B, J), scratch)
+    g_gain = rg.gain.sum() - torch.dot(gX.reshape(-1), E.reshape(-1))
+    g_M = None if gU is None else torch.bmm(gU.reshape(B, 1, -1), E_new.reshape(B, -1, 1)).view(B)
+    gH = gU
+    if rg.h_scale is not None:
+        hs = (gain * rg.h_scale).unsqueeze(1)
+        gH = gX * hs if gH is None else gH.addcmul_(gX, hs)
+    return ModeGrad(H=gH, E=gX.mul_(1.0 - gain), gain=g_gain, M=g_M, rule=rg)
+
+
+GainFn = Callable[[ModulationParams, Optional[Tensor]], Tensor]
+UpdateFn = Callable[[Tensor, Tensor, Optional[Tensor], Tensor, Optional[Tensor]], tuple[Tensor, Optional[Tensor]]]
+ModeVjp = Callable[..., ModeGrad]
 
 
 class Mode(NamedTuple):
-    """A registered modulation mode: how ``D`` changes ``H``, and what it needs."""
+    """A registered modulation mode: the gain it puts on ``D``, how it changes ``H`` (before the
+    clip) and what it needs.
 
-    apply: ModeFn
+    For the fused kernel, optionally: ``update_into(D, H, E, gain, M, E_out)``, the same update
+    in place (``D``'s buffer becomes ``U``, the new ``E`` goes to ``E_out``; same bits as
+    ``update``), and ``vjp``, its backward (see ``_gain_vjp``).  Without them the fused kernel
+    runs ``update`` and differentiates it by autograd, one step at a time."""
+
+    gain: GainFn
+    update: UpdateFn
     needs_modulator: bool = False
     has_eligibility: bool = False
+    update_into: Optional[Callable[..., tuple[Tensor, Optional[Tensor]]]] = None
+    vjp: Optional[ModeVjp] = None
 
 
 MODES: dict[str, Mode] = {
-    "plain": Mode(_plain),
-    "neuromodulated": Mode(_neuromodulated, needs_modulator=True),
-    "retroactive": Mode(_retroactive, needs_modulator=True, has_eligibility=True),
+    "plain": Mode(_plain_gain, _gain_update, update_into=_gain_update_into, vjp=_gain_vjp),
+    "neuromodulated": Mode(
+        _neuromodulated_gain, _gain_update, needs_modulator=True, update_into=_gain_update_into, vjp=_gain_vjp
+    ),
+    "retroactive": Mode(
+        _retroactive_gain,
+        _eligibility_update,
+        needs_modulator=True,
+        has_eligibility=True,
+        update_into=_eligibility_update_into,
+        vjp=_eligibility_vjp,
+    ),
 }
 
 
@@ -183,7 +416,9 @@ def apply_modulation(
     mode: str, D: Tensor, H: Tensor, E: Optional[Tensor], M: Optional[Tensor], p: ModulationParams, h_max: float
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Apply the raw update ``D`` to ``H`` under modulation ``mode``; returns ``(H, E)``."""
-    return MODES[mode].apply(D, H, E, M, p, h_max)
+    m = MODES[mode]
+    U, E = m.update(D, H, E, m.gain(p, M), M)
+    return U.clamp(-h_max, h_max), E
 
 
 # --------------------------------------------------------------------------- a plastic projection
@@ -216,6 +451,45 @@ def plastic_initial_state(
     )
 
 
+def plasticity_drive(
+    mode: str,
+    state: PlasticState,
+    pre: Tensor,
+    post: Tensor,
+    *,
+    trace_decay: float,
+    mod: ModulationParams,
+    M: Optional[Tensor] = None,
+) -> tuple[Activity, Tensor]:
+    """The small part of a step before ``D`` (nothing bigger than ``B x N``): the new traces, as
+    the :class:`Activity` the rule sees, and the mode's gain."""
+    act = Activity(trace_decay * state.pre_trace + pre, trace_decay * state.post_trace + post, pre, post)
+    return act, MODES[mode].gain(mod, M)
+
+
+def next_threshold(rule: str, act: Activity, phi: Optional[Tensor], coeffs: Mapping[str, Tensor]) -> Optional[Tensor]:
+    """The rule's threshold after this step (BCM), ``None`` for a rule without one."""
+    r = RULES[rule]
+    return r.threshold(act, phi, coeffs) if r.threshold is not None else None
+
+
+def unclipped_update(
+    rule: str,
+    mode: str,
+    act: Activity,
+    H: Tensor,
+    E: Optional[Tensor],
+    phi: Optional[Tensor],
+    coeffs: Mapping[str, Tensor],
+    gain: Tensor,
+    M: Optional[Tensor],
+) -> tuple[Tensor, Optional[Tensor]]:
+    """The ``B x I x J`` part of a step: ``D`` from the rule, then the mode; returns ``(U, E)`` where
+    the new ``H`` is ``clip(U, -h_max, h_max)``.  ``phi`` is the threshold before this step."""
+    D = RULES[rule].update(act, H, phi, coeffs)
+    return MODES[mode].update(D, H, E, gain, M)
+
+
 def plasticity_step(
     rule: str,
     mode: str,
@@ -229,15 +503,13 @@ def plasticity_step(
     mod: ModulationParams,
     M: Optional[Tensor] = None,
 ) -> PlasticState:
-    """One plasticity step of a projection.
+    """One plasticity step of a projection (plain autograd: the reference implementation).
 
     ``pre``/``post`` are the activities at this step (``B x I`` and ``B x J``).  Traces are
-    updated first, the rule computes ``D`` from the new traces and the old ``H``, and the
-    mode applies it.
+    updated first, the rule computes ``D`` from the new traces and the old ``H`` (and the old
+    ``phi``), and the mode applies it.
     """
-    pre_trace = trace_decay * state.pre_trace + pre
-    post_trace = trace_decay * state.post_trace + post
-    act = Activity(pre_trace, post_trace, pre, post)
-    D, phi = RULES[rule].update(act, state.H, state.phi, coeffs)
-    H, E = apply_modulation(mode, D, state.H, state.E, M, mod, h_max)
-    return PlasticState(H=H, pre_trace=pre_trace, post_trace=post_trace, E=E, phi=phi)
+    act, gain = plasticity_drive(mode, state, pre, post, trace_decay=trace_decay, mod=mod, M=M)
+    U, E = unclipped_update(rule, mode, act, state.H, state.E, state.phi, coeffs, gain, M)
+    phi = next_threshold(rule, act, state.phi, coeffs)
+    return PlasticState(H=U.clamp(-h_max, h_max), pre_trace=act.pre_trace, post_trace=act.post_trace, E=E, phi=phi)

@@ -1,6 +1,6 @@
 """End to end: Ray's cluster launcher runs the smoke search on a loopback "cluster".
 
-The test follows cluster/README.md on one machine: ``ray up``, ``ray submit`` of
+The test follows the README's "Run on a cluster" section on one machine: ``ray up``, ``ray submit`` of
 cluster/submit_search.py with configs/smoke_search.yaml, the runs in the head's MLflow
 server, the UI through ``ray dashboard --remote-port`` (port forwarding), ``ray rsync-down``
 of the store, ``ray down``, and nothing left running.
