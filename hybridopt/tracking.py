@@ -152,7 +152,14 @@ def log_result(tracker: Tracker, run_id: str, result: Any, config: Any, *, artif
 
     tracker.log_history(run_id, result.history)
     final = dict(result.final_metrics)
-    final.update({"wall_time_s": result.wall_time, "cpu_time_s": result.cpu_time, "train_steps": result.steps, "episodes": result.episodes})
+    final.update(
+        {
+            "wall_time_s": result.wall_time,
+            "cpu_time_s": result.cpu_time,
+            "train_steps": result.steps,
+            "episodes": result.episodes,
+        }
+    )
     if not result.failed:
         final["fitness"] = result.fitness
     tracker.log_history(run_id, [(result.steps, final)])

@@ -1,0 +1,417 @@
+"""The fused plastic-synapse kernel against the plain-autograd reference: same forward bits, same
+gradients to float32 rounding, for every family x mode on every projection, with the clip active."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import itertools
+import math
+import pickle
+import weakref
+
+import pytest
+import torch
+
+from hybridopt.snn.fused import PlasticTape, clip_backward, default_interval, fused_plasticity_step
+from hybridopt.snn.network import PROJECTIONS, NetworkSpec, PlasticSNN, ProjectionSpec
+from hybridopt.snn.plasticity import (
+    MODES,
+    RULES,
+    Activity,
+    Mode,
+    ModulationParams,
+    PlasticState,
+    Rule,
+    plasticity_step,
+)
+
+FAMILIES = ["hebbian", "oja", "bcm", "stdp"]
+MODULATIONS = ["plain", "neuromodulated", "retroactive"]
+CASES = list(itertools.product(PROJECTIONS, FAMILIES, MODULATIONS))
+IDS = [f"{p}-{r}-{m}" for p, r, m in CASES]
+
+N_IN, N_HIDDEN, N_OUT, STEPS, H_MAX = 6, 16, 3, 120, 0.3
+# Large enough learning rates and alpha that H reaches the clip early and often, small enough (with
+# trace decay 0.6) that no family's reference gradient blows up over 120 steps (Oja's does at eta 0.5).
+PLASTIC = dict(h_max=H_MAX, eta_init=0.3, alpha_init=0.3, eta_E_init=0.3, trace_decay=0.6)
+
+
+def _spec(kernel: str = "fused", **projections: ProjectionSpec) -> NetworkSpec:
+    return NetworkSpec(
+        n_in=N_IN, n_hidden=N_HIDDEN, n_out=N_OUT, input_gain=2.0, recurrent_gain=1.0, kernel=kernel, **projections
+    )
+
+
+def _input(batch: int = 3, steps: int = STEPS, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(batch, steps, N_IN, generator=gen) < 0.3).float()
+
+
+def _run(net: PlasticSNN, kernel: str, x: torch.Tensor, state=None, **kw):
+    """Forward + backward of a loss that reaches outputs, spikes and the final plastic state."""
+    net.spec = dataclasses.replace(net.spec, kernel=kernel)
+    net.zero_grad(set_to_none=True)
+    y, s, final = net(x, state, **kw)
+    target = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    loss = (y * target).mean() + s.mean()
+    for name in PROJECTIONS:
+        st = getattr(final, name)
+        if st is not None:
+            loss = loss + 0.1 * st.H.square().mean() + (0.1 * st.E.square().mean() if st.E is not None else 0.0)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    return y.detach(), s.detach(), final, grads
+
+
+def _assert_same_state(a, b):
+    for name in PROJECTIONS:
+        sa, sb = getattr(a, name), getattr(b, name)
+        assert (sa is None) == (sb is None), name
+        if sa is None:
+            continue
+        for field in PlasticState._fields:
+            fa, fb = getattr(sa, field), getattr(sb, field)
+            assert (fa is None) == (fb is None), (name, field)
+            if fa is not None:
+                assert torch.equal(fa, fb), (name, field)
+    assert torch.equal(a.lif.v, b.lif.v) and torch.equal(a.y, b.y)
+
+
+def _assert_close_grads(ref: dict, fused: dict):
+    assert ref.keys() == fused.keys()
+    for name, g in ref.items():
+        assert torch.isfinite(g).all(), name
+        # float32 rounding, accumulated over 120 steps in a different order
+        torch.testing.assert_close(fused[name], g, rtol=1e-4, atol=1e-5 * max(g.abs().max().item(), 1e-3))
+
+
+# --------------------------------------------------------------------------- every family x mode on every projection
+@pytest.mark.parametrize("projection, rule, mode", CASES, ids=IDS)
+def test_fused_matches_reference(projection, rule, mode):
+    net = PlasticSNN(_spec(**{projection: ProjectionSpec(rule=rule, modulation=mode, **PLASTIC)}), seed=3)
+    x = _input()
+    y0, s0, st0, g0 = _run(net, "reference", x)
+    y1, s1, st1, g1 = _run(net, "fused", x)
+    # the example exercises what it should: spikes, a clip that is active, gradients everywhere
+    H = getattr(st0, projection).H
+    assert 0.02 < s0.mean() < 0.6
+    assert (H.abs() == H_MAX).float().mean() > 0.02
+    assert all(g.abs().sum() > 0 for g in g0.values())
+    # the forward is the same computation: same bits
+    assert torch.equal(y1, y0) and torch.equal(s1, s0)
+    _assert_same_state(st1, st0)
+    _assert_close_grads(g0, g1)
+
+
+MIXED = dict(
+    input=ProjectionSpec(rule="oja", modulation="neuromodulated", **PLASTIC),
+    recurrent=ProjectionSpec(rule="stdp", modulation="retroactive", **PLASTIC),
+    readout=ProjectionSpec(rule="bcm", modulation="plain", eta_per_neuron=False, **PLASTIC),
+)
+ALL_RETRO = {p: ProjectionSpec(rule=r, modulation="retroactive", **PLASTIC) for p, r in zip(PROJECTIONS, FAMILIES)}
+
+
+@pytest.mark.parametrize("interval", [0, 1, 7, 11, STEPS, 3 * STEPS])
+@pytest.mark.parametrize("projections", [MIXED, ALL_RETRO], ids=["mixed", "all-retroactive"])
+def test_every_projection_plastic_and_any_checkpoint_interval(projections, interval):
+    net = PlasticSNN(_spec(**projections), seed=4)
+    x = _input()
+    y0, s0, st0, g0 = _run(net, "reference", x)
+    y1, s1, st1, g1 = _run(net, "fused", x, checkpoint_interval=interval)
+    assert torch.equal(y1, y0) and torch.equal(s1, s0)
+    _assert_same_state(st1, st0)
+    _assert_close_grads(g0, g1)
+    # the interval only decides what is stored and what is recomputed: the same bits either way
+    _, _, _, g2 = _run(net, "fused", x)  # the default, ceil(sqrt(T))
+    for name in g1:
+        assert torch.equal(g1[name], g2[name]), name
+
+
+def test_gradients_reach_a_given_initial_state_and_chained_sequences():
+    # Two sequences back to back, the second starting from the first's final state, and an
+    # initial state that itself requires gradients: the tape hands gradients out at its start.
+    spec = _spec(**MIXED)
+    x1, x2 = _input(seed=1, steps=40), _input(seed=2, steps=50)
+    results = {}
+    for kernel in ("reference", "fused"):
+        net = PlasticSNN(dataclasses.replace(spec, kernel=kernel), seed=5)
+        state = net.initial_state(3)
+        H0 = (0.1 * torch.randn(state.recurrent.H.shape, generator=torch.Generator().manual_seed(3))).requires_grad_()
+        E0 = (0.1 * torch.randn(state.recurrent.E.shape, generator=torch.Generator().manual_seed(4))).requires_grad_()
+        state = state._replace(recurrent=state.recurrent._replace(H=H0, E=E0))
+        y1, _, mid = net(x1, state, checkpoint_interval=6)
+        y2, _, final = net(x2, mid, checkpoint_interval=9)
+        loss = y1.square().mean() + y2.square().mean() + final.input.H.square().mean()
+        loss.backward()
+        results[kernel] = (y2.detach(), H0.grad, E0.grad, {n: p.grad for n, p in net.named_parameters()})
+    (y_r, H_r, E_r, g_r), (y_f, H_f, E_f, g_f) = results["reference"], results["fused"]
+    assert torch.equal(y_f, y_r)
+    assert H_r.abs().sum() > 0 and E_r.abs().sum() > 0
+    torch.testing.assert_close(H_f, H_r, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(E_f, E_r, rtol=1e-4, atol=1e-7)
+    _assert_close_grads(g_r, g_f)
+
+
+def test_step_and_no_grad_forward_give_the_fused_forward_values():
+    # step() and evaluation under no_grad run the reference maths; training runs fused: same values
+    net = PlasticSNN(_spec(**MIXED), seed=6)
+    x = _input()
+    y, s, final = net(x)
+    assert final.input.H.grad_fn is not None
+    with torch.no_grad():
+        y_ng, s_ng, final_ng = net(x)
+        state, params, ys = net.initial_state(x.shape[0]), net.params(), []
+        for t in range(x.shape[1]):
+            y_t, _, state = net.step(x[:, t], state, params)
+            ys.append(y_t)
+    assert torch.equal(y_ng, y) and torch.equal(s_ng, s) and torch.equal(torch.stack(ys, 1), y)
+    _assert_same_state(final_ng, final)
+    _assert_same_state(state, final)
+
+
+@pytest.mark.parametrize("interval", [0, 4], ids=["store", "recompute"])
+def test_retained_graph_gives_the_same_gradients_twice(interval):
+    # with every step stored, the first backward gives the stored steps back to the pool; the
+    # second recomputes them from the checkpoints
+    net = PlasticSNN(_spec(**MIXED), seed=7)
+    y, _, _ = net(_input(steps=30), checkpoint_interval=interval)
+    loss = y.square().mean()
+    loss.backward(retain_graph=True)
+    first = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad()
+    loss.backward()
+    for n, p in net.named_parameters():
+        assert torch.equal(p.grad, first[n]), n
+
+
+# --------------------------------------------------------------------------- memory
+def _tapes(fn) -> list[PlasticTape]:
+    """The tapes a graph holds (each fused function's ctx carries its projection's tape)."""
+    seen, found, stack = set(), [], [fn]
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        tape = getattr(f, "tape", None)
+        if tape is not None and all(tape is not t for t in found):
+            found.append(tape)
+        stack.extend(n for n, _ in f.next_functions)
+    return found
+
+
+def test_autograd_saves_nothing_of_size_batch_x_pre_x_post():
+    B, T = 4, 50
+    sizes = {"reference": [], "fused": []}
+    for kernel, saved in sizes.items():
+        net = PlasticSNN(_spec(kernel, **MIXED), seed=8)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.numel()) or t, lambda t: t):
+            y, _, _ = net(_input(B, T))
+        y.sum().backward()
+    synapses = B * N_HIDDEN * N_HIDDEN
+    assert sum(n >= synapses for n in sizes["reference"]) >= 3 * T  # several per step, per plastic projection
+    assert max(sizes["fused"]) < B * N_IN * N_HIDDEN  # only B x N sized tensors (and parameters)
+
+
+def test_tape_keeps_only_checkpoints_and_dies_with_the_graph():
+    net = PlasticSNN(_spec(**MIXED), seed=9)
+    y, s, final = net(_input(steps=50), checkpoint_interval=8)
+    tapes = _tapes(y.grad_fn)
+    assert len(tapes) == 3
+    assert all(tape.t == 50 and tape.checkpoints == 1 + 50 // 8 for tape in tapes)  # H_0, H_8, ..., H_48
+    refs = [weakref.ref(t) for t in tapes]
+    del tapes
+    y.square().mean().backward()
+    del y, s, final
+    # freed by reference counting alone: the tape holds no grad_fn, so there is no cycle
+    assert all(r() is None for r in refs)
+    gc.collect()
+
+
+@pytest.mark.parametrize("interval", [0, None], ids=["store", "recompute"])
+def test_work_memory_is_reused_and_outputs_are_never_overwritten(interval):
+    # a training loop: each sequence borrows the pool's buffers and gives them back, and the final
+    # state it returned stays intact while later sequences (and their backward) run
+    net = PlasticSNN(_spec(**MIXED), seed=13)
+    finals, sizes = [], []
+    for i in range(3):
+        y, _, final = net(_input(seed=i), checkpoint_interval=interval)
+        y.square().mean().backward()
+        finals.append((final, [getattr(final, n).H.clone() for n in PROJECTIONS], final.recurrent.E.clone()))
+        sizes.append(len(net._pool))
+    assert sizes[0] > 0 and sizes[2] == sizes[1] == sizes[0]  # borrowed, given back, borrowed again
+    for final, Hs, E in finals:
+        assert all(torch.equal(getattr(final, n).H, H) for n, H in zip(PROJECTIONS, Hs))
+        assert torch.equal(final.recurrent.E, E)
+    # the pool is scratch memory: neither pickled nor copied with the network
+    assert "_pool" not in pickle.loads(pickle.dumps(net)).__dict__
+    assert "_pool" not in copy.deepcopy(net).__dict__
+
+
+def test_two_graphs_alive_at_once():
+    # two sequences forward before either goes backward: each tape works on its own memory
+    net = PlasticSNN(_spec(**MIXED), seed=14)
+    x1, x2 = _input(seed=1, steps=40), _input(seed=2, steps=40)
+    ref = PlasticSNN(_spec("reference", **MIXED), seed=14)
+    expected = []
+    for x in (x1, x2):
+        ref.zero_grad()
+        ref(x)[0].square().mean().backward()
+        expected.append({n: p.grad.clone() for n, p in ref.named_parameters()})
+    y1, _, _ = net(x1, checkpoint_interval=6)
+    y2, _, _ = net(x2, checkpoint_interval=0)
+    for y, g in ((y2, expected[1]), (y1, expected[0])):
+        net.zero_grad()
+        y.square().mean().backward()
+        _assert_close_grads(g, {n: p.grad for n, p in net.named_parameters()})
+
+
+# --------------------------------------------------------------------------- the pieces
+@pytest.mark.parametrize("rule, mode", list(itertools.product(FAMILIES, MODULATIONS)))
+@pytest.mark.parametrize("gain_shape", ["per-neuron", "scalar"])
+def test_in_place_updates_give_the_reference_bits(rule, mode, gain_shape):
+    B, n_pre, n_post = 3, 5, 7
+    gen = torch.Generator().manual_seed(11)
+    r = lambda *shape: torch.rand(*shape, generator=gen) - 0.3  # noqa: E731
+    act = Activity(r(B, n_pre), r(B, n_post), (r(B, n_pre) > 0).float(), r(B, n_post))
+    H, E, phi, M = r(B, n_pre, n_post), r(B, n_pre, n_post), r(B, n_post), r(B)
+    coeffs = {"tau_phi": torch.tensor(3.0), "a_plus": torch.tensor(0.7), "a_minus": torch.tensor(1.3)}
+    n = n_post if gain_shape == "per-neuron" else 1
+    mod = ModulationParams(eta=r(n), mod_a=r(n), mod_b=r(n), eta_E=torch.tensor(0.4))
+    gain = MODES[mode].gain(mod, M)
+    D_ref = RULES[rule].update(act, H, phi, coeffs)
+    D = RULES[rule].update_into(act, H, phi, coeffs, torch.empty_like(H), torch.empty_like(H))
+    assert torch.equal(D, D_ref)
+    U_ref, E_ref = MODES[mode].update(D_ref, H, E, gain, M)
+    U, E_new = MODES[mode].update_into(D, H, E, gain, M, torch.empty_like(H))
+    assert torch.equal(U, U_ref)
+    assert (E_new is None) == (E_ref is None) and (E_new is None or torch.equal(E_new, E_ref))
+
+
+def test_clip_backward_is_clamps_inclusive_mask():
+    h = 0.3  # not representable: the bound is float32(0.3), on both sides
+    U = torch.tensor([0.0, 0.3, -0.3, 0.29, 0.31, -0.31, 0.3 + 1e-8])
+    hi = torch.nextafter(torch.tensor(0.3), torch.tensor(1.0))
+    U = torch.cat([U, hi.view(1), -hi.view(1)])
+    g = torch.arange(1.0, U.numel() + 1)
+    Ur = U.clone().requires_grad_()
+    Ur.clamp(-h, h).backward(g)
+    assert torch.equal(clip_backward(g, U, h), Ur.grad)
+    assert clip_backward(g, U, h)[1] == 2.0 and clip_backward(g, U, h)[7] == 0.0  # on the bound passes; above not
+
+
+@pytest.mark.parametrize("rule, mode", list(itertools.product(FAMILIES, MODULATIONS)))
+def test_one_step_at_the_clip_bound(rule, mode):
+    # H resting exactly on +-h_max where the update is exactly zero (silent pre and post, zero traces):
+    # clamp passes the gradient there; elsewhere some entries clip and some do not.
+    B, n_pre, n_post, h = 2, 3, 4, 0.5
+    gen = torch.Generator().manual_seed(12)
+    dt = torch.float64
+    H = (torch.rand(B, n_pre, n_post, generator=gen, dtype=dt) - 0.5) * 2 * h
+    H[:, 0, :] = h
+    H[:, 1, 0] = -h
+    pre = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]], dtype=dt)
+    post = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]], dtype=dt)
+    E0 = 2.0 * torch.rand(B, n_pre, n_post, generator=gen, dtype=dt) - 1.0
+    E0[:, 0, :] = 0.0  # the eligibility of the silent pre neuron is zero too
+    state = PlasticState(
+        H=H,
+        pre_trace=torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 1.5]], dtype=dt),
+        post_trace=torch.tensor([[0.0, 1.0, 2.0, 0.0], [0.0, 0.5, 0.0, 3.0]], dtype=dt),
+        E=E0 if mode == "retroactive" else None,
+        phi=torch.rand(B, n_post, generator=gen, dtype=dt) if rule == "bcm" else None,
+    )
+    leaves = {
+        "pre": pre,
+        "post": post,
+        **{f"state.{k}": v for k, v in state._asdict().items() if v is not None},
+        "eta": torch.full((n_post,), 0.8, dtype=dt),
+        "mod_a": torch.linspace(-1, 1, n_post, dtype=dt),
+        "mod_b": torch.full((n_post,), 0.5, dtype=dt),
+        "eta_E": torch.tensor(0.6, dtype=dt),
+        "M": torch.tensor([0.9, -0.7], dtype=dt),
+        **{k: torch.tensor(v, dtype=dt) for k, v in {"tau_phi": 2.0, "a_plus": 1.1, "a_minus": 0.9}.items()},
+    }
+    grads, values = {}, {}
+    for kernel in ("reference", "fused"):
+        lv = {k: v.clone().requires_grad_() for k, v in leaves.items()}
+        st = PlasticState(**{f: lv.get(f"state.{f}") for f in PlasticState._fields})
+        kw = dict(
+            trace_decay=0.5,
+            coeffs={k: lv[k] for k in RULES[rule].coefficients},
+            mod=ModulationParams(eta=lv["eta"], mod_a=lv["mod_a"], mod_b=lv["mod_b"], eta_E=lv["eta_E"]),
+            M=lv["M"] if MODES[mode].needs_modulator else None,
+        )
+        if kernel == "reference":
+            new = plasticity_step(rule, mode, st, lv["pre"], lv["post"], h_max=h, **kw)
+        else:
+            tape = PlasticTape(rule, mode, h, st, interval=1)
+            new = fused_plasticity_step(tape, st, lv["pre"], lv["post"], **kw)
+        w = torch.rand(H.shape, generator=torch.Generator().manual_seed(13), dtype=dt)
+        loss = (new.H * w).sum() + (new.E.sum() if new.E is not None else 0.0) + new.post_trace.sum()
+        loss.backward()
+        values[kernel] = new.H.detach()
+        grads[kernel] = {k: v.grad for k, v in lv.items()}
+    assert torch.equal(values["fused"], values["reference"])
+    on_bound = (values["reference"].abs() == h) & (H.abs() == h) & (values["reference"] == H)
+    assert on_bound.any() and ((values["reference"].abs() == h) & ~on_bound).any()
+    for k, g in grads["reference"].items():
+        if g is None:
+            assert grads["fused"][k] is None or grads["fused"][k].abs().sum() == 0, k
+        else:
+            torch.testing.assert_close(grads["fused"][k], g, rtol=1e-12, atol=1e-12, msg=k)
+    # the gradient on H passes on the bound where the update was zero (clamp's inclusive mask)
+    gH = grads["reference"]["state.H"]
+    assert (gH[on_bound] != 0).any()
+
+
+def _anti_hebbian(act, H, phi, coeffs):
+    return -(act.pre_trace.unsqueeze(2) * act.post_trace.unsqueeze(1)) * coeffs["k"]
+
+
+def test_a_family_and_mode_without_vjp_run_fused_by_autograd(monkeypatch):
+    # a new family is one function plus one registry line, and it runs fused (by per-step autograd);
+    # so does a mode registered without its in-place update and backward
+    monkeypatch.setitem(RULES, "anti_hebbian", Rule(_anti_hebbian, {"k": 0.5}))
+    bare = Mode(MODES["neuromodulated"].gain, MODES["neuromodulated"].update, needs_modulator=True)
+    monkeypatch.setitem(MODES, "neuromodulated", bare)
+    spec = _spec(
+        input=ProjectionSpec(rule="anti_hebbian", modulation="plain", **PLASTIC),
+        recurrent=ProjectionSpec(rule="oja", modulation="neuromodulated", **PLASTIC),
+        readout=ProjectionSpec(rule="anti_hebbian", modulation="retroactive", **PLASTIC),
+    )
+    net = PlasticSNN(spec, seed=10)
+    x = _input(steps=60)
+    y0, s0, st0, g0 = _run(net, "reference", x)
+    y1, s1, st1, g1 = _run(net, "fused", x, checkpoint_interval=7)
+    assert g0["projections.input.coeffs.k"].abs() > 0 and g0["projections.recurrent.mod_a"].abs().sum() > 0
+    assert torch.equal(y1, y0) and torch.equal(s1, s0)
+    _assert_same_state(st1, st0)
+    _assert_close_grads(g0, g1)
+
+
+# --------------------------------------------------------------------------- configuration
+def test_kernel_is_fused_by_default_and_validated():
+    assert NetworkSpec(n_in=1, n_hidden=2, n_out=1).kernel == "fused"
+    with pytest.raises(ValueError, match="kernel"):
+        NetworkSpec(n_in=1, n_hidden=2, n_out=1, kernel="compiled-by-hand")
+    with pytest.raises(ValueError, match="checkpoint_interval"):
+        NetworkSpec(n_in=1, n_hidden=2, n_out=1, checkpoint_interval=-1)
+    zero = PlasticState(torch.zeros(1, 1, 1), torch.zeros(1, 1), torch.zeros(1, 1))
+    with pytest.raises(ValueError, match="interval"):
+        PlasticTape("hebbian", "plain", 1.0, zero, 0)
+    assert [default_interval(t) for t in (1, 2, 4, 5, 100, 101, 200)] == [1, 2, 2, 3, 10, 11, 15]
+    assert all(default_interval(t) == math.ceil(math.sqrt(t)) for t in range(1, 500))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_fused_matches_reference_on_cuda():
+    net = PlasticSNN(_spec(**MIXED), seed=12).cuda()
+    x = _input().cuda()
+    y0, s0, st0, g0 = _run(net, "reference", x)
+    y1, s1, st1, g1 = _run(net, "fused", x)
+    torch.testing.assert_close(y1, y0)
+    assert torch.equal(s1, s0)
+    _assert_close_grads(g0, g1)
