@@ -1,0 +1,331 @@
+"""Locomotion: a plastic SNN controls a gymnasium MuJoCo robot (``HalfCheetah-v5``, ``Ant-v5``, ...).
+
+One control step, with observation ``o_t`` and the network's readout ``y_t`` (``B x n_act``)::
+
+    x_t = obs_gain * clip((o_t - mu) / sqrt(var + 1e-8), -obs_clip, obs_clip)   input currents
+    y_t, s_t, state = network.step(x_t, state)                                  plasticity runs online
+    a_t = low + (tanh(y_t) + 1) / 2 * (high - low)                              squashed into the bounds
+
+``mu``/``var`` are running statistics of the observations seen in training
+(:class:`ObsNormalizer`), frozen while a policy is evaluated.  The readout ``y`` is the
+network's leaky integrator of the hidden spikes, so actions are decoded from filtered spikes.
+Every episode starts from ``network.initial_state(B)``: resting neurons and ``H = 0`` for
+each of the ``B`` episodes played side by side (plastic state is per episode and per sample).
+
+Conditions (a registry, :data:`CONDITIONS`) modify the MuJoCo model of a fresh environment:
+
+=============  ===========================================================================
+standard       the training condition
+crippled_leg   the actuators of one leg give zero torque (their gear is set to 0)
+low_friction   sliding friction of every geom times ``friction_scale`` (MuJoCo takes the
+               larger of the two geoms' frictions for a contact, so the floor alone is not enough)
+heavy_body     torso mass (and inertia) times ``torso_mass_scale``
+=============  ===========================================================================
+
+A leg is a body of the model: its actuators are those driving a joint of that body or of a
+body below it.  :data:`LEGS` names the legs of the known robots.  Same network, same
+normaliser, same seeds: same returns (MuJoCo and the network are deterministic).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import torch
+
+from hybridopt.tasks.base import register_task
+
+__all__ = [
+    "CONDITIONS",
+    "EVAL_SEED_OFFSET",
+    "LEGS",
+    "Locomotion",
+    "ObsNormalizer",
+    "ObsStats",
+    "Rollout",
+    "check_env_and_leg",
+    "eval_seeds",
+    "leg_actuators",
+]
+
+# Evaluation episodes are seeded from here up; training seeds are drawn below it.
+EVAL_SEED_OFFSET = 1_000_003
+
+# Robot (env id before "-v") -> leg name -> the body at the top of that leg.
+LEGS: dict[str, dict[str, str]] = {
+    "HalfCheetah": {"back": "bthigh", "front": "fthigh"},
+    # Ant's own body names (its XML calls them front_left_leg, front_right_leg, back_leg, right_back_leg).
+    "Ant": {
+        "front_left": "front_left_leg",
+        "front_right": "front_right_leg",
+        "back": "back_leg",
+        "right_back": "right_back_leg",
+    },
+}
+
+
+def _robot(env_id: str) -> str:
+    return env_id.split("-v")[0]
+
+
+def check_env_and_leg(env_id: str, leg: str) -> None:
+    """Raise ``ValueError`` for an unregistered environment or an unknown leg of a known robot."""
+    if env_id not in gym.envs.registry:
+        raise ValueError(f"unknown gymnasium environment {env_id!r}")
+    legs = LEGS.get(_robot(env_id))
+    if legs is not None and leg not in legs:
+        raise ValueError(f"crippled_leg {leg!r} is not a leg of {_robot(env_id)}; known: {', '.join(legs)}")
+
+
+def eval_seeds(n: int, seed: int = 0) -> list[int]:
+    """The ``n`` episode seeds of an evaluation (the same for every candidate of a search)."""
+    return [EVAL_SEED_OFFSET + 1000 * seed + i for i in range(n)]
+
+
+# --------------------------------------------------------------------------- observation normaliser
+@dataclass
+class ObsStats:
+    """Sums of observations (float64) gathered while playing; merged into the normaliser later."""
+
+    count: float
+    total: np.ndarray
+    total_sq: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> ObsStats:
+        return cls(0.0, np.zeros(n), np.zeros(n))
+
+    def add(self, obs: np.ndarray) -> None:
+        """Add a ``B x n`` batch of observations."""
+        self.count += obs.shape[0]
+        self.total += obs.sum(0)
+        self.total_sq += np.square(obs).sum(0)
+
+
+@dataclass(frozen=True)
+class ObsNormalizer:
+    """Running mean and variance of observations (Chan et al.'s parallel merge); immutable:
+    :meth:`merged` returns an updated copy, so a policy under evaluation sees frozen statistics."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    count: float = 0.0
+
+    @classmethod
+    def identity(cls, n: int) -> ObsNormalizer:
+        return cls(np.zeros(n), np.ones(n), 0.0)
+
+    def merged(self, stats: ObsStats) -> ObsNormalizer:
+        if stats.count == 0:
+            return self
+        n_b = stats.count
+        mean_b = stats.total / n_b
+        m2_b = np.maximum(stats.total_sq - n_b * np.square(mean_b), 0.0)
+        if self.count == 0:
+            return ObsNormalizer(mean_b, m2_b / n_b, n_b)
+        n_a, n = self.count, self.count + n_b
+        delta = mean_b - self.mean
+        m2 = self.var * n_a + m2_b + np.square(delta) * n_a * n_b / n
+        return ObsNormalizer(self.mean + delta * n_b / n, m2 / n, n)
+
+    def normalize(self, obs: np.ndarray, clip: float) -> np.ndarray:
+        return np.clip((obs - self.mean) / np.sqrt(self.var + 1e-8), -clip, clip)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """For a weights file: ``obs_norm.mean``, ``obs_norm.var``, ``obs_norm.count``."""
+        return {
+            "obs_norm.mean": torch.from_numpy(self.mean.copy()),
+            "obs_norm.var": torch.from_numpy(self.var.copy()),
+            "obs_norm.count": torch.tensor(float(self.count), dtype=torch.float64),
+        }
+
+    @classmethod
+    def from_tensors(cls, d: dict[str, torch.Tensor]) -> ObsNormalizer:
+        return cls(d["obs_norm.mean"].numpy().copy(), d["obs_norm.var"].numpy().copy(), float(d["obs_norm.count"]))
+
+
+# --------------------------------------------------------------------------- conditions
+def leg_actuators(model: mujoco.MjModel, body: str) -> list[int]:
+    """Actuators driving a joint of ``body`` or of any body below it."""
+    root = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, body)
+    if root < 0:
+        raise ValueError(f"the model has no body {body!r}")
+
+    def below(b: int) -> bool:
+        while b > 0:
+            if b == root:
+                return True
+            b = int(model.body_parentid[b])
+        return False
+
+    out = []
+    for a in range(model.nu):
+        if model.actuator_trntype[a] == mujoco.mjtTrn.mjTRN_JOINT and below(
+            int(model.jnt_bodyid[model.actuator_trnid[a, 0]])
+        ):
+            out.append(a)
+    if not out:
+        raise ValueError(f"body {body!r} has no actuated joint below it")
+    return out
+
+
+def _standard(model: mujoco.MjModel, cfg: Any, env_id: str) -> None:
+    pass
+
+
+def _crippled_leg(model: mujoco.MjModel, cfg: Any, env_id: str) -> None:
+    body = LEGS.get(_robot(env_id), {}).get(cfg.crippled_leg, cfg.crippled_leg)
+    for a in leg_actuators(model, body):
+        model.actuator_gear[a, :] = 0.0  # force = gear * ctrl = 0
+
+
+def _low_friction(model: mujoco.MjModel, cfg: Any, env_id: str) -> None:
+    model.geom_friction[:, 0] *= cfg.friction_scale
+
+
+def _heavy_body(model: mujoco.MjModel, cfg: Any, env_id: str) -> None:
+    b = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "torso")
+    if b < 0:
+        raise ValueError(f"{env_id} has no body 'torso'")
+    model.body_mass[b] *= cfg.torso_mass_scale
+    model.body_inertia[b] *= cfg.torso_mass_scale  # same shape, denser
+
+
+CONDITIONS: dict[str, Callable[[mujoco.MjModel, Any, str], None]] = {
+    "standard": _standard,
+    "crippled_leg": _crippled_leg,
+    "low_friction": _low_friction,
+    "heavy_body": _heavy_body,
+}
+
+
+@contextmanager
+def _compiler_warnings_as_python_warnings() -> Iterator[None]:
+    """MuJoCo prints every compiler warning to stderr *and* appends it to ``MUJOCO_LOG.TXT`` in
+    the working directory; while a model compiles, route them to :mod:`warnings` instead,
+    dropping the deprecation notice the gymnasium XMLs trigger on every load (``settotalmass``)."""
+    previous = mujoco.get_mju_user_warning()
+
+    def handler(msg: str) -> None:
+        if "settotalmass" not in msg:
+            warnings.warn(f"MuJoCo: {msg}", RuntimeWarning, stacklevel=2)
+
+    mujoco.set_mju_user_warning(handler)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
+# --------------------------------------------------------------------------- episodes
+class Rollout(NamedTuple):
+    """Returns (``B``), environment steps played, and the fraction of plastic entries of ``H``
+    at their clip at the end (``nan`` for a static network)."""
+
+    returns: np.ndarray
+    steps: int
+    h_saturation: float
+
+
+@register_task("locomotion")
+class Locomotion:
+    """The locomotion task (see the module docstring); environments are made lazily and kept,
+    one list per condition, so a worker builds them once."""
+
+    name = "locomotion"
+    chance = math.nan  # a return has no chance level
+
+    def __init__(self, cfg) -> None:
+        check_env_and_leg(cfg.env_id, cfg.crippled_leg)
+        self.cfg = cfg
+        self._envs: dict[str, list[gym.Env]] = {}
+        probe = self.envs("standard", 1)[0]
+        self.n_in = int(np.prod(probe.observation_space.shape))
+        self.n_out = int(np.prod(probe.action_space.shape))
+        self.low = torch.as_tensor(probe.action_space.low, dtype=torch.float32)
+        self.high = torch.as_tensor(probe.action_space.high, dtype=torch.float32)
+        for c in cfg.conditions:  # a bad leg name fails here, not in the last minute of training
+            self.envs(c, 1)
+
+    def make_env(self, condition: str) -> gym.Env:
+        """A fresh environment whose MuJoCo model is modified for ``condition``."""
+        if condition not in CONDITIONS:
+            raise ValueError(f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
+        with _compiler_warnings_as_python_warnings():
+            env = gym.make(
+                self.cfg.env_id,
+                max_episode_steps=self.cfg.episode_steps,
+                disable_env_checker=True,
+                **self.cfg.env_kwargs,
+            )
+        CONDITIONS[condition](env.unwrapped.model, self.cfg, self.cfg.env_id)
+        return env
+
+    def envs(self, condition: str, n: int) -> list[gym.Env]:
+        have = self._envs.setdefault(condition, [])
+        while len(have) < n:
+            have.append(self.make_env(condition))
+        return have[:n]
+
+    def decode(self, y: torch.Tensor) -> torch.Tensor:
+        """Readout -> action in the bounds: ``low + (tanh(y) + 1) / 2 * (high - low)``."""
+        return self.low + (torch.tanh(y) + 1.0) * 0.5 * (self.high - self.low)
+
+    @torch.inference_mode()
+    def rollout(
+        self,
+        net,
+        params,
+        seeds: Sequence[int],
+        normalizer: ObsNormalizer,
+        *,
+        condition: str = "standard",
+        stats: Optional[ObsStats] = None,
+    ) -> Rollout:
+        """Play ``len(seeds)`` episodes side by side (one per seed, batch ``B``) with the
+        network's parameters ``params``; the normaliser is frozen, and with ``stats`` the
+        observations seen are added to it."""
+        c = self.cfg
+        B = len(seeds)
+        envs = self.envs(condition, B)
+        state = net.initial_state(B)  # resting neurons, H = 0: every episode starts here
+        obs = np.stack([env.reset(seed=int(s))[0] for env, s in zip(envs, seeds)]).astype(np.float64)
+        returns = np.zeros(B)
+        alive = np.ones(B, dtype=bool)
+        steps = 0
+        for _ in range(c.episode_steps):
+            if stats is not None:
+                stats.add(obs[alive])
+            x = torch.from_numpy(normalizer.normalize(obs, c.obs_clip).astype(np.float32))
+            if c.obs_gain != 1.0:
+                x = x * c.obs_gain
+            y, _, state = net.step(x, state, params)
+            action = self.decode(y).numpy()
+            for i in np.flatnonzero(alive):
+                o, r, terminated, truncated, _ = envs[i].step(action[i])
+                obs[i] = o
+                returns[i] += r
+                steps += 1
+                if terminated or truncated:
+                    alive[i] = False
+            if not alive.any():
+                break
+        return Rollout(returns, steps, _h_saturation(net, state))
+
+
+def _h_saturation(net, state) -> float:
+    fractions = []
+    for name in ("input", "recurrent", "readout"):
+        st = getattr(state, name)
+        if st is not None:
+            h_max = net.spec.projection(name).h_max
+            fractions.append((st.H.abs() >= 0.999 * h_max).float().mean().item())
+    return sum(fractions) / len(fractions) if fractions else math.nan

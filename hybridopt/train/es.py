@@ -1,0 +1,361 @@
+"""The search-gradient inner loop for control: evotorch PGPE (or SNES) over the flat parameters.
+
+The simulator gives no gradient, so the centre ``mu`` of a Gaussian search distribution over
+the flat vector of every learned parameter (weights, biases, ``alpha``, ``eta``, modulator,
+rule coefficients) follows a search-gradient estimate.  PGPE samples antithetic pairs
+``mu ± sigma ⊙ z`` and, with centred-rank fitness ``u`` in ``[-1/2, 1/2]``, estimates::
+
+    g_mu    = sum_k (u_k+ - u_k-) / 2 * sigma ⊙ z_k            (a step ∝ sigma per coordinate)
+    g_sigma = sum_k (u_k+ + u_k-) / 2 * (sigma^2 ⊙ z_k^2 - sigma^2) / sigma
+
+then moves ``mu`` with ClipUp (normalised step ``center_lr``, momentum, speed limit) and
+``sigma`` by ``stdev_lr`` (at most 20 % per generation).
+
+``sigma`` starts per parameter group (:func:`parameter_group`): weights and biases at
+``es.stdev``; plasticity coefficients at the much smaller ``es.plastic_stdev``, rule
+coefficients (``tau_phi``, ``a_plus``, ...) at ``es.plastic_stdev`` times their magnitude.
+A coefficient that scales every plastic synapse (``eta``, ``alpha``) has a far larger effect
+per unit than one weight: perturbed as much as the weights, it drives ``H`` to its clip within
+a few steps.  Because ``g_mu ∝ sigma``, the smaller scale also makes the centre move less
+along those coordinates.  (SNES has no antithetic pairs; its natural-gradient ``center_lr``
+is usually 1.)
+
+Each generation plays every sample on the same ``episodes_per_sample`` training seeds
+(common random numbers) with the observation normaliser frozen; the observations it saw
+are merged into the normaliser afterwards.  The result is the centre: evaluated on held-out
+seeds in the standard condition (its mean return is the fitness) and in every novel
+condition, as ``eval/return/<condition>`` and ``eval/degradation/<condition>``::
+
+    degradation = (R_standard - R_condition) / |R_standard|     (= 1 - R_condition / R_standard when R_standard > 0)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from evotorch import Problem, SolutionBatch
+from evotorch.algorithms import PGPE, SNES
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from hybridopt.config import Config, ESConfig, network_spec, parse_config
+from hybridopt.snn.network import PlasticSNN
+from hybridopt.tasks import make_task
+from hybridopt.tasks.locomotion import EVAL_SEED_OFFSET, Locomotion, ObsNormalizer, ObsStats, eval_seeds
+from hybridopt.train.result import ProgressFn, TrainResult
+
+__all__ = [
+    "build_policy",
+    "evaluate_policy",
+    "load_policy",
+    "parameter_group",
+    "policy_state_dict",
+    "search_stdev",
+    "train_es",
+]
+
+logging.getLogger("evotorch").setLevel(logging.WARNING)
+
+# The last component of a parameter's name -> its search group.
+_PLASTICITY = {"alpha", "eta", "mod_a", "mod_b", "eta_E", "w_M", "b_M"}
+
+
+def parameter_group(name: str) -> str:
+    """``"weights"`` (``W``, biases), ``"plasticity"`` (``alpha``, ``eta``, ``mod_a``/``mod_b``,
+    ``eta_E``, ``w_M``/``b_M``) or ``"rule"`` (a rule's own coefficients) for a parameter name
+    of :class:`PlasticSNN`."""
+    parts = name.split(".")
+    if "coeffs" in parts:
+        return "rule"
+    if parts[-1] in _PLASTICITY:
+        return "plasticity"
+    return "weights"
+
+
+def search_stdev(net: PlasticSNN, es: ESConfig) -> torch.Tensor:
+    """Initial search stdev per coordinate of the flat parameter vector (see the module docstring)."""
+    parts = []
+    for name, p in net.named_parameters():
+        group = parameter_group(name)
+        if group == "weights":
+            s = torch.full((p.numel(),), es.stdev)
+        elif group == "plasticity":
+            s = torch.full((p.numel(),), es.plastic_stdev)
+        else:
+            s = es.plastic_stdev * p.detach().abs().reshape(-1).clamp(min=1.0)
+        parts.append(s)
+    return torch.cat(parts).float()
+
+
+def _group_masks(net: PlasticSNN) -> dict[str, torch.Tensor]:
+    groups = [parameter_group(n) for n, p in net.named_parameters() for _ in range(p.numel())]
+    return {g: torch.tensor([x == g for x in groups]) for g in ("weights", "plasticity", "rule") if g in groups}
+
+
+def build_policy(cfg: Config) -> tuple[Locomotion, PlasticSNN]:
+    """The task and the initial policy network: readout weights scaled by ``task.readout_scale``
+    (at full scale they saturate every action and the control cost dominates)."""
+    task = make_task(cfg.task)
+    if not isinstance(task, Locomotion):
+        raise ValueError(f"the ES inner loop trains control tasks (locomotion), not {cfg.task.name!r}")
+    net = PlasticSNN(network_spec(cfg, task.n_in, task.n_out), seed=cfg.seed)
+    net.requires_grad_(False)
+    net.projections["readout"].W.mul_(cfg.task.readout_scale)
+    return task, net
+
+
+def policy_state_dict(net: PlasticSNN, normalizer: ObsNormalizer) -> dict[str, torch.Tensor]:
+    """Weights plus the frozen observation statistics (``obs_norm.*``): what replays the policy."""
+    out = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    out.update(normalizer.tensors())
+    return out
+
+
+def load_policy(cfg: Config, state_dict: dict[str, torch.Tensor]) -> tuple[Locomotion, PlasticSNN, ObsNormalizer]:
+    """Rebuild ``(task, network, normaliser)`` from :func:`policy_state_dict`'s output."""
+    task, net = build_policy(cfg)
+    weights = {k: v for k, v in state_dict.items() if not k.startswith("obs_norm.")}
+    net.load_state_dict(weights)
+    return task, net, ObsNormalizer.from_tensors(state_dict)
+
+
+def evaluate_policy(
+    task: Locomotion, net: PlasticSNN, normalizer: ObsNormalizer, seed: int, conditions: Optional[list[str]] = None
+) -> dict[str, float]:
+    """Mean (and std) return over the evaluation seeds in the standard condition and each novel
+    one, and the degradation of each relative to the standard return."""
+    conditions = ["standard", *(task.cfg.conditions if conditions is None else conditions)]
+    seeds = eval_seeds(task.cfg.eval_seeds, seed)
+    params = net.params()
+    out: dict[str, float] = {}
+    for c in conditions:
+        r = task.rollout(net, params, seeds, normalizer, condition=c)
+        out[f"eval/return/{c}"] = float(r.returns.mean())
+        out[f"eval/return_std/{c}"] = float(r.returns.std())
+        if c == "standard" and not math.isnan(r.h_saturation):
+            out["eval/h_saturation"] = r.h_saturation
+    ref = out["eval/return/standard"]
+    for c in conditions:
+        out[f"eval/degradation/{c}"] = (ref - out[f"eval/return/{c}"]) / max(abs(ref), 1e-8)
+    return out
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """A private plain-tensor copy (evotorch hands out read-only tensor subclasses, whose
+    ``__torch_function__`` would slow every network step)."""
+    return t.detach().as_subclass(torch.Tensor).clone()
+
+
+def _play(
+    task: Locomotion, net: PlasticSNN, solution: torch.Tensor, seeds: list[int], normalizer: ObsNormalizer
+) -> tuple[float, ObsStats]:
+    """Mean return of one sample over ``seeds``, and the observations it saw."""
+    vector_to_parameters(solution, net.parameters())
+    stats = ObsStats.empty(task.n_in)
+    r = task.rollout(net, net.params(), seeds, normalizer, stats=stats)
+    return float(r.returns.mean()), stats
+
+
+# Inside an episode-worker process only: its own task and network, built once.
+_WORKER_POLICY: dict[str, tuple[Locomotion, PlasticSNN]] = {}
+
+
+def _worker_init(config: dict[str, Any]) -> None:
+    torch.set_num_threads(1)
+    _WORKER_POLICY["policy"] = build_policy(parse_config(config))
+
+
+def _worker_play(
+    job: tuple[list[torch.Tensor], list[int], ObsNormalizer],
+) -> tuple[list[tuple[float, ObsStats]], float]:
+    cpu0 = time.process_time()
+    task, net = _WORKER_POLICY["policy"]
+    solutions, seeds, normalizer = job
+    return [_play(task, net, x, seeds, normalizer) for x in solutions], time.process_time() - cpu0
+
+
+class _Players:
+    """Plays a generation's samples: here, or split in contiguous chunks over ``workers``
+    spawned processes (the CPUs a candidate declares).  Results come back in sample order, so
+    the outcome does not depend on the number of workers; ``worker_cpu`` adds up their CPU time."""
+
+    def __init__(self, cfg: Config, task: Locomotion, net: PlasticSNN, workers: int):
+        self.task, self.net = task, net
+        self.worker_cpu = 0.0
+        self.pool = None
+        if workers > 1:
+            ctx = mp.get_context("spawn")
+            self.pool = ctx.Pool(workers, initializer=_worker_init, initargs=(cfg.model_dump(mode="json"),))
+            self.workers = workers
+
+    def play(
+        self, solutions: list[torch.Tensor], seeds: list[int], normalizer: ObsNormalizer
+    ) -> list[tuple[float, ObsStats]]:
+        if self.pool is None:
+            return [_play(self.task, self.net, x, seeds, normalizer) for x in solutions]
+        n = len(solutions)
+        bounds = [round(i * n / self.workers) for i in range(self.workers + 1)]
+        jobs = [(solutions[a:b], seeds, normalizer) for a, b in zip(bounds, bounds[1:]) if b > a]
+        out: list[tuple[float, ObsStats]] = []
+        for results, cpu in self.pool.map(_worker_play, jobs):
+            out += results
+            self.worker_cpu += cpu
+        return out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+class _EpisodeProblem(Problem):
+    """Maximise the mean return of a sample; ``play(solutions) -> returns`` plays a batch."""
+
+    def __init__(self, center: torch.Tensor, seed: int, play: Callable[[list[torch.Tensor]], list[float]]):
+        self.play = play
+        super().__init__(
+            "max", solution_length=center.numel(), initial_bounds=(-1.0, 1.0), seed=seed, dtype=torch.float32
+        )
+
+    def _evaluate_batch(self, batch: SolutionBatch) -> None:
+        returns = self.play([_plain(v) for v in batch.values])
+        batch.set_evals(torch.tensor(returns, dtype=torch.float32))
+
+
+def _searcher(problem: Problem, center: torch.Tensor, stdev: torch.Tensor, es: ESConfig):
+    if es.algorithm == "snes":
+        # SNES: natural-gradient update of mu and log-sigma; no antithetic sampling.
+        return SNES(
+            problem,
+            popsize=es.popsize,
+            center_init=center,
+            stdev_init=stdev,
+            center_learning_rate=es.center_lr,
+            stdev_learning_rate=es.stdev_lr,
+            ranking_method=es.ranking,
+        )
+    optimizer_config: dict[str, Any] = {}
+    if es.optimizer == "clipup":
+        optimizer_config["max_speed"] = es.max_speed if es.max_speed is not None else 2.0 * es.center_lr
+    return PGPE(
+        problem,
+        popsize=es.popsize,
+        center_init=center,
+        stdev_init=stdev,
+        center_learning_rate=es.center_lr,
+        stdev_learning_rate=es.stdev_lr,
+        optimizer=es.optimizer,
+        optimizer_config=optimizer_config or None,
+        ranking_method=es.ranking,
+        symmetric=True,
+    )
+
+
+def train_es(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainResult:
+    """Train one locomotion configuration; never raises for a numerical failure or an error
+    inside training: those end the run as a ``FAILED`` :class:`TrainResult` with the reason."""
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    torch.set_num_threads(1)  # B <= a few episodes: more threads only add overhead
+    es = cfg.es
+    history: list[tuple[int, dict[str, float]]] = []
+    generation = 0
+    episodes = 0
+    players: Optional[_Players] = None
+
+    def cpu_used() -> float:
+        return time.process_time() - cpu0 + (players.worker_cpu if players is not None else 0.0)
+
+    try:
+        task, net = build_policy(cfg)
+        players = _Players(cfg, task, net, es.workers or cfg.train.threads)
+        center = parameters_to_vector(net.parameters()).clone()
+        stdev = search_stdev(net, es)
+        masks = _group_masks(net)
+        rng = np.random.default_rng(cfg.seed)
+        cpu_budget = 60.0 * es.cpu_minutes if es.cpu_minutes else math.inf
+
+        # The first generation should not see raw observations: one episode of the initial policy.
+        stats = ObsStats.empty(task.n_in)
+        task.rollout(
+            net, net.params(), [int(rng.integers(EVAL_SEED_OFFSET))], ObsNormalizer.identity(task.n_in), stats=stats
+        )
+        normalizer = ObsNormalizer.identity(task.n_in).merged(stats)
+        episodes += 1
+
+        gen_seeds: list[int] = []
+        gen_stats: list[ObsStats] = []
+
+        def play(solutions: list[torch.Tensor]) -> list[float]:
+            results = players.play(solutions, gen_seeds, normalizer)
+            gen_stats.extend(st for _, st in results)
+            return [r for r, _ in results]
+
+        problem = _EpisodeProblem(center, cfg.seed, play)
+        searcher = _searcher(problem, center, stdev, es)
+        while generation < es.generations and cpu_used() < cpu_budget:
+            gen_seeds[:] = [int(s) for s in rng.integers(EVAL_SEED_OFFSET, size=es.episodes_per_sample)]
+            searcher.step()
+            generation += 1
+            episodes += es.popsize * es.episodes_per_sample
+            for st in gen_stats:  # in sample order: the same normaliser whatever the number of workers
+                normalizer = normalizer.merged(st)
+            gen_stats.clear()
+            evals = searcher.population.evals[:, 0]
+            center = _plain(searcher.status["center"])
+            if not (torch.isfinite(evals).all() and torch.isfinite(center).all()):
+                return TrainResult.failure(
+                    f"non-finite return or centre at generation {generation}",
+                    history=history,
+                    steps=generation,
+                    episodes=episodes,
+                    wall_time=time.perf_counter() - t0,
+                    cpu_time=cpu_used(),
+                )
+            sigma = _plain(searcher.status["stdev"])
+            metrics = {
+                "train/return_mean": float(evals.mean()),
+                "train/return_best": float(evals.max()),
+                **{f"train/stdev/{g}": float(sigma[m].mean()) for g, m in masks.items()},
+            }
+            if generation % es.eval_every == 0 or generation == es.generations:
+                vector_to_parameters(center, net.parameters())
+                metrics.update(evaluate_policy(task, net, normalizer, cfg.seed, conditions=[]))
+                episodes += task.cfg.eval_seeds
+            history.append((generation, metrics))
+            if progress is not None:
+                progress(generation, metrics)
+        vector_to_parameters(center, net.parameters())
+        final = evaluate_policy(task, net, normalizer, cfg.seed)
+        episodes += task.cfg.eval_seeds * (1 + len(task.cfg.conditions))
+        if not math.isfinite(final["eval/return/standard"]):
+            raise FloatingPointError("non-finite evaluation return")
+    except Exception as e:  # a candidate must not take its caller down
+        return TrainResult.failure(
+            f"{type(e).__name__}: {e}",
+            history=history,
+            steps=generation,
+            episodes=episodes,
+            wall_time=time.perf_counter() - t0,
+            cpu_time=cpu_used(),
+        )
+    finally:
+        if players is not None:
+            players.close()
+    final["fitness"] = final["eval/return/standard"]
+    return TrainResult(
+        fitness=final["eval/return/standard"],
+        final_metrics=final,
+        history=history,
+        state_dict=policy_state_dict(net, normalizer),
+        wall_time=time.perf_counter() - t0,
+        cpu_time=cpu_used(),
+        steps=generation,
+        episodes=episodes,
+    )
