@@ -164,11 +164,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from hybridopt.train.gradient import evaluate
-    from hybridopt.train.weights import load_weights
+    from hybridopt.train.weights import evaluate_weights
 
-    cfg, task, net = load_weights(args.weights)
-    _print_metrics(f"{args.weights}", evaluate(net, task, cfg))
+    _print_metrics(f"{args.weights}", evaluate_weights(args.weights))
     return 0
 
 

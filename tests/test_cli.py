@@ -91,3 +91,12 @@ def test_corrupted_weights_file(tmp_path: Path):
     torch.save({"something": 1}, bad)
     p = run_cli(["eval", str(bad)], tmp_path)
     assert p.returncode == 2 and "not a hybridopt weights file" in p.stderr
+
+
+def test_eval_of_a_locomotion_policy_reports_every_condition(tmp_path: Path, store: str):
+    p = run_cli(["train", str(CONFIGS / "smoke_locomotion.yaml"), "--tracking-uri", store], tmp_path)
+    assert p.returncode == 0, p.stderr
+    p = run_cli(["eval", str(next(tmp_path.rglob("weights.pt")))], tmp_path)
+    assert p.returncode == 0, p.stderr
+    for cond in ("standard", "crippled_leg", "low_friction", "heavy_body"):
+        assert f"eval/return/{cond}" in p.stdout

@@ -12,7 +12,7 @@ from hybridopt.config import Config, ConfigError, parse_config
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import Task
 
-__all__ = ["WeightsError", "load_weights", "weights_bytes"]
+__all__ = ["WeightsError", "evaluate_weights", "load_weights", "weights_bytes"]
 
 FORMAT = "hybridopt.weights/1"
 
@@ -28,10 +28,7 @@ def weights_bytes(cfg: Config, state_dict: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def load_weights(path: Union[str, Path]) -> tuple[Config, Task, PlasticSNN]:
-    """Rebuild ``(config, task, trained network)`` from a weights file."""
-    from hybridopt.train.gradient import build
-
+def _read(path: Union[str, Path]) -> tuple[Config, dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"weights file not found: {p}")
@@ -45,9 +42,42 @@ def load_weights(path: Union[str, Path]) -> tuple[Config, Task, PlasticSNN]:
         cfg = parse_config(blob["config"])
     except ConfigError as e:
         raise WeightsError(f"{p}: stored config is invalid: {e}") from None
+    return cfg, blob["state_dict"]
+
+
+def _mismatch(path: Union[str, Path], e: Exception) -> WeightsError:
+    return WeightsError(f"{path}: weights do not match the stored config: {str(e).splitlines()[0]}")
+
+
+def load_weights(path: Union[str, Path]) -> tuple[Config, Task, PlasticSNN]:
+    """Rebuild ``(config, task, trained network)`` from a weights file of a gradient-trained task."""
+    return _load_network(path, *_read(path))
+
+
+def _load_network(path: Union[str, Path], cfg: Config, state_dict: dict[str, Any]) -> tuple[Config, Task, PlasticSNN]:
+    from hybridopt.train.gradient import build
+
     task, net = build(cfg)
     try:
-        net.load_state_dict(blob["state_dict"])
+        net.load_state_dict(state_dict)
     except RuntimeError as e:
-        raise WeightsError(f"{p}: weights do not match the stored config: {str(e).splitlines()[0]}") from None
+        raise _mismatch(path, e) from None
     return cfg, task, net
+
+
+def evaluate_weights(path: Union[str, Path]) -> dict[str, float]:
+    """Evaluate a weights file the way training evaluated it (held-out episodes; for
+    locomotion, the standard and every novel condition)."""
+    cfg, state_dict = _read(path)
+    if cfg.task.name == "locomotion":
+        from hybridopt.train.es import evaluate_policy, load_policy
+
+        try:
+            task, net, normalizer = load_policy(cfg, state_dict)
+        except (RuntimeError, KeyError) as e:
+            raise _mismatch(path, e) from None
+        return evaluate_policy(task, net, normalizer, cfg.seed)
+    from hybridopt.train.gradient import evaluate
+
+    cfg, task, net = _load_network(path, cfg, state_dict)
+    return evaluate(net, task, cfg)
