@@ -37,22 +37,13 @@ CONFIG = "configs/halfcheetah_locomotion.yaml"
 CONDITIONS = ("standard", "crippled_leg", "low_friction", "heavy_body")
 
 
-def variant_overrides(name: str) -> list[str]:
-    """``static`` or ``<projection>:<rule>/<mode>`` -> config overrides (other projections static)."""
-    out = [f"plasticity.{p}.rule=none" for p in ("input", "recurrent", "readout")]
-    if name != "static":
-        proj, rm = name.split(":")
-        rule, mode = rm.split("/")
-        out += [f"plasticity.{proj}.rule={rule}", f"plasticity.{proj}.modulation={mode}"]
-    return out
-
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """One training run in a fresh process; returns its final metrics and cost."""
-    from hybridopt.config import load_config
+    from hybridopt.config import load_config, placement_overrides
     from hybridopt.train.es import train_es
 
-    overrides = variant_overrides(job["variant"]) + [
+    overrides = placement_overrides(job["variant"]) + [
         f"seed={job['seed']}",
         f"es.cpu_minutes={job['minutes']}",
         "es.generations=100000",

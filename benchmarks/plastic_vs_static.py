@@ -26,25 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hybridopt.config import load_config
+from hybridopt.config import load_config, placement_overrides
 from hybridopt.train.gradient import train_gradient
 
 FAMILIES = ("hebbian", "oja", "bcm", "stdp")
 MODES = ("plain", "neuromodulated")
 
 
-def variant_overrides(name: str) -> list[str]:
-    """``static`` or ``<projection>:<rule>/<mode>`` -> config overrides (others static)."""
-    out = [f"plasticity.{p}.rule=none" for p in ("input", "recurrent", "readout")]
-    if name != "static":
-        proj, rm = name.split(":")
-        rule, mode = rm.split("/")
-        out += [f"plasticity.{proj}.rule={rule}", f"plasticity.{proj}.modulation={mode}"]
-    return out
-
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
-    overrides = variant_overrides(job["variant"]) + [
+    overrides = placement_overrides(job["variant"]) + [
         f"seed={job['seed']}",
         f"task.noise={job['noise']}",
         f"train.cpu_minutes={job['minutes']}",

@@ -28,6 +28,7 @@ __all__ = [
     "load_config",
     "network_spec",
     "parse_config",
+    "placement_overrides",
 ]
 
 
@@ -410,6 +411,21 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(v, key + "."))
         else:
             out[key] = v
+    return out
+
+
+def placement_overrides(name: str) -> list[str]:
+    """Overrides for a named plasticity placement: ``static`` (every projection static) or
+    ``<projection>:<rule>/<mode>`` (that projection plastic, the others static), e.g.
+    ``input:hebbian/neuromodulated``."""
+    out = [f"plasticity.{p}.rule=none" for p in ("input", "recurrent", "readout")]
+    if name != "static":
+        try:
+            proj, rule_mode = name.split(":")
+            rule, mode = rule_mode.split("/")
+        except ValueError:
+            raise ConfigError(f"placement {name!r}: expected 'static' or PROJECTION:RULE/MODE") from None
+        out += [f"plasticity.{proj}.rule={rule}", f"plasticity.{proj}.modulation={mode}"]
     return out
 
 

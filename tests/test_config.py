@@ -85,3 +85,14 @@ def test_coefficient_of_another_rule_rejected():
                 "plasticity": {"input": {"rule": "oja", "coefficients": {"a_plus": 1}}},
             }
         )
+
+
+def test_placement_overrides_make_one_projection_plastic():
+    from hybridopt.config import placement_overrides
+
+    cfg = load_config(CONFIGS / "smoke.yaml", placement_overrides("recurrent:bcm/retroactive"))
+    assert cfg.plasticity.input.rule == "none" and cfg.plasticity.readout.rule == "none"
+    assert (cfg.plasticity.recurrent.rule, cfg.plasticity.recurrent.modulation) == ("bcm", "retroactive")
+    assert load_config(CONFIGS / "smoke.yaml", placement_overrides("static")).plasticity.input.rule == "none"
+    with pytest.raises(ConfigError, match="placement"):
+        placement_overrides("input-hebbian")
