@@ -35,12 +35,20 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smoke_search.yaml"
 
 
 def calibrate_steps(seconds: float) -> int:
-    cfg = load_config(CONFIG, ["train.steps=20", "train.eval_every=1000"])
+    """Steps for one candidate to take ``seconds``, from the marginal cost of a step (the
+    difference of two runs, so the fixed cost of building and evaluating cancels)."""
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    train_candidate(cfg)
-    per_step = (time.perf_counter() - t0) / 20
-    return max(1, int(seconds / per_step))
+
+    def timed(steps: int) -> float:
+        cfg = load_config(CONFIG, [f"train.steps={steps}", "train.eval_every=1000000"])
+        t0 = time.perf_counter()
+        train_candidate(cfg)
+        return time.perf_counter() - t0
+
+    timed(5)  # warm-up
+    fixed_and_20, fixed_and_100 = timed(20), timed(100)
+    per_step = (fixed_and_100 - fixed_and_20) / 80
+    return max(1, int((seconds - fixed_and_20 + 20 * per_step) / per_step))
 
 
 def main() -> int:
