@@ -37,7 +37,6 @@ CONFIG = "configs/halfcheetah_locomotion.yaml"
 CONDITIONS = ("standard", "crippled_leg", "low_friction", "heavy_body")
 
 
-
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """One training run in a fresh process; returns its final metrics and cost."""
     from hybridopt.config import load_config, placement_overrides

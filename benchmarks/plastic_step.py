@@ -44,6 +44,7 @@ from pathlib import Path
 
 SIZES = [(32, 64, 100), (64, 128, 100), (32, 256, 200)]
 VARIANTS = ("static", "reference", "fused")
+EXTRA_VARIANTS = ("fused-eager",)  # the fused kernel with torch.compile off, on request
 PASSES = 9
 N_IN, N_OUT, RATE = 32, 4, 0.2
 REPO = Path(__file__).resolve().parent.parent
@@ -74,8 +75,9 @@ def run_worker(B: int, N: int, T: int, variant: str, args: argparse.Namespace) -
     torch.set_num_threads(args.threads)
     plastic = {} if variant == "static" else {args.projection: ProjectionSpec(rule=args.rule, modulation=args.mode)}
     kernel = "reference" if variant == "reference" else "fused"
+    compile_ = "never" if variant == "fused-eager" else "auto"
     spec = NetworkSpec(
-        n_in=N_IN, n_hidden=N, n_out=N_OUT, input_gain=2.0, recurrent_gain=1.0, kernel=kernel,
+        n_in=N_IN, n_hidden=N, n_out=N_OUT, input_gain=2.0, recurrent_gain=1.0, kernel=kernel, compile=compile_,
         checkpoint_interval=args.checkpoint_interval, **plastic,
     )  # fmt: skip
     net = PlasticSNN(spec, seed=args.seed)
@@ -184,9 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         sizes = SIZES[:1] if args.quick else SIZES
     variants = [v for v in args.variants.split(",") if v]
-    unknown = set(variants) - set(VARIANTS)
+    unknown = set(variants) - set(VARIANTS) - set(EXTRA_VARIANTS)
     if unknown:
-        parser.error(f"unknown variant(s) {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+        parser.error(f"unknown variant(s) {sorted(unknown)}; known: {', '.join(VARIANTS + EXTRA_VARIANTS)}")
     shared = ["--rule", args.rule, "--mode", args.mode, "--projection", args.projection, "--seed", str(args.seed)]
     if args.checkpoint_interval is not None:
         shared += ["--checkpoint-interval", str(args.checkpoint_interval)]

@@ -33,7 +33,6 @@ FAMILIES = ("hebbian", "oja", "bcm", "stdp")
 MODES = ("plain", "neuromodulated")
 
 
-
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     overrides = placement_overrides(job["variant"]) + [
         f"seed={job['seed']}",

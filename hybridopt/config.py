@@ -100,6 +100,8 @@ class NetworkConfig(Strict):
     readout_gain: Positive = 1.0
     # how training differentiates a sequence: the fused plastic-synapse kernel, or plain autograd
     kernel: Literal["fused", "reference"] = "fused"
+    # whether the fused kernel's steps go through torch.compile: for large plastic states (auto)
+    compile: Literal["auto", "always", "never"] = "auto"
 
     @field_validator("surrogate")
     @classmethod
@@ -449,5 +451,6 @@ def network_spec(cfg: Config, n_in: int, n_out: int) -> NetworkSpec:
         recurrent_gain=n.recurrent_gain,
         readout_gain=n.readout_gain,
         kernel=n.kernel,
+        compile=n.compile,
         **proj,
     )

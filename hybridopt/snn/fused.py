@@ -93,6 +93,107 @@ def clip_backward(grad: Tensor, U: Tensor, h_max: float, out: Optional[Tensor] =
     return torch.ops.aten.hardtanh_backward.grad_input(grad, U, -hi, hi, grad_input=out)
 
 
+# --------------------------------------------------------------------------- compiled steps
+# The same maths as the eager path, written functionally so that ``torch.compile`` (Inductor)
+# can fuse each step's elementwise passes and reductions over ``B x I x J`` into a few loops.
+# Each function writes its big results into buffers the caller passes (graph-input mutation,
+# which Inductor stores in place), so the tape's buffer reuse stays as it is.
+
+COMPILE_MIN_ELEMENTS = 1 << 20
+"""``compile="auto"`` compiles a projection's steps when its state has at least this many
+elements (``B * I * J``; 4 MiB in float32): below it the compile time is not earned back."""
+
+_compiled: dict[str, object] = {}
+_compile_broken: list[str] = []  # the reason, once a compilation has failed in this process
+
+
+def _forward_impl(rule: str, mode: str, h_max: float, act, H, E, phi, coeffs, gain, M, U_out, H_out, E_out):
+    """One update step: ``U = mode(rule D)``; ``H_out = clip(U)``; ``U_out``/``E_out`` when given."""
+    D = RULES[rule].update(act, H, phi, coeffs)
+    U, E_new = MODES[mode].update(D, H, E, gain, M)
+    if U_out is not None:
+        U_out.copy_(U)
+    H_out.copy_(U.clamp(-h_max, h_max))
+    if E_out is not None:
+        E_out.copy_(E_new)
+
+
+def _backward_impl(
+    rule: str, mode: str, h_max: float, act, phi, coeffs, gain, M, H, E, U, E_new, gH, gE, cur, gH_out, gE_out
+):
+    """Backward of one update step, with the plastic current's part on ``H_t`` folded in.
+
+    ``cur = (pre, g, alpha)`` adds ``alpha ⊙ pre g^T`` (the current ``pre · (alpha ⊙ H_t)``'s
+    gradient on ``H_t``) to ``gH``; then ``gU = gH`` where ``-h_max <= U <= h_max`` (else 0),
+    and the mode's and rule's vector-Jacobian products.  ``gH_out``/``gE_out`` receive the
+    gradients on ``H_{t-1}``/``E_{t-1}``; the small gradients are returned."""
+    if cur is not None:
+        pre, g, alpha = cur
+        P = alpha * (pre.unsqueeze(2) * g.unsqueeze(1))
+        gH = P if gH is None else gH + P
+    gU = None if gH is None else torch.where((U >= -h_max) & (U <= h_max), gH, 0.0)
+    m = MODES[mode]
+    if m.has_eligibility:
+        gE = torch.zeros_like(U) if gE is None else gE.clone()
+    mg = m.vjp(RULES[rule], act, H, phi, coeffs, E, E_new, gain, M, gU, gE, None)
+    if mg.H is not None:
+        gH_out.copy_(mg.H)
+    if mg.E is not None:
+        gE_out.copy_(mg.E)
+    rg = mg.rule
+    return (
+        mg.H is not None, mg.E is not None,
+        rg.pre_trace, rg.post_trace, rg.pre_spike, rg.post_spike, rg.phi, mg.gain, mg.M,
+        tuple(rg.coeffs.get(n) for n in RULES[rule].coefficients),
+    )  # fmt: skip
+
+
+def _current_backward_impl(pre, g, alpha, H, need_pre: bool, need_alpha: bool):
+    """``g_pre_bi = sum_j alpha_ij H_bij g_bj`` and ``g_alpha_ij = sum_b pre_bi g_bj H_bij``."""
+    g_pre = (alpha * H * g.unsqueeze(1)).sum(2) if need_pre else None
+    g_alpha = (pre.unsqueeze(2) * g.unsqueeze(1) * H).sum(0) if need_alpha else None
+    return g_pre, g_alpha
+
+
+def _compiled_fn(name: str):
+    """The ``torch.compile``-d step function ``name`` (compiled per input signature, lazily)."""
+    fn = _compiled.get(name)
+    if fn is None:
+        import torch._dynamo.config as dynamo_config
+
+        # one signature per rule x mode x clip x which inputs are given x shape: well above 8
+        for key in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, key):
+                setattr(dynamo_config, key, max(getattr(dynamo_config, key), 256))
+        impl = {"forward": _forward_impl, "backward": _backward_impl, "current": _current_backward_impl}[name]
+        fn = _compiled[name] = torch.compile(impl, dynamic=False, fullgraph=True)
+    return fn
+
+
+def compile_available() -> Optional[str]:
+    """``None`` when the compiled steps can run here, else why not (e.g. no C++ compiler on CPU)."""
+    if _compile_broken:
+        return _compile_broken[0]
+    return None
+
+
+def _run_compiled(name: str, *args) -> tuple[bool, object]:
+    """Call a compiled step: ``(True, result)``, or ``(False, None)`` once compiling has failed
+    (the caller then takes the eager path, which gives the same values)."""
+    if _compile_broken:
+        return False, None
+    try:
+        return True, _compiled_fn(name)(*args)
+    except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why once
+        import warnings
+
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        _compile_broken.append(f"{type(e).__name__}: {first}")
+        msg = f"compiled plastic step unavailable, using the eager fused kernel ({_compile_broken[0]})"
+        warnings.warn(msg, stacklevel=2)
+        return False, None
+
+
 class _Step(NamedTuple):
     """The small inputs of one update step (detached), enough to recompute it."""
 
@@ -165,10 +266,12 @@ class PlasticTape:
         *,
         store: bool = False,
         pool: Optional[BufferPool] = None,
+        compiled: bool = False,
     ):
         if interval < 1:
             raise ValueError(f"checkpoint interval must be >= 1, got {interval}")
         self.rule, self.mode, self.h_max, self.interval, self.store = rule, mode, h_max, interval, store
+        self.compiled = compiled
         self.coeff_names = tuple(RULES[rule].coefficients)
         self.steps: list[_Step] = []
         self._H: dict[int, Tensor] = {0: initial.H.detach()}
@@ -253,8 +356,11 @@ class PlasticTape:
             H_out, E_out = self._new(pooled=False), (None if E is None else self._new(pooled=False))
         else:  # alternate two buffers: the state two steps back is dead (only the newest is passed on)
             H_out, E_out = self.buffer(f"H{t % 2}"), (None if E is None else self.buffer(f"E{t % 2}"))
-        U, E_new = self.update_into(st, H, E, self._new() if self.store else self.buffer("D"), E_out)
-        H_new = torch.clamp(U, -self.h_max, self.h_max, out=H_out)
+        if self.compiled and self._compiled_step(st, H, E, self._new() if self.store else None, H_out, E_out):
+            U, E_new, H_new = self._U_new, E_out, H_out
+        else:
+            U, E_new = self.update_into(st, H, E, self._new() if self.store else self.buffer("D"), E_out)
+            H_new = torch.clamp(U, -self.h_max, self.h_max, out=H_out)
         self.steps.append(st)
         if self.store:
             self._U_store[t] = U
@@ -263,6 +369,14 @@ class PlasticTape:
         if t % self.interval == 0:
             self._H[t], self._E[t] = H_new.detach(), _detach(E_new)
         return H_new, E_new
+
+    def _compiled_step(self, st: _Step, H, E, U_out, H_out, E_out) -> bool:
+        """One update step through the compiled kernel into the given buffers (False: not available)."""
+        self._U_new = U_out
+        args = (self.rule, self.mode, self.h_max, st.act, H, E, st.phi, st.coeffs, st.gain, st.M, U_out, H_out, E_out)
+        ok, _ = _run_compiled("forward", *args)
+        self.compiled = ok
+        return ok
 
     def _load(self, t: int) -> tuple[int, list[Tensor], list[Tensor], list[Optional[Tensor]]]:
         """The chunk holding update step ``t``: ``(start, [H_start ..], [U_start+1 ..], [E_start ..])``."""
@@ -276,8 +390,12 @@ class PlasticTape:
             E_slots = self._slots("E") if E is not None else None
             with torch.no_grad():
                 for k, s in enumerate(range(start, min(start + self.interval, self.t))):
-                    U, E = self.update_into(self.steps[s], H, E, U_slots[k], None if E is None else E_slots[k])
-                    H = torch.clamp(U, -self.h_max, self.h_max, out=H_slots[k])
+                    E_out = None if E is None else E_slots[k]
+                    if self.compiled and self._compiled_step(self.steps[s], H, E, U_slots[k], H_slots[k], E_out):
+                        U, E, H = U_slots[k], E_out, H_slots[k]
+                    else:
+                        U, E = self.update_into(self.steps[s], H, E, U_slots[k], E_out)
+                        H = torch.clamp(U, -self.h_max, self.h_max, out=H_slots[k])
                     Hs.append(H)
                     Us.append(U)
                     Es.append(E)
@@ -331,6 +449,19 @@ class _PlasticCurrent(torch.autograd.Function):
         tape, s = ctx.tape, ctx.s
         _, need_pre, need_alpha, need_H = ctx.needs_input_grad
         g_pre = g_alpha = g_H = None
+        if tape.compiled:
+            ok, res = (True, (None, None))
+            if need_pre or need_alpha:
+                ok, res = _run_compiled("current", pre, grad, alpha, tape.H(s), need_pre, need_alpha)
+            if ok:
+                g_pre, g_alpha = res
+                if need_H and s in tape._owned_grad:  # as below, folded into update step s's kernel
+                    tape._owned_grad.discard(s)
+                    tape._pending[s] = (pre, grad, alpha)
+                elif need_H:
+                    g_H = alpha * (pre.unsqueeze(2) * grad.unsqueeze(1))
+                return None, g_pre, g_alpha, g_H
+            tape.compiled = False
         H = tape.H(s) if need_pre or need_alpha else None
         if need_pre:  # sum_j alpha_ij H_bij g_bj
             AH = torch.mul(alpha, H, out=tape.buffer("scratch"))
@@ -397,7 +528,15 @@ class _PlasticUpdate(torch.autograd.Function):
             return (None,) * n_out
         st = tape.steps[t - 1]
         H, E, U, E_new = tape.around(t)
+        rule, mode = RULES[tape.rule], MODES[tape.mode]
+        if tape.compiled and rule.vjp is not None and mode.vjp is not None:
+            out = _compiled_update_backward(ctx, tape, t, st, H, E, U, E_new, gH, gE, pending)
+            if out is not None:
+                return out
         G = tape.buffer("G")
+        if pending is not None and len(pending) == 3:  # from the compiled current's backward
+            pre, g, alpha = pending
+            pending = (torch.mul(pre.unsqueeze(2), g.unsqueeze(1), out=tape.spare()), alpha)
         if pending is not None:  # the whole gradient on H_t, into G
             P, alpha = pending
             if gH is None:
@@ -407,7 +546,6 @@ class _PlasticUpdate(torch.autograd.Function):
             else:
                 gH = torch.addcmul(gH, P, alpha, out=G)
             tape._spare.append(P)
-        rule, mode = RULES[tape.rule], MODES[tape.mode]
         if rule.vjp is None or mode.vjp is None:
             return (None, *_autograd_backward(tape, st, H, E, gH, gE))
         gU = None if gH is None else clip_backward(gH, U, tape.h_max, out=G)
@@ -435,6 +573,35 @@ class _PlasticUpdate(torch.autograd.Function):
             mg.M,
             *(rg.coeffs.get(n) for n in tape.coeff_names),
         )
+
+
+def _compiled_update_backward(ctx, tape: PlasticTape, t: int, st: _Step, H, E, U, E_new, gH, gE, pending):
+    """:class:`_PlasticUpdate`'s backward through the compiled kernel (``None``: not available).
+
+    The gradients on ``H_{t-1}``/``E_{t-1}`` go to one of two alternating tape buffers (never the
+    one holding the incoming gradient), handed to the engine as those of step ``t - 1``."""
+    if pending is not None and len(pending) != 3:  # the eager current's hand-over: go eager
+        return None
+    cur = pending
+    gH_out = tape.buffer("G1" if tape.owns("G0", gH) else "G0")
+    gE_out = None if E is None else tape.buffer("X1" if tape.owns("X0", gE) else "X0")
+    ok, res = _run_compiled(
+        "backward", tape.rule, tape.mode, tape.h_max, st.act, st.phi, st.coeffs, st.gain, st.M,
+        H, E, U, E_new, gH, gE, cur, gH_out, gE_out,
+    )  # fmt: skip
+    if not ok:  # the eager path takes over, with the same inputs
+        tape.compiled = False
+        return None
+    has_H, has_E, pre_trace, post_trace, pre_spike, post_spike, phi, g_gain, g_M, g_coeffs = res
+    gH_prev = gH_out if has_H else None
+    gE_prev = gE_out if has_E else None
+    if t == 1:  # gradients on the sequence's initial state leave the tape: no shared buffers
+        gH_prev = gH_prev.clone() if gH_prev is not None and ctx.needs_input_grad[1] else None
+        gE_prev = gE_prev.clone() if gE_prev is not None and ctx.needs_input_grad[2] else None
+        tape.release()
+    elif gH_prev is not None:
+        tape._owned_grad.add(t - 1)
+    return (None, gH_prev, gE_prev, pre_trace, post_trace, pre_spike, post_spike, phi, g_gain, g_M, *g_coeffs)
 
 
 def fused_plastic_current(tape: PlasticTape, pre: Tensor, W: Tensor, alpha: Tensor, H: Tensor) -> Tensor:

@@ -20,6 +20,9 @@ parameters and runs the time loop.
 every plastic projection's ``B x I x J`` work through :mod:`hybridopt.snn.fused` (same
 forward values, a fraction of the memory and time in training); ``"reference"`` is plain
 autograd through the same equations, kept as the yardstick the fused kernel is tested against.
+``NetworkSpec.compile`` says whether the fused kernel's steps go through ``torch.compile``
+(``"auto"``: for plastic states of at least
+:data:`~hybridopt.snn.fused.COMPILE_MIN_ELEMENTS` elements, where the compile time pays).
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from hybridopt.snn.fused import BufferPool, PlasticTape, default_interval, fused_plastic_current, fused_plasticity_step
+from hybridopt.snn.fused import (
+    COMPILE_MIN_ELEMENTS,
+    BufferPool,
+    PlasticTape,
+    default_interval,
+    fused_plastic_current,
+    fused_plasticity_step,
+)
 from hybridopt.snn.neurons import LIFParameters, LIFState, lif_initial_state, lif_step
 from hybridopt.snn.plasticity import (
     MODES,
@@ -46,6 +56,7 @@ from hybridopt.snn.plasticity import (
 )
 
 __all__ = [
+    "COMPILE",
     "KERNELS",
     "PROJECTIONS",
     "NetworkParams",
@@ -59,6 +70,7 @@ __all__ = [
 
 PROJECTIONS = ("input", "recurrent", "readout")
 KERNELS = ("fused", "reference")
+COMPILE = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -105,7 +117,15 @@ class NetworkSpec:
     ``checkpoint_interval`` (fused kernel only) trades memory for time: ``k >= 1`` keeps ``H``
     every ``k`` steps and recomputes the rest in backward; ``None`` (the default) takes
     ``k = ceil(sqrt(T))``, the least memory; ``0`` keeps every step's pre-clip ``U`` instead (about
-    4 bytes per synapse per sample per step, a few percent faster).  The results are the same."""
+    4 bytes per synapse per sample per step, a few percent faster).  The results are the same.
+
+    ``compile`` (fused kernel only): ``"always"`` runs each plastic step's ``B x I x J`` work
+    through ``torch.compile``-d functions (Inductor fuses its elementwise passes and reductions;
+    the first sequence of each shape pays seconds of compilation, later processes reuse
+    Inductor's on-disk cache), ``"never"`` keeps the eager fused kernel, ``"auto"`` compiles
+    projections whose state has at least ``COMPILE_MIN_ELEMENTS`` elements.  Compiled forward
+    values equal the eager ones up to float rounding (fused multiply-adds); if compilation is
+    not possible here (no C++ compiler, say) the eager kernel runs, with one warning."""
 
     n_in: int
     n_hidden: int
@@ -124,10 +144,13 @@ class NetworkSpec:
     readout: ProjectionSpec = field(default_factory=ProjectionSpec)
     kernel: str = "fused"
     checkpoint_interval: Optional[int] = None
+    compile: str = "auto"
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown kernel {self.kernel!r}; known: {', '.join(KERNELS)}")
+        if self.compile not in COMPILE:
+            raise ValueError(f"unknown compile setting {self.compile!r}; known: {', '.join(COMPILE)}")
         if self.checkpoint_interval is not None and self.checkpoint_interval < 0:
             raise ValueError(f"checkpoint_interval must be >= 0, got {self.checkpoint_interval}")
 
@@ -324,6 +347,13 @@ class PlasticSNN(nn.Module):
         # the fused kernel's buffer pool is scratch memory: not part of the network
         return {k: v for k, v in self.__dict__.items() if k != "_pool"}
 
+    def _compiles(self, batch: int, name: str) -> bool:
+        """Whether projection ``name``'s fused steps go through ``torch.compile`` (see :class:`NetworkSpec`)."""
+        if self.spec.compile == "auto":
+            n_pre, n_post = self.spec.shape(name)
+            return batch * n_pre * n_post >= COMPILE_MIN_ELEMENTS
+        return self.spec.compile == "always"
+
     def params(self) -> NetworkParams:
         p = {name: self.projections[name].params() for name in PROJECTIONS}
         return NetworkParams(**p, b_hidden=self.b_hidden, b_out=self.b_out)
@@ -381,6 +411,7 @@ class PlasticSNN(nn.Module):
                     k or default_interval(x.shape[1]),
                     store=k == 0,
                     pool=pool,
+                    compiled=self._compiles(x.shape[0], name),
                 )
                 for name in PROJECTIONS
                 if getattr(state, name) is not None

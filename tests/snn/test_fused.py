@@ -8,12 +8,16 @@ import dataclasses
 import gc
 import itertools
 import math
+import os
 import pickle
+import subprocess
+import sys
 import weakref
 
 import pytest
 import torch
 
+from hybridopt.snn import fused
 from hybridopt.snn.fused import PlasticTape, clip_backward, default_interval, fused_plasticity_step
 from hybridopt.snn.network import PROJECTIONS, NetworkSpec, PlasticSNN, ProjectionSpec
 from hybridopt.snn.plasticity import (
@@ -404,6 +408,65 @@ def test_kernel_is_fused_by_default_and_validated():
         PlasticTape("hebbian", "plain", 1.0, zero, 0)
     assert [default_interval(t) for t in (1, 2, 4, 5, 100, 101, 200)] == [1, 2, 2, 3, 10, 11, 15]
     assert all(default_interval(t) == math.ceil(math.sqrt(t)) for t in range(1, 500))
+
+
+# --------------------------------------------------------------------------- the compiled steps
+@pytest.mark.parametrize("interval", [None, 0], ids=["recompute", "store"])
+@pytest.mark.parametrize("projections", [MIXED, ALL_RETRO], ids=["mixed", "all-retroactive"])
+def test_compiled_matches_reference(projections, interval):
+    # every family, every mode and every projection between the two networks, through torch.compile
+    net = PlasticSNN(dataclasses.replace(_spec(**projections), compile="always"), seed=4)
+    x = _input()
+    y0, s0, st0, g0 = _run(net, "reference", x)
+    y1, s1, st1, g1 = _run(net, "fused", x, checkpoint_interval=interval)
+    assert fused.compile_available() is None  # it really ran compiled, no fallback
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
+    assert (s1 != s0).float().mean() <= 1e-3
+    for name in PROJECTIONS:
+        a, b = getattr(st0, name), getattr(st1, name)
+        torch.testing.assert_close(b.H, a.H, rtol=1e-5, atol=1e-6)
+    _assert_close_grads(g0, g1)
+
+
+def test_compile_setting_auto_compiles_only_large_states():
+    spec = NetworkSpec(n_in=32, n_hidden=256, n_out=4, recurrent=ProjectionSpec(rule="oja"))
+    assert spec.compile == "auto"
+    net = PlasticSNN(spec)
+    # B * I * J against the threshold: 16 x 256 x 256 = 2^20 compiles, 15 x 256 x 256 does not
+    assert fused.COMPILE_MIN_ELEMENTS == 2**20
+    assert net._compiles(16, "recurrent") and not net._compiles(15, "recurrent")
+    assert not net._compiles(64, "input")  # 32 x 256 per sample: 2^19 at batch 64
+    for setting, expect in (("always", True), ("never", False)):
+        net.spec = dataclasses.replace(spec, compile=setting)
+        assert net._compiles(1, "recurrent") is expect and net._compiles(10**6, "recurrent") is expect
+    with pytest.raises(ValueError, match="compile"):
+        NetworkSpec(n_in=1, n_hidden=2, n_out=1, compile="sometimes")
+
+
+FALLBACK = """
+import torch
+from hybridopt.snn import fused
+from hybridopt.snn.network import NetworkSpec, PlasticSNN, ProjectionSpec
+x = (torch.rand(3, 30, 4, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+out = {}
+for setting in ("always", "never"):
+    net = PlasticSNN(NetworkSpec(n_in=4, n_hidden=8, n_out=2, compile=setting, recurrent=ProjectionSpec(rule="oja")))
+    y, s, _ = net(x)
+    y.square().sum().backward()
+    out[setting] = (y.detach(), net.projections["recurrent"].alpha.grad)
+print("same", all(torch.equal(a, b) for a, b in zip(out["always"], out["never"])))
+print("reason", fused.compile_available())
+"""
+
+
+def test_without_a_cxx_compiler_the_eager_kernel_runs_with_one_warning(tmp_path):
+    # A real failed compilation: no C++ compiler and an empty Inductor cache, in a fresh process.
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-c", FALLBACK], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "same True" in r.stdout
+    assert "reason " in r.stdout and "reason None" not in r.stdout
+    assert r.stderr.count("UserWarning: compiled plastic step unavailable, using the eager fused kernel") == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
