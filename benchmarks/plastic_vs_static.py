@@ -13,6 +13,13 @@ to stdout, CSV files under ``--out``, and one MLflow run (``hybridopt.kind=bench
 
     python benchmarks/plastic_vs_static.py                      # ~2 h on 2 cores
     python benchmarks/plastic_vs_static.py --screen-minutes 0.2 --confirm-minutes 0.2 --seeds 1   # a dry run
+
+``--throughput STEPS`` measures instead what a training step costs under each kernel: every
+configuration of the screening, trained for ``STEPS`` steps with ``network.kernel=reference``
+(plain autograd) and with the default fused kernel, each in a fresh process, 1 thread; CPU ms
+per step (two single-batch evaluations included) and the reference / fused ratio.
+
+    python benchmarks/plastic_vs_static.py --throughput 60
 """
 
 from __future__ import annotations
@@ -52,6 +59,46 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "wall_s": r.wall_time,
         "cpu_s": r.cpu_time,
     }
+
+
+def time_one(job: dict[str, Any]) -> dict[str, Any]:
+    overrides = placement_overrides(job["variant"]) + [
+        f"network.kernel={job['kernel']}",
+        f"train.steps={job['steps']}",
+        "train.cpu_minutes=null",
+        "train.eval_every=100000",
+        "train.eval_batches=1",
+        "train.threads=1",
+    ]
+    r = train_gradient(load_config(job["config"], overrides))
+    return {**job, "status": r.status, "ms_per_step": 1e3 * r.cpu_time / max(r.steps, 1)}
+
+
+def throughput(args: argparse.Namespace, out: Path) -> None:
+    variants = ["static", *(f"input:{f}/{m}" for f in FAMILIES for m in MODES), "recurrent:stdp/neuromodulated"]
+    jobs = [
+        {"config": args.config, "variant": v, "kernel": k, "steps": args.throughput}
+        for v in variants
+        for k in ("reference", "fused")
+    ]
+    with mp.get_context("spawn").Pool(args.procs, maxtasksperchild=1) as pool:
+        rows = pool.map(time_one, jobs)
+    by = {(r["variant"], r["kernel"]): r for r in rows}
+    lines = [
+        f"| plasticity | reference ms/step | fused ms/step | reference / fused |  ({args.throughput} steps, CPU time)",
+        "|---|---|---|---|",
+    ]
+    for v in variants:
+        ref, fused = by[(v, "reference")], by[(v, "fused")]
+        if ref["status"] != "FINISHED" or fused["status"] != "FINISHED":
+            lines.append(f"| {v} | {ref['status']} | {fused['status']} | - |")
+            continue
+        a, b = ref["ms_per_step"], fused["ms_per_step"]
+        lines.append(f"| {v} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+    md = "\n".join(lines)
+    print(md)
+    write_csv(out / "throughput.csv", rows)
+    (out / "throughput.md").write_text(md + "\n")
 
 
 FIELDS = ["config", "stage", "variant", "seed", "noise", "minutes", "accuracy", "status", "episodes", "wall_s", "cpu_s"]
@@ -152,9 +199,13 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/plastic_vs_static")
     ap.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     ap.add_argument("--resume", action="store_true", help="reuse the runs already in OUT/runs.csv")
+    ap.add_argument("--throughput", type=int, metavar="STEPS", help="only time training steps per kernel")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.throughput:
+        throughput(args, out)
+        return 0
     log = out / "runs.csv"
     if not args.resume:
         log.unlink(missing_ok=True)
