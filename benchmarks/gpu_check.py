@@ -2,9 +2,11 @@
 
 Part 1, exactness: every family x mode on the recurrent projection (and one network with all three
 projections plastic, every mode), ``B=8, N=64, T=120`` with the clip active: readout and spikes
-equal, final ``H`` equal, every parameter's gradient within float32 tolerance of the reference's.
+equal, final ``H`` equal, every parameter's gradient within float32 tolerance of the reference's;
+each also with the steps through ``torch.compile`` (``compile="always"``: Triton on CUDA).
 Part 2, timing: ``(B, N, T) = (32, 256, 200)``, Oja / plain on the recurrent projection, reference
-vs fused (both checkpoint policies): median ms of forward + backward over 5 runs after a warm-up
+vs fused (compiled, as ``compile="auto"`` does at this size; eager; and storing every step):
+median ms of forward + backward over 5 runs after a warm-up
 (``torch.cuda.synchronize`` around each), and peak allocated device memory.
 
 One JSON object per line, then a summary; exit status 1 if any exactness check fails.
@@ -31,8 +33,8 @@ MODES = ("plain", "neuromodulated", "retroactive")
 PLASTIC = dict(h_max=0.3, eta_init=0.3, alpha_init=0.3, eta_E_init=0.3, trace_decay=0.6)
 
 
-def run(net: PlasticSNN, kernel: str, x: torch.Tensor, interval=None):
-    net.spec = dataclasses.replace(net.spec, kernel=kernel)
+def run(net: PlasticSNN, kernel: str, x: torch.Tensor, interval=None, compile_: str = "never"):
+    net.spec = dataclasses.replace(net.spec, kernel=kernel, compile=compile_)
     net.zero_grad(set_to_none=True)
     y, s, final = net(x, checkpoint_interval=interval)
     target = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.device)
@@ -58,13 +60,20 @@ def exactness(device: torch.device, B: int, N: int, T: int) -> list[dict]:
         net = PlasticSNN(spec, seed=3).to(device)
         y0, s0, st0, g0 = run(net, "reference", x)
         row = {"check": label}
-        for interval, tag in ((None, "recompute"), (0, "store")):
-            y1, s1, st1, g1 = run(net, "fused", x, interval)
+        for interval, tag, compile_ in (
+            (None, "recompute", "never"),
+            (0, "store", "never"),
+            (None, "compiled", "always"),
+        ):
+            y1, s1, st1, g1 = run(net, "fused", x, interval, compile_)
             rel = max(((g1[n] - g).abs().max() / g.abs().max().clamp(min=1e-12)).item() for n, g in g0.items())
             same_H = all(
                 torch.equal(getattr(st0, n).H, getattr(st1, n).H) for n in PROJECTIONS if getattr(st0, n) is not None
             )
-            ok = torch.equal(s0, s1) and torch.allclose(y0, y1, rtol=1e-5, atol=1e-6) and rel < 1e-3
+            # compiled code may round differently (fused multiply-adds): allow a rare flipped spike there
+            flips = (s0 != s1).float().mean().item()
+            ok = flips <= (1e-3 if tag == "compiled" else 0.0) and torch.allclose(y0, y1, rtol=1e-5, atol=1e-6)
+            ok = ok and rel < 1e-3
             row[tag] = {
                 "y_equal": torch.equal(y0, y1),
                 "y_max_abs_diff": (y0 - y1).abs().max().item(),
@@ -73,7 +82,7 @@ def exactness(device: torch.device, B: int, N: int, T: int) -> list[dict]:
                 "grad_max_rel_err": rel,
                 "ok": ok,
             }
-        row["ok"] = row["recompute"]["ok"] and row["store"]["ok"]
+        row["ok"] = row["recompute"]["ok"] and row["store"]["ok"] and row["compiled"]["ok"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -93,10 +102,15 @@ def timing(device: torch.device, B: int, N: int, T: int, repeats: int) -> list[d
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(B, T, 32, generator=gen) < 0.2).float().to(device)
     rows = []
-    variants = (("reference", "reference", None), ("fused", "fused", None), ("fused-store", "fused", 0))
-    for variant, kernel, interval in variants:
+    variants = (
+        ("reference", "reference", None, "never"),
+        ("fused", "fused", None, "always"),
+        ("fused-eager", "fused", None, "never"),
+        ("fused-store", "fused", 0, "never"),
+    )
+    for variant, kernel, interval, compile_ in variants:
         spec = NetworkSpec(
-            n_in=32, n_hidden=N, n_out=4, input_gain=2.0, recurrent_gain=1.0, kernel=kernel,
+            n_in=32, n_hidden=N, n_out=4, input_gain=2.0, recurrent_gain=1.0, kernel=kernel, compile=compile_,
             recurrent=ProjectionSpec(rule="oja"),
         )  # fmt: skip
         net = PlasticSNN(spec, seed=0).to(device)

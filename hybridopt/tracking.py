@@ -7,6 +7,8 @@ own default, ``sqlite:///mlflow.db`` in the working directory.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import tempfile
@@ -67,6 +69,25 @@ def _artifact_location(uri: str, experiment: str) -> Optional[str]:
     return root.as_uri()
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """For a SQLite store, hold an exclusive lock on its directory while the store is opened.
+
+    MLflow creates (and migrates) a new database's schema and the experiment on first use; two
+    processes doing that at once (seeds started in parallel on a fresh ``mlflow.db``) race, and
+    one fails with "duplicate column" or a unique-constraint error.  The lock serialises only
+    that start-up; logging afterwards goes through SQLite's own locking."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    fd = os.open(Path(uri.removeprefix("sqlite:///")).resolve().parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 class Tracker:
     """Records runs in one MLflow experiment."""
 
@@ -74,13 +95,14 @@ class Tracker:
         _check_reachable(uri)
         self.uri = uri
         try:
-            self.client = MlflowClient(tracking_uri=uri)
-            exp = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = (
-                exp.experiment_id
-                if exp
-                else self.client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
-            )
+            with _store_lock(uri):
+                self.client = MlflowClient(tracking_uri=uri)
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    where = _artifact_location(uri, experiment)
+                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=where)
+                else:
+                    self.experiment_id = exp.experiment_id
         except Exception as e:  # noqa: BLE001 - any store failure becomes one clear line
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise TrackingError(f"cannot open tracking store {uri}: {msg}") from None

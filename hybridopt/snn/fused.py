@@ -35,6 +35,17 @@ The clip's gradient is the reference's: ``clamp`` passes the gradient where
 ``-h_max <= U <= h_max`` (inclusive: an ``H`` resting on the bound under a zero update still
 passes it) and zero elsewhere.  The gradients agree with the reference's to float rounding.
 
+Compiled steps.  With ``compiled=True`` (``NetworkSpec.compile``; by default for states of at
+least :data:`COMPILE_MIN_ELEMENTS` elements) the tape runs each step's ``B x I x J`` work through
+``torch.compile``-d functions instead: the update and clip in one loop (``_forward_impl``), and
+in backward the current's gradient on ``H``, the clip mask and the mode's and rule's
+vector-Jacobian products fused into one kernel (``_backward_impl``), the current's own
+gradients into another (``_current_backward_impl``).  They are the same maths written
+functionally (the rule's ``update`` and ``vjp``, the mode's ``update`` and ``vjp``), so a family
+or mode registered with those compiles too.  Each ``(rule, mode, h_max, shape)`` compiles once
+per process (seconds; Inductor's on-disk cache makes later processes fast).  If compiling fails
+(no C++ compiler, say), one warning is issued and the eager path above takes over.
+
 Only :meth:`PlasticSNN.forward <hybridopt.snn.network.PlasticSNN.forward>` over a whole
 sequence with gradients enabled uses this; one-step calls (``PlasticSNN.step``) and no-grad
 evaluation run the reference maths, which give the same values.  Everything here is plain
