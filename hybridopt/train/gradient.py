@@ -90,7 +90,14 @@ def train_gradient(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainR
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+            if not torch.isfinite(grad_norm):  # the step would write NaN into every parameter
+                return TrainResult.failure(
+                    f"non-finite gradient at step {step} (loss {loss.item():.4g})",
+                    history=history,
+                    steps=step,
+                    wall_time=time.perf_counter() - t0,
+                )
             opt.step()
             step += 1
             metrics = {

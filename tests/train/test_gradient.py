@@ -48,11 +48,17 @@ def test_eval_is_held_out_and_reproducible_from_weights():
 
 
 def test_non_finite_loss_fails_the_candidate_with_a_reason():
-    blow_up = ["plasticity.input.alpha_init=1e38", "plasticity.input.h_max=1e38", "plasticity.input.eta_init=1e38"]
-    r = train_gradient(smoke(*blow_up))
+    r = train_gradient(smoke("network.readout_gain=1e38"))  # an infinite readout
     assert r.failed and r.status == "FAILED"
     assert "non-finite loss" in r.reason
     assert r.fitness == -math.inf and r.state_dict == {}
+
+
+def test_non_finite_gradient_fails_the_candidate_before_the_weights_are_touched():
+    # a finite loss (~1e36) whose gradient overflows: caught before Adam writes NaN everywhere
+    r = train_gradient(smoke("train.rate_reg=1e38"))
+    assert r.failed and r.reason.startswith("non-finite gradient at step 0 (loss 7.")
+    assert r.fitness == -math.inf
 
 
 def test_an_error_inside_training_fails_the_candidate_instead_of_raising():
