@@ -2,12 +2,14 @@
 
 For each size ``(B, N, T)`` and each variant -- ``static`` (no plasticity), ``reference`` (a
 plastic recurrent projection, plain autograd) and ``fused`` (the same network through
-:mod:`hybridopt.snn.fused`) -- a fresh subprocess builds a :class:`PlasticSNN` (``N`` hidden
-LIF neurons, 32 Poisson input channels at p = 0.2, 4 outputs; Oja / plain on the recurrent
-projection unless told otherwise), runs one warm-up and then 5 timed forward + backward passes
-over a ``B x T`` batch, and reports the median wall time, the median CPU time of the process
-and its peak resident memory (``ru_maxrss``: everything the process touched, the interpreter
-and torch included).
+:mod:`hybridopt.snn.fused`, as training runs it: ``compile="auto"``, so through
+``torch.compile`` from ``B * N * N >= 2^20`` on; the first call, which compiles, is the warm-up;
+add the variant ``fused-eager`` for the fused kernel with ``torch.compile`` off) -- a fresh
+subprocess builds a :class:`PlasticSNN` (``N`` hidden LIF neurons, 32 Poisson input channels at
+p = 0.2, 4 outputs; Oja / plain on the recurrent projection unless told otherwise), runs one
+warm-up and then 5 timed forward + backward passes over a ``B x T`` batch, and reports the
+median wall time, the median CPU time of the process and its peak resident memory
+(``ru_maxrss``: everything the process touched, the interpreter and torch included).
 
 The lower bound assumes the ideal plastic step touches the ``B x N x N`` state 9 times per
 time step (forward and backward together) at the machine's single-core copy bandwidth::
@@ -126,8 +128,8 @@ def _ratio(a, b) -> str:
 
 def summary(rows: list[dict]) -> str:
     header = (
-        f"{'B':>4} {'N':>5} {'T':>5} | {'static ms':>10} {'ref ms':>10} {'fused ms':>10} {'bound ms':>9} | "
-        f"{'ref/fused':>9} {'fused/bound':>11} | {'ref MB':>8} {'fused MB':>8} {'fused/ref mem':>13}"
+        f"{'B':>4} {'N':>5} {'T':>5} | {'static ms':>10} {'ref ms':>10} {'fused ms':>10} {'eager ms':>9} "
+        f"{'bound ms':>9} | {'ref/fused':>9} {'fused/bound':>11} | {'ref MB':>8} {'fused MB':>8} {'fused/ref mem':>13}"
     )
     lines = [header, "-" * len(header)]
 
@@ -143,7 +145,8 @@ def summary(rows: list[dict]) -> str:
         ref, fused, bound = get("reference", "ms"), get("fused", "ms"), get("fused", "bound_ms")
         lines.append(
             f"{B:>4} {N:>5} {T:>5} | {fmt(get('static', 'ms'), '10.0f')} {fmt(ref, '10.0f')} {fmt(fused, '10.0f')} "
-            f"{fmt(bound, '9.0f')} | {_ratio(ref, fused):>9} {_ratio(fused, bound):>11} | "
+            f"{fmt(get('fused-eager', 'ms'), '9.0f')} {fmt(bound, '9.0f')} | "
+            f"{_ratio(ref, fused):>9} {_ratio(fused, bound):>11} | "
             f"{fmt(get('reference', 'peak_rss_mb'), '8.0f')} {fmt(get('fused', 'peak_rss_mb'), '8.0f')} "
             f"{_ratio(get('fused', 'peak_rss_mb'), get('reference', 'peak_rss_mb')):>13}"
         )
@@ -216,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(summary(rows))
     print(
-        "ms: median wall time of one forward + backward over the B x T batch; bound: "
+        "ms: median wall time of one forward + backward over the B x T batch (eager: the fused kernel "
+        "with torch.compile off, --variants ...,fused-eager); bound: "
         f"{PASSES} passes over the B x N x N state per step at the copy bandwidth; mem: peak RSS of each process."
     )
 
