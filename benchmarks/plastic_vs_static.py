@@ -40,17 +40,15 @@ FAMILIES = ("hebbian", "oja", "bcm", "stdp")
 MODES = ("plain", "neuromodulated")
 
 
+def _train(job: dict[str, Any], *overrides: str):
+    """``train_gradient`` on the job's config and placement, 1 thread, no evaluation on the way."""
+    extra = [*overrides, "train.eval_every=100000", "train.threads=1"]
+    return train_gradient(load_config(job["config"], placement_overrides(job["variant"]) + extra))
+
+
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
-    overrides = placement_overrides(job["variant"]) + [
-        f"seed={job['seed']}",
-        f"task.noise={job['noise']}",
-        f"train.cpu_minutes={job['minutes']}",
-        "train.steps=1000000",
-        "train.eval_every=100000",
-        "train.threads=1",
-    ]
-    cfg = load_config(job["config"], overrides)
-    r = train_gradient(cfg)
+    seed, noise, budget = f"seed={job['seed']}", f"task.noise={job['noise']}", f"train.cpu_minutes={job['minutes']}"
+    r = _train(job, seed, noise, budget, "train.steps=1000000")
     return {
         **job,
         "accuracy": r.fitness if not r.failed else float("nan"),
@@ -62,15 +60,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def time_one(job: dict[str, Any]) -> dict[str, Any]:
-    overrides = placement_overrides(job["variant"]) + [
-        f"network.kernel={job['kernel']}",
-        f"train.steps={job['steps']}",
-        "train.cpu_minutes=null",
-        "train.eval_every=100000",
-        "train.eval_batches=1",
-        "train.threads=1",
-    ]
-    r = train_gradient(load_config(job["config"], overrides))
+    kernel, steps = f"network.kernel={job['kernel']}", f"train.steps={job['steps']}"
+    r = _train(job, kernel, steps, "train.cpu_minutes=null", "train.eval_batches=1")
     return {**job, "status": r.status, "ms_per_step": 1e3 * r.cpu_time / max(r.steps, 1)}
 
 

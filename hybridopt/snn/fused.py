@@ -120,8 +120,7 @@ _compile_broken: list[str] = []  # the reason, once a compilation has failed in 
 
 def _forward_impl(rule: str, mode: str, h_max: float, act, H, E, phi, coeffs, gain, M, U_out, H_out, E_out):
     """One update step: ``U = mode(rule D)``; ``H_out = clip(U)``; ``U_out``/``E_out`` when given."""
-    D = RULES[rule].update(act, H, phi, coeffs)
-    U, E_new = MODES[mode].update(D, H, E, gain, M)
+    U, E_new = unclipped_update(rule, mode, act, H, E, phi, coeffs, gain, M)
     if U_out is not None:
         U_out.copy_(U)
     H_out.copy_(U.clamp(-h_max, h_max))
@@ -367,10 +366,11 @@ class PlasticTape:
             H_out, E_out = self._new(pooled=False), (None if E is None else self._new(pooled=False))
         else:  # alternate two buffers: the state two steps back is dead (only the newest is passed on)
             H_out, E_out = self.buffer(f"H{t % 2}"), (None if E is None else self.buffer(f"E{t % 2}"))
-        if self.compiled and self._compiled_step(st, H, E, self._new() if self.store else None, H_out, E_out):
-            U, E_new, H_new = self._U_new, E_out, H_out
+        U_kept = self._new() if self.store else None
+        if self.compiled and self._compiled_step(st, H, E, U_kept, H_out, E_out):
+            U, E_new, H_new = U_kept, E_out, H_out
         else:
-            U, E_new = self.update_into(st, H, E, self._new() if self.store else self.buffer("D"), E_out)
+            U, E_new = self.update_into(st, H, E, self.buffer("D") if U_kept is None else U_kept, E_out)
             H_new = torch.clamp(U, -self.h_max, self.h_max, out=H_out)
         self.steps.append(st)
         if self.store:
@@ -383,7 +383,6 @@ class PlasticTape:
 
     def _compiled_step(self, st: _Step, H, E, U_out, H_out, E_out) -> bool:
         """One update step through the compiled kernel into the given buffers (False: not available)."""
-        self._U_new = U_out
         args = (self.rule, self.mode, self.h_max, st.act, H, E, st.phi, st.coeffs, st.gain, st.M, U_out, H_out, E_out)
         ok, _ = _run_compiled("forward", *args)
         self.compiled = ok
