@@ -31,9 +31,9 @@ and a few buffers (``interval = ceil(sqrt(T))`` by default), instead of ``~5 T``
 ``store=True`` every step's ``U`` is kept instead (``T`` states, no recomputation).  Work memory
 comes from the network's :class:`BufferPool` and goes back to it after each backward.
 
-The clip's gradient is the reference's: ``clamp`` passes the gradient where
-``-h_max <= U <= h_max`` (inclusive: an ``H`` resting on the bound under a zero update still
-passes it) and zero elsewhere.  The gradients agree with the reference's to float rounding.
+The clip's gradient is the reference's (:func:`~hybridopt.snn.plasticity.clip_state`): it passes
+where ``-h_max < U < h_max`` and is zero on the bound and beyond, whatever ``clamp``'s backward does
+in the installed PyTorch.  The gradients agree with the reference's to float rounding.
 
 Compiled steps.  With ``compiled=True`` (``NetworkSpec.compile``; by default for states of at
 least :data:`COMPILE_MIN_ELEMENTS` elements) the tape runs each step's ``B x I x J`` work through
@@ -69,6 +69,7 @@ from hybridopt.snn.plasticity import (
     Activity,
     ModulationParams,
     PlasticState,
+    clip_state,
     next_threshold,
     plasticity_drive,
     unclipped_update,
@@ -90,18 +91,16 @@ def default_interval(steps: int) -> int:
 
 
 def clip_backward(grad: Tensor, U: Tensor, h_max: float, out: Optional[Tensor] = None) -> Tensor:
-    """Gradient through ``U.clamp(-h_max, h_max)``: ``grad`` where ``-h_max <= U <= h_max``, else 0.
+    """Gradient through :func:`~hybridopt.snn.plasticity.clip_state`: ``grad`` where
+    ``-h_max < U < h_max``, else 0.
 
-    One fused kernel: ``hardtanh_backward`` zeroes where ``U <= lo or U >= hi``; with ``hi`` the
-    next representable value above ``h_max`` (in ``U``'s dtype) that is exactly ``clamp``'s
-    inclusive mask.  (The boolean mask plus ``where`` that autograd uses costs ~10x more on CPU.)
-    ``out`` may be ``grad`` itself.
+    One fused kernel: ``hardtanh_backward`` zeroes where ``U <= lo or U >= hi`` with the bounds
+    cast to ``U``'s dtype, which is that mask.  (The boolean mask plus ``where`` that autograd
+    uses costs ~10x more on CPU.)  ``out`` may be ``grad`` itself.
     """
-    bound = torch.tensor(h_max, dtype=U.dtype)
-    hi = torch.nextafter(bound, torch.tensor(math.inf, dtype=U.dtype)).item()
     if out is None:
-        return torch.ops.aten.hardtanh_backward(grad, U, -hi, hi)
-    return torch.ops.aten.hardtanh_backward.grad_input(grad, U, -hi, hi, grad_input=out)
+        return torch.ops.aten.hardtanh_backward(grad, U, -h_max, h_max)
+    return torch.ops.aten.hardtanh_backward.grad_input(grad, U, -h_max, h_max, grad_input=out)
 
 
 # --------------------------------------------------------------------------- compiled steps
@@ -134,14 +133,14 @@ def _backward_impl(
     """Backward of one update step, with the plastic current's part on ``H_t`` folded in.
 
     ``cur = (pre, g, alpha)`` adds ``alpha ⊙ pre g^T`` (the current ``pre · (alpha ⊙ H_t)``'s
-    gradient on ``H_t``) to ``gH``; then ``gU = gH`` where ``-h_max <= U <= h_max`` (else 0),
+    gradient on ``H_t``) to ``gH``; then ``gU = gH`` where ``-h_max < U < h_max`` (else 0),
     and the mode's and rule's vector-Jacobian products.  ``gH_out``/``gE_out`` receive the
     gradients on ``H_{t-1}``/``E_{t-1}``; the small gradients are returned."""
     if cur is not None:
         pre, g, alpha = cur
         P = alpha * (pre.unsqueeze(2) * g.unsqueeze(1))
         gH = P if gH is None else gH + P
-    gU = None if gH is None else torch.where((U >= -h_max) & (U <= h_max), gH, 0.0)
+    gU = None if gH is None else torch.where((U > -h_max) & (U < h_max), gH, 0.0)
     m = MODES[mode]
     if m.has_eligibility:
         gE = torch.zeros_like(U) if gE is None else gE.clone()
@@ -502,7 +501,7 @@ def _autograd_backward(tape: PlasticTape, st: _Step, H, E, gH, gE):
         U, E_new = unclipped_update(
             tape.rule, tape.mode, act, H_, E_, phi, dict(zip(tape.coeff_names, coeffs)), gain, M
         )
-        outs = [(o, g) for o, g in [(U.clamp(-tape.h_max, tape.h_max), gH), (E_new, gE)] if g is not None]
+        outs = [(o, g) for o, g in [(clip_state(U, tape.h_max), gH), (E_new, gE)] if g is not None]
         wanted = [x for x in leaves if x is not None]
         grads = torch.autograd.grad([o for o, _ in outs], wanted, [g for _, g in outs], allow_unused=True)
     it = iter(grads)

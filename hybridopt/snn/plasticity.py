@@ -17,7 +17,8 @@ bcm        ``xpre_i * xpost_j * (xpost_j - phi_j)``, then ``phi_j += (xpost_j^2 
 stdp       ``a_plus * xpre_i * s_post_j - a_minus * s_pre_i * xpost_j``
 =========  ============================================================================
 
-and a *modulation mode* applies ``D`` to ``H`` (clipped to ``[-h_max, h_max]``):
+and a *modulation mode* applies ``D`` to ``H`` (clipped to ``[-h_max, h_max]`` by :func:`clip_state`,
+which passes no gradient through a state on its bound):
 
 ==============  ==============================================================================
 plain           ``H <- clip(H + eta ⊙ D)``; ``eta`` per post-neuron (or one scalar)
@@ -56,6 +57,8 @@ __all__ = [
     "bcm_update",
     "bcm_update_into",
     "bcm_vjp",
+    "clamp_coefficient",
+    "clip_state",
     "hebbian_update",
     "hebbian_update_into",
     "hebbian_vjp",
@@ -198,11 +201,27 @@ def bcm_update(act: Activity, H: Tensor, phi: Optional[Tensor], coeffs: Mapping[
     return act.pre_trace.unsqueeze(2) * (post * (post - phi)).unsqueeze(1)
 
 
+def clamp_coefficient(x: Tensor, lo: Optional[float], hi: Optional[float]) -> Tensor:
+    """A learned coefficient kept in ``[lo, hi]``: ``clamp``'s values, with the derivative 1 on
+    ``lo <= x <= hi`` (bounds included, so a coefficient that starts on its bound can still
+    learn its way in) and 0 outside, on every PyTorch release (``clamp``'s own backward stopped
+    passing on the bound in 2.14)."""
+    c = x.clamp(lo, hi)
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return c
+    inside = torch.ones_like(x, dtype=torch.bool)
+    if lo is not None:
+        inside = inside & (x >= lo)
+    if hi is not None:
+        inside = inside & (x <= hi)
+    return torch.where(inside, x, c.detach())
+
+
 def bcm_threshold(act: Activity, phi: Tensor, coeffs: Mapping[str, Tensor]) -> Tensor:
     """``phi_j += (xpost_j^2 - phi_j) / tau_phi``; ``tau_phi`` (steps, learned) is kept at least 1
     so the threshold never overshoots its target."""
     post = act.post_trace
-    tau = coeffs["tau_phi"].clamp(min=1.0)
+    tau = clamp_coefficient(coeffs["tau_phi"], 1.0, None)
     return phi + (post * post - phi) / tau
 
 
@@ -305,7 +324,7 @@ def _neuromodulated_gain(p: ModulationParams, M: Optional[Tensor]) -> Tensor:
 
 def _retroactive_gain(p: ModulationParams, M: Optional[Tensor]) -> Tensor:
     """``eta_E`` clamped to ``[0, 1]``."""
-    return p.eta_E.clamp(0.0, 1.0)
+    return clamp_coefficient(p.eta_E, 0.0, 1.0)
 
 
 def _gain_update(D: Tensor, H: Tensor, E: Optional[Tensor], gain: Tensor, M: Optional[Tensor]):
@@ -412,13 +431,32 @@ MODES: dict[str, Mode] = {
 }
 
 
+def clip_state(U: Tensor, h_max: float) -> Tensor:
+    """The plastic state after the clip, ``H = clip(U, -h_max, h_max)``, with the derivative
+
+        dH/dU = 1 where -h_max < U < h_max,   0 where |U| >= h_max
+
+    fixed here rather than left to ``clamp``, whose backward at the bound itself changed between
+    PyTorch releases (up to 2.13 it passes the gradient where ``U`` equals a bound, from 2.14 it
+    does not).  A state that has reached its bound is saturated and passes nothing.  That is the
+    choice that keeps float32 and float64 in agreement: float32 absorbs an update smaller than
+    half an ulp of ``h_max`` into the bound, landing exactly on it, where float64 lands just
+    outside; a mask that passed the gradient on the bound would then pass in float32 what float64
+    blocks.  The values are ``clamp``'s, bit for bit; without autograd it is ``clamp`` alone.
+    """
+    H = U.clamp(-h_max, h_max)
+    if not (U.requires_grad and torch.is_grad_enabled()):
+        return H
+    return torch.where((U > -h_max) & (U < h_max), U, H.detach())
+
+
 def apply_modulation(
     mode: str, D: Tensor, H: Tensor, E: Optional[Tensor], M: Optional[Tensor], p: ModulationParams, h_max: float
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Apply the raw update ``D`` to ``H`` under modulation ``mode``; returns ``(H, E)``."""
     m = MODES[mode]
     U, E = m.update(D, H, E, m.gain(p, M), M)
-    return U.clamp(-h_max, h_max), E
+    return clip_state(U, h_max), E
 
 
 # --------------------------------------------------------------------------- a plastic projection
@@ -512,4 +550,4 @@ def plasticity_step(
     act, gain = plasticity_drive(mode, state, pre, post, trace_decay=trace_decay, mod=mod, M=M)
     U, E = unclipped_update(rule, mode, act, state.H, state.E, state.phi, coeffs, gain, M)
     phi = next_threshold(rule, act, state.phi, coeffs)
-    return PlasticState(H=U.clamp(-h_max, h_max), pre_trace=act.pre_trace, post_trace=act.post_trace, E=E, phi=phi)
+    return PlasticState(H=clip_state(U, h_max), pre_trace=act.pre_trace, post_trace=act.post_trace, E=E, phi=phi)

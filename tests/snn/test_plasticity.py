@@ -13,6 +13,7 @@ from hybridopt.snn.plasticity import (
     RULES,
     ModulationParams,
     PlasticState,
+    clamp_coefficient,
     modulator_signal,
     plastic_current,
     plastic_initial_state,
@@ -404,3 +405,14 @@ def test_registries():
     assert set(RULES["stdp"].coefficients) == {"a_plus", "a_minus"}
     assert MODES["retroactive"].has_eligibility and MODES["retroactive"].needs_modulator
     assert MODES["neuromodulated"].needs_modulator and not MODES["plain"].needs_modulator
+
+
+@pytest.mark.parametrize("lo, hi", [(0.0, 1.0), (1.0, None)])
+def test_clamped_coefficients_learn_from_their_bound(lo, hi):
+    # the values are clamp's; the gradient passes on the bounds themselves and not beyond them
+    points = [lo - 0.5, lo, lo + 0.25] + ([hi, hi + 0.5] if hi is not None else [lo + 7.0])
+    x = T(points).requires_grad_()
+    y = clamp_coefficient(x, lo, hi)
+    assert torch.equal(y.detach(), x.detach().clamp(lo, hi))
+    y.backward(torch.ones_like(y))
+    assert x.grad.tolist() == ([0.0, 1.0, 1.0, 1.0, 0.0] if hi is not None else [0.0, 1.0, 1.0, 1.0])
