@@ -19,6 +19,11 @@ def main() -> int:
     venv_python = os.path.join(VENV, "bin", "python")
     if os.path.realpath(sys.prefix) != os.path.realpath(VENV) and os.path.exists(venv_python):
         os.execv(venv_python, [venv_python, os.path.abspath(__file__), *sys.argv[1:]])
+    # Python puts this script's folder first on sys.path.  `ray submit` runs it from ~, beside the
+    # project copy ~/hybridopt, a folder without __init__.py that would be imported as an empty
+    # namespace package in place of the installed hybridopt: the script needs nothing from there.
+    here = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != here]
     try:
         from hybridopt.cluster_entry import main as entry
     except ImportError as e:

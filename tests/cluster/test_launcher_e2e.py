@@ -22,9 +22,10 @@ stopped:
   commands' ``PATH`` (Ray's local provider has no SSH port setting); Ray itself passes
   ``UserKnownHostsFile=/dev/null``, and ``-F`` keeps ``~/.ssh/config`` out.
 
-To stay fast, the head's setup commands make a virtual environment that reuses this
-interpreter's installed packages (cluster/run.yaml itself installs with pip); the project
-that the head imports is still the copy ``ray up`` shipped.
+The head runs cluster/run.yaml's own setup commands: pip installs the copy ``ray up`` shipped into
+``~/hybridopt-venv``, and the search imports it from there, run from ``~`` beside that copy.  To stay
+fast, the venv is there before ``ray up`` with the project's dependencies in it (from this
+interpreter's site-packages, as a local wheel cache would provide them); hybridopt is not.
 """
 
 from __future__ import annotations
@@ -250,24 +251,33 @@ class Loopback:
             stop = f"{shlex.quote(sys.executable)} {self.root / 'scoped_stop.py'}"
             lines.append(f'ray() {{ if [ "$1" = stop ]; then {stop}; else command ray "$@"; fi; }}')
         (self.home / ".bashrc").write_text("\n".join(lines) + "\n")
-        # The head's virtual environment: this interpreter's packages, the shipped project first.
-        site_dirs = [
+        self._provision_head_venv()
+
+    def _provision_head_venv(self) -> None:
+        """The head's machine image: ``~/hybridopt-venv`` made as run.yaml's first setup command makes
+        it (which then finds it there), with the project's dependencies already in it, the way a local
+        wheel cache would put them, so that CI does not download and unpack PyTorch again.  They come
+        from this interpreter's site-packages through a ``.pth`` of plain paths: no ``.pth`` of theirs
+        runs, so the editable install of this checkout does not come along.  hybridopt itself is not
+        there: run.yaml's own setup commands install the shipped copy into this venv."""
+        venv = self.home / "hybridopt-venv"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+        purelib = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.strip()
+        deps = [
             p
             for p in dict.fromkeys([*site.getsitepackages(), *sys.path])
             if os.path.isdir(p) and p.endswith(("site-packages", "dist-packages"))
         ]
-        adds = "; ".join(f"site.addsitedir({d!r})" for d in site_dirs)
-        (self.root / "setup_head.sh").write_text(
-            "set -eu\n"
-            'VENV="$HOME/hybridopt-venv"\n'
-            f'test -x "$VENV/bin/python" || {shlex.quote(sys.executable)} -m venv --without-pip "$VENV"\n'
-            'SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])")\n'
-            'printf "%s\\n" "$HOME/hybridopt" > "$SITE/hybridopt_e2e.pth"\n'
-            f"printf '%s\\n' {shlex.quote('import site; ' + adds)} >> \"$SITE/hybridopt_e2e.pth\"\n"
-            'printf "#!%s\\nimport sys\\nfrom ray.scripts.scripts import main\\nsys.exit(main())\\n" '
-            '"$VENV/bin/python" > "$VENV/bin/ray"\n'
-            'chmod +x "$VENV/bin/ray"\n'
-        )
+        Path(purelib, "hybridopt_e2e_deps.pth").write_text("".join(f"{d}\n" for d in deps))
+        ray = venv / "bin" / "ray"  # the console script a real install of ray would have put there
+        ray.write_text(f"#!{venv}/bin/python\nimport sys\nfrom ray.scripts.scripts import main\nsys.exit(main())\n")
+        ray.chmod(0o755)
 
     def _write_ssh_wrapper(self) -> None:
         ssh = shutil.which("ssh")
@@ -284,9 +294,8 @@ class Loopback:
         cfg["provider"].update(head_ip="127.0.0.1", worker_ips=[])
         cfg["auth"] = {"ssh_user": getpass.getuser(), "ssh_private_key": str(self.key)}
         assert cfg["file_mounts"] == {"~/hybridopt": "."}, "the project is shipped from the repository root"
-        activate = [c for c in cfg["setup_commands"] if ".bashrc" in c and "activate" in c]
-        assert activate, "run.yaml's setup activates the virtual environment in ~/.bashrc"
-        cfg["setup_commands"] = [f"bash {self.root / 'setup_head.sh'}", *activate]
+        # setup_commands stay as run.yaml has them: the real install into the head's venv
+        assert any("pip install" in c and "~/hybridopt" in c for c in cfg["setup_commands"])
         starts = cfg["head_start_ray_commands"]
         (i,) = [k for k, c in enumerate(starts) if "ray start --head" in c]
         gcs, client, dash, agent_http, agent_grpc, metrics, runtime_env = self.ray_ports
@@ -424,9 +433,11 @@ def loopback():
         if not shutil.which(tool) and not (tool == "sshd" and os.path.exists("/usr/sbin/sshd"))
     ]
     if missing:
-        pytest.fail(
-            f"the launcher test needs {', '.join(missing)}: apt-get install -y openssh-server openssh-client rsync"
-        )
+        # CI installs them (.ci/run): there a missing one is a failure, elsewhere the reason to skip
+        why = f"the launcher test needs {', '.join(missing)}: apt-get install -y openssh-server openssh-client rsync"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
     lb = Loopback()
     try:
         lb.start()
@@ -454,7 +465,10 @@ def test_ray_up_submit_search_mlflow_rsync_down(loopback: Loopback) -> None:
     )
     out = lb.tail("submit", 100_000)
     assert submit == 0, f"ray submit failed:\n{out}"
-    assert f"from {lb.home / 'hybridopt' / 'hybridopt'} (python {lb.home / 'hybridopt-venv'}" in out, out
+    # the installed package, from the head's venv, not the project copy beside the script in ~
+    site_pkgs = next((lb.home / "hybridopt-venv" / "lib").glob("python3*/site-packages"))
+    assert f"from {site_pkgs / 'hybridopt'} (python {lb.home / 'hybridopt-venv'}" in out, out
+    assert list(site_pkgs.glob("hybridopt-*.dist-info")), "run.yaml's setup did not install hybridopt"
     assert "joined Ray at 127.0.0.1:" in out, out
 
     # The runs, through the head's MLflow server.
