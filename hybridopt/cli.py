@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import NoReturn, Optional
 
 from hybridopt.config import Config, ConfigError, flatten, load_config
@@ -49,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_search = sub.add_parser("search", help="evolve rule families and hyper-parameters (nested MLflow runs)")
     _common(p_search)
     p_search.add_argument("--address", default=None, help="Ray cluster address ('auto' joins a running cluster)")
-    p_search.add_argument("--resume", action="store_true", help="continue from the search's last checkpoint")
+    again = p_search.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the search's last checkpoint")
+    again.add_argument(
+        "--fresh", action="store_true", help="start a new search even where a checkpoint exists (it is replaced)"
+    )
     p_eval = sub.add_parser("eval", help="evaluate saved weights on held-out episodes")
     p_eval.add_argument("weights", help="a weights.pt file written by train or search")
     return parser
@@ -124,18 +129,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_checkpoint(cfg: Config, *, resume: bool, fresh: bool) -> None:
+    """Before anything starts: ``--resume`` needs a sound checkpoint of this search, and a new
+    search does not silently replace one (it would start a second parent run and lose the way
+    back to the first)."""
+    from hybridopt.search.checkpoint import CheckpointError, load_checkpoint
+
+    assert cfg.search is not None
+    path = Path(cfg.search.checkpoint)
+    if resume:
+        load_checkpoint(path, cfg.model_dump(mode="json"))
+    elif not fresh and path.exists():
+        raise CheckpointError(
+            f"a checkpoint of an earlier search is at {path}: --resume continues it, --fresh starts over"
+        )
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hybridopt.search.evolution import run_search
     from hybridopt.search.genome import GenomeSpace
-    from hybridopt.tracking import Tracker, resolve_uri
+    from hybridopt.search.workers import init_ray
+    from hybridopt.tracking import Tracker, check_reachable, resolve_uri
 
     cfg = _load(args)
     if cfg.search is None:
         raise ConfigError(f"{args.config} has no search section")
     GenomeSpace.from_config(cfg.search).validate(cfg)
-    tracker = Tracker(resolve_uri(args.tracking_uri, cfg.tracking.uri), cfg.tracking.experiment or cfg.experiment)
+    _check_checkpoint(cfg, resume=args.resume, fresh=args.fresh)
+    uri = resolve_uri(args.tracking_uri, cfg.tracking.uri)
+    # Both ends are checked before anything is written: the store answers, then Ray is joined
+    # (or started); only then is the store opened (a SQLite store is created by opening it).
+    check_reachable(uri)
+    init_ray(args.address or cfg.ray.address, cfg.ray.num_cpus)
+    tracker = Tracker(uri, cfg.tracking.experiment or cfg.experiment)
     gens = cfg.search.generations
     with Progress(
         TextColumn("[bold]{task.description}"),

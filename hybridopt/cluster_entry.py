@@ -281,6 +281,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         argv += ["--seed", str(args.seed)]
     if args.resume:
         argv.append("--resume")
+    if args.fresh:
+        argv.append("--fresh")
     return cli_main(argv)
 
 
@@ -310,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="config override, passed to hybridopt search (repeatable)",
     )
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    p.add_argument("--resume", action="store_true", help="continue the search from its checkpoint in the store")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the search from its checkpoint in the store")
+    again.add_argument("--fresh", action="store_true", help="start anew where the store holds a checkpoint")
     p.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS") or "auto",

@@ -22,6 +22,8 @@ from typing import Any, Optional
 # Fail fast on an unreachable server instead of retrying for minutes.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# The driver prints its own summary; MLflow would print two "View run" lines per ended run.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -29,7 +31,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-__all__ = ["DEFAULT_URI", "Tracker", "TrackingError", "resolve_uri"]
+__all__ = ["DEFAULT_URI", "Tracker", "TrackingError", "check_reachable", "resolve_uri"]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 _PARAM_MAX = 6000
@@ -44,7 +46,8 @@ def resolve_uri(cli_uri: Optional[str], config_uri: Optional[str]) -> str:
     return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or config_uri or DEFAULT_URI
 
 
-def _check_reachable(uri: str) -> None:
+def check_reachable(uri: str) -> None:
+    """Raise :class:`TrackingError` unless the store at ``uri`` can be used; writes nothing."""
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
@@ -92,7 +95,7 @@ class Tracker:
     """Records runs in one MLflow experiment."""
 
     def __init__(self, uri: str, experiment: str):
-        _check_reachable(uri)
+        check_reachable(uri)
         self.uri = uri
         try:
             with _store_lock(uri):
@@ -184,6 +187,8 @@ def log_result(tracker: Tracker, run_id: str, result: Any, config: Any, *, artif
     )
     if not result.failed:
         final["fitness"] = result.fitness
+    if result.history and result.history[-1][0] == result.steps:  # logged with the curves already
+        final = {k: v for k, v in final.items() if k not in result.history[-1][1]}
     tracker.log_history(run_id, [(result.steps, final)])
     if artifacts:
         tracker.log_artifact_bytes(run_id, "config.yaml", yaml.safe_dump(config.model_dump(mode="json")).encode())

@@ -1,5 +1,6 @@
 """The real CLI, in a subprocess, on a temporary SQLite store."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,10 @@ def test_train_logs_one_complete_run_and_weights_reproduce_eval(tmp_path: Path, 
         assert f"plasticity.{proj}.modulation" in run.data.params
     assert run.data.params["plasticity.input.rule"] == "hebbian"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
-    assert len(client.get_metric_history(run.info.run_id, "eval/accuracy")) >= 2
+    evals = client.get_metric_history(run.info.run_id, "eval/accuracy")
+    assert len(evals) >= 2
+    assert len({m.step for m in evals}) == len(evals)  # one value per step: the last is not logged twice
+    assert evals[-1].value == run.data.metrics["fitness"]
     fitness = run.data.metrics["fitness"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"weights.pt", "config.yaml"} <= arts
@@ -100,3 +104,27 @@ def test_eval_of_a_locomotion_policy_reports_every_condition(tmp_path: Path, sto
     assert p.returncode == 0, p.stderr
     for cond in ("standard", "crippled_leg", "low_friction", "heavy_body"):
         assert f"eval/return/{cond}" in p.stdout
+
+
+@pytest.mark.parametrize(
+    "address, needle",
+    [
+        ("127.0.0.1:1", "cannot reach the Ray cluster at 127.0.0.1:1"),
+        ("ray://127.0.0.1:1", "cannot reach the Ray cluster at ray://127.0.0.1:1"),
+        ("no-port-here", "bad Ray address"),
+    ],
+)
+def test_unreachable_ray_address_fails_fast_and_writes_nothing(address: str, needle: str, tmp_path: Path):
+    store = tmp_path / "m.db"
+    t0 = time.monotonic()
+    p = run_cli(
+        ["search", str(CONFIGS / "smoke_search.yaml"), "--tracking-uri", f"sqlite:///{store}", "--address", address],
+        tmp_path,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - t0
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in (p.stderr + p.stdout).splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], p.stderr + p.stdout
+    assert not store.exists() and not list(tmp_path.iterdir())  # nothing written anywhere
+    assert elapsed < 30, elapsed

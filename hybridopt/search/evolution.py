@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
@@ -26,9 +27,12 @@ from typing import Any, Optional
 import ray
 import torch
 import yaml
-from evotorch import Problem, SolutionBatch
-from evotorch.algorithms import GeneticAlgorithm
-from evotorch.operators import CopyingOperator, GaussianMutation, OnePointCrossOver
+
+with warnings.catch_warnings():  # evotorch scripts helpers with torch.jit.script, deprecated in torch
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
+    from evotorch import Problem, SolutionBatch
+    from evotorch.algorithms import GeneticAlgorithm
+    from evotorch.operators import CopyingOperator, GaussianMutation, OnePointCrossOver
 from ray.exceptions import RayError
 
 from hybridopt.config import Config, SearchConfig, flatten
@@ -255,7 +259,8 @@ class _Driver:
             "best_fitness": best,
             "mean_fitness": sum(this_gen) / len(this_gen) if this_gen else float("nan"),
             "failed": float(sum(r.status != "FINISHED" for r in self.records if r.generation == g)),
-            "candidates": float(sum(r.generation == g for r in self.records)),
+            "candidates": float(len(self.records)),  # evaluated so far, every generation
+            "candidates_in_generation": float(sum(r.generation == g for r in self.records)),
             **_rule_counts(self.space, self.cfg, pop.values),
         }
         self.tracker.log_metrics(self.parent, {k: v for k, v in metrics.items() if math.isfinite(v)}, step=g)

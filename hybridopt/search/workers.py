@@ -7,6 +7,7 @@ fitness, weights) and the driver records it.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any, Optional
 
 import ray
@@ -14,7 +15,7 @@ import ray
 from hybridopt.config import parse_config
 from hybridopt.train import TrainResult, train_candidate
 
-__all__ = ["RayConnectError", "evaluate_candidate", "init_ray", "remote_evaluator"]
+__all__ = ["RayConnectError", "check_address", "evaluate_candidate", "init_ray", "remote_evaluator"]
 
 
 class RayConnectError(RuntimeError):
@@ -35,11 +36,44 @@ def remote_evaluator(num_cpus: float, num_gpus: float, max_retries: int):
     return ray.remote(evaluate_candidate).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
 
 
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast when nothing answers at a cluster address.
+
+    ``ray.init`` retries an unreachable GCS for many minutes, printing as it goes; a TCP connection
+    to the address (``HOST:PORT``, ``ray://HOST:PORT``, or the cluster ``auto`` finds on this
+    machine) tells within ``timeout`` seconds whether anything listens there."""
+    target = address
+    if address == "auto":
+        from ray._private import services
+
+        try:
+            target = services.canonicalize_bootstrap_address(address)
+        except Exception as e:  # noqa: BLE001 - ConnectionError when no cluster runs here
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RayConnectError(f"cannot join Ray at auto: {msg}") from None
+        if not target:
+            raise RayConnectError("cannot join Ray at auto: no running Ray cluster found on this machine")
+    host, sep, port = target.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise RayConnectError(f"bad Ray address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        if isinstance(e, TimeoutError):
+            reason = f"no answer within {timeout:.0f} s"
+        where = address if target == address else f"{address} ({target})"
+        raise RayConnectError(f"cannot reach the Ray cluster at {where}: {reason}") from None
+
+
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``); without one, start a local instance."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        check_address(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")

@@ -35,13 +35,17 @@ import logging
 import math
 import multiprocessing as mp
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, Optional
 
 import numpy as np
 import torch
-from evotorch import Problem, SolutionBatch
-from evotorch.algorithms import PGPE, SNES
+
+with warnings.catch_warnings():  # evotorch scripts helpers with torch.jit.script, deprecated in torch
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
+    from evotorch import Problem, SolutionBatch
+    from evotorch.algorithms import PGPE, SNES
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from hybridopt.config import Config, ESConfig, network_spec, parse_config

@@ -110,8 +110,10 @@ def train_gradient(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainR
             history.append((step, metrics))
             if progress is not None:
                 progress(step, metrics)
-        final = evaluate(net, task, cfg)
-        if not history or "eval/accuracy" not in history[-1][1]:
+        if history and history[-1][0] == step and "eval/accuracy" in history[-1][1]:  # evaluated at this step
+            final = {k: v for k, v in history[-1][1].items() if k.startswith("eval/")}
+        else:
+            final = evaluate(net, task, cfg)
             history.append((step, final))
         if not math.isfinite(final["eval/loss"]):
             raise FloatingPointError("non-finite evaluation loss")

@@ -118,6 +118,7 @@ def test_search_logs_parent_and_children(reference):
     assert len(best) == 3 and all(a <= b for a, b in zip(best, best[1:]))
     assert best[-1] == max(c.data.metrics["fitness"] for c in children)
     assert "mean_fitness" in parent.data.metrics
+    assert parent.data.metrics["candidates"] == len(children)  # every generation's, not the last one's
     assert any(k.startswith("rules/input/") for k in parent.data.metrics)
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"weights.pt", "best_genome.yaml", "config.yaml"} <= arts
@@ -157,6 +158,12 @@ def test_resume_refuses_a_mismatched_or_corrupt_checkpoint(tmp_path: Path, store
         ray_tmp,
     )
     assert p.returncode == 2 and "no checkpoint" in p.stderr
+    # a new search over an existing checkpoint asks which is meant
+    p = search([SMOKE, "--tracking-uri", store, "--set", f"search.checkpoint={ckpt}"], tmp_path, ray_tmp)
+    assert p.returncode == 2 and "--resume continues it, --fresh starts over" in p.stderr
+    p = search([SMOKE, "--tracking-uri", store, "--resume", "--fresh"], tmp_path, ray_tmp)
+    assert p.returncode == 2 and "not allowed with" in p.stderr
+    assert not (tmp_path / "m.db").exists()  # none of these wrote to the store
 
 
 def test_a_killed_worker_is_retried_and_every_candidate_accounted_for(tmp_path: Path, store: str, ray_tmp: str):
