@@ -12,7 +12,7 @@ a *rule family* gives the raw update ``D_ij`` (``i`` pre, ``j`` post):
 =========  ============================================================================
 none       0 (a static projection: no ``alpha``, no ``H``)
 hebbian    ``xpre_i * xpost_j``
-oja        ``xpost_j * (xpre_i - H_ij * xpost_j)``
+oja        ``p_j * (xpre_i - H_ij * xpost_j)``, ``p_j = xpost_j / (1 + xpost_j^2)`` (Oja, normalised)
 bcm        ``xpre_i * xpost_j * (xpost_j - phi_j)``, then ``phi_j += (xpost_j^2 - phi_j) / tau_phi``
 stdp       ``a_plus * xpre_i * s_post_j - a_minus * s_pre_i * xpost_j``
 =========  ============================================================================
@@ -165,32 +165,53 @@ def hebbian_vjp(act: Activity, H: Tensor, phi, coeffs, gX: Tensor, gain: Tensor,
     return RuleGrad(pre_trace=_row_sums(gX, gain * act.post_trace), post_trace=gain * Y, gain=act.post_trace * Y)
 
 
+def _oja_gain(post: Tensor) -> Tensor:
+    """``p_j = xpost_j / (1 + xpost_j^2)``: Oja's post factor, normalised (see :func:`oja_update`)."""
+    return post / (1.0 + post * post)
+
+
 def oja_update(act: Activity, H: Tensor, phi: Optional[Tensor], coeffs: Mapping[str, Tensor]) -> Tensor:
-    """``D_ij = xpost_j * (xpre_i - H_ij * xpost_j)``."""
+    """``D_ij = p_j (xpre_i - H_ij xpost_j)``, ``p_j = xpost_j / (1 + xpost_j^2)``: Oja's rule,
+    ``xpost_j (xpre_i - H_ij xpost_j)``, with its step normalised by ``1 + xpost_j^2``.
+
+    Oja's rule was made for activities of order one; here it sees spike traces, which reach
+    ``1 / (1 - trace_decay)`` (20 at 0.95).  Its decay term ``-eta xpost^2 H`` then multiplies ``H``
+    by ``1 - eta xpost^2`` each step, tens in magnitude, and the gradient through ``H`` grows by that
+    factor per step: such networks went non-finite in their first training step.  Divided by
+    ``1 + xpost^2`` (as normalised LMS divides by the input's power), the factor is
+    ``1 - eta q_j`` with ``q_j = xpost_j^2 / (1 + xpost_j^2)`` in ``[0, 1)``, stable for
+    ``0 <= eta < 2`` whatever the traces; the fixed points (``xpre_i = H_ij xpost_j``) are Oja's,
+    and for small traces (``xpost << 1``) so is the update."""
     post = act.post_trace.unsqueeze(1)
-    return post * (act.pre_trace.unsqueeze(2) - H * post)
+    return _oja_gain(act.post_trace).unsqueeze(1) * (act.pre_trace.unsqueeze(2) - H * post)
 
 
 def oja_update_into(act: Activity, H: Tensor, phi, coeffs, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
-    """:func:`oja_update` written into ``out``: ``H xpost``, ``xpre - that``, ``xpost * that``."""
-    post = act.post_trace.unsqueeze(1)
-    torch.mul(H, post, out=out)
+    """:func:`oja_update` written into ``out``: ``H xpost``, ``xpre - that``, ``p * that``."""
+    torch.mul(H, act.post_trace.unsqueeze(1), out=out)
     torch.sub(act.pre_trace.unsqueeze(2), out, out=out)
-    return out.mul_(post)
+    return out.mul_(_oja_gain(act.post_trace).unsqueeze(1))
 
 
 def oja_vjp(act: Activity, H: Tensor, phi, coeffs, gX: Tensor, gain: Tensor, scratch=None) -> RuleGrad:
-    """``D = xpre xpost^T - H ⊙ xpost^2``: ``d xpost_j = sum_i gD_ij (xpre_i - 2 H_ij xpost_j)``;
-    ``dD/dH = -xpost^2``."""
+    """``D_ij = p_j (xpre_i - H_ij y_j)`` with ``y = xpost``, ``p = y / (1 + y^2)``,
+    ``dp/dy = (1 - y^2) / (1 + y^2)^2``.  With ``Y_j = sum_i gX_ij xpre_i`` and
+    ``Z_j = sum_i gX_ij H_ij``: ``d xpre_i = sum_j gD_ij p_j``,
+    ``d y_j = gain_j (dp/dy (Y_j - y_j Z_j) - p_j Z_j)``, the gain's ``p_j (Y_j - y_j Z_j)``, and
+    ``dD_ij/dH_ij = -p_j y_j``."""
     post = act.post_trace
     Y = _col_sums(act.pre_trace, gX)
     Z = torch.mul(gX, H, out=scratch).sum(1)  # sum_i gX_ij H_ij
     sq = post * post
+    den = 1.0 + sq
+    p = post / den
+    dp = (1.0 - sq) / (den * den)
+    inner = Y - post * Z
     return RuleGrad(
-        pre_trace=_row_sums(gX, gain * post),
-        post_trace=gain * (Y - 2.0 * post * Z),
-        gain=post * Y - sq * Z,
-        h_scale=-sq,
+        pre_trace=_row_sums(gX, gain * p),
+        post_trace=gain * (dp * inner - p * Z),
+        gain=p * inner,
+        h_scale=-(p * post),
     )
 
 

@@ -11,6 +11,7 @@ import torch
 from hybridopt.snn.plasticity import (
     MODES,
     RULES,
+    Activity,
     ModulationParams,
     PlasticState,
     clamp_coefficient,
@@ -85,14 +86,44 @@ def test_hebbian_plain_scalar_eta_by_hand():
 
 
 def test_oja_plain_by_hand():
-    # D_ij = xpost_j (xpre_i - H_ij xpost_j)
-    #   j = 0: xpost = 0 -> 0
-    #   j = 1: i = 0: 1.5 (1.5 - 0.2 * 1.5) = 1.8;  i = 1: 1.5 (1.0 - 0.0 * 1.5) = 1.5
-    #   j = 2: i = 0: 2.0 (1.5 - 0.3 * 2.0) = 1.8;  i = 1: 2.0 (1.0 - 0.5 * 2.0) = 0.0
-    # eta ⊙ D = [[0, 0.36, 0.54], [0, 0.3, 0]]
+    # D_ij = p_j (xpre_i - H_ij xpost_j), p_j = xpost_j / (1 + xpost_j^2) = [0, 1.5 / 3.25, 2 / 5] = [0, 6/13, 0.4]
+    #   j = 0: p = 0 -> 0
+    #   j = 1: i = 0: 6/13 (1.5 - 0.2 * 1.5) = 7.2/13;  i = 1: 6/13 (1.0 - 0.0 * 1.5) = 6/13
+    #   j = 2: i = 0: 0.4 (1.5 - 0.3 * 2.0) = 0.36;  i = 1: 0.4 (1.0 - 0.5 * 2.0) = 0.0
+    # eta ⊙ D = [[0, 1.44/13, 0.108], [0, 1.2/13, 0]]
     state, pre, post = _example()
     new = _step("oja", "plain", state, pre, post, h_max=1.0)
-    torch.testing.assert_close(new.H, T([[[0.1, 0.56, 0.84], [-0.1, 0.3, 0.5]]]))
+    torch.testing.assert_close(new.H, T([[[0.1, 0.2 + 1.44 / 13, 0.408], [-0.1, 1.2 / 13, 0.5]]]))
+
+
+@pytest.mark.parametrize("eta", [0.1, 0.9, 1.9])
+def test_oja_decay_factor_stays_in_the_unit_interval(eta):
+    # dU_ij/dH_ij = 1 + eta dD_ij/dH_ij = 1 - eta xpost_j^2 / (1 + xpost_j^2), in (1 - eta, 1] for any
+    # trace (unnormalised, 1 - eta xpost^2: -39 at eta 0.1 and a trace of 20)
+    post = torch.tensor([0.0, 0.1, 1.0, 5.0, 20.0, 100.0], dtype=torch.float64)
+    act = Activity(T([[1.0, 2.0]]), post.view(1, -1), T([[1.0, 0.0]]), torch.zeros(1, 6, dtype=torch.float64))
+    H = torch.full((1, 2, 6), 0.3, dtype=torch.float64, requires_grad=True)
+    U = H + eta * RULES["oja"].update(act, H, None, {})
+    (dU,) = torch.autograd.grad(U.sum(), H)
+    torch.testing.assert_close(dU[0, 0], 1 - eta * post**2 / (1 + post**2))
+    assert (dU <= 1).all() and (dU > 1 - eta).all()
+
+
+def test_oja_networks_on_long_traces_have_finite_gradients():
+    # Traces of neurons that fire most steps at trace_decay 0.95 reach 5-20; unnormalised, Oja's rule
+    # made every placement's gradient non-finite within one 240-step sequence.
+    from hybridopt.snn.network import NetworkSpec, PlasticSNN, ProjectionSpec
+
+    plastic = ProjectionSpec(rule="oja", modulation="plain", trace_decay=0.95, alpha_init=0.3)
+    for placement in ("input", "recurrent", "readout"):
+        spec = NetworkSpec(n_in=8, n_hidden=16, n_out=3, input_gain=3.0, **{placement: plastic})
+        net = PlasticSNN(spec, seed=0)
+        x = (torch.rand(4, 240, 8, generator=torch.Generator().manual_seed(1)) < 0.8).float()
+        y, s, final = net(x)
+        assert s.mean() > 0.2 and getattr(final, placement).post_trace.max() > 5.0  # long traces
+        (y.square().mean() + s.mean()).backward()
+        for name, p in net.named_parameters():
+            assert p.grad is None or torch.isfinite(p.grad).all(), (placement, name)
 
 
 def test_bcm_plain_by_hand():
@@ -136,7 +167,7 @@ def test_hebbian_retroactive_by_hand():
 
 # --------------------------------------------------------------------------- every family x mode vs a plain loop
 def _reference_step(rule, mode, st, pre, post, lam, h_max, coeffs, eta, mod_a, mod_b, eta_E, M):
-    """The equations of DESIGN.md written out with Python floats and explicit loops over b, i, j."""
+    """The equations (DESIGN.md; Oja normalised, see oja_update), with Python floats and loops over b, i, j."""
     B, n_pre, n_post = len(st["H"]), len(pre[0]), len(post[0])
     out = {"H": [], "E": [], "phi": [], "pre_trace": [], "post_trace": []}
     for b in range(B):
@@ -150,7 +181,7 @@ def _reference_step(rule, mode, st, pre, post, lam, h_max, coeffs, eta, mod_a, m
                 if rule == "hebbian":
                     d = xpre[i] * xpost[j]
                 elif rule == "oja":
-                    d = xpost[j] * (xpre[i] - h * xpost[j])
+                    d = xpost[j] / (1.0 + xpost[j] ** 2) * (xpre[i] - h * xpost[j])
                 elif rule == "bcm":
                     d = xpre[i] * xpost[j] * (xpost[j] - st["phi"][b][j])
                 else:  # stdp
@@ -176,7 +207,7 @@ def _reference_step(rule, mode, st, pre, post, lam, h_max, coeffs, eta, mod_a, m
     return out
 
 
-@pytest.mark.parametrize("h_max", [100.0, 0.8], ids=["unclipped", "clipped"])
+@pytest.mark.parametrize("h_max", [100.0, 0.5], ids=["unclipped", "clipped"])
 @pytest.mark.parametrize("rule, mode", list(itertools.product(FAMILIES, MODULATIONS)))
 def test_every_family_and_mode_matches_the_plain_loop(rule, mode, h_max):
     B, n_pre, n_post, lam = 2, 2, 3, 0.7
