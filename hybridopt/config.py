@@ -278,7 +278,10 @@ class SearchConfig(Strict):
 
     Each generation keeps the ``elite`` best and fills the rest with children made by
     tournament selection, one-point cross-over, Gaussian mutation of the (unit-encoded)
-    genes and uniform resampling of categorical genes.
+    genes and uniform resampling of categorical genes.  With ``inheritance: lamarckian`` a
+    child's training starts from the trained state of the parent it shares most genes with
+    (what still means the same in its network; see :mod:`hybridopt.search.inherit`); with
+    ``none`` every candidate trains from scratch.
     """
 
     population: Annotated[int, Field(ge=2)] = 8
@@ -289,6 +292,7 @@ class SearchConfig(Strict):
     mutation_prob: Fraction = 0.3
     categorical_resample: Fraction = 0.2
     checkpoint: str = "checkpoints/search.ckpt"
+    inheritance: Literal["none", "lamarckian"] = "lamarckian"
     genes: dict[str, GeneConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -3,9 +3,18 @@
 Generation 0 is the initial population (``population`` random genomes); every later
 generation keeps the ``elite`` best and adds ``population - elite`` children (tournament
 selection, one-point cross-over, Gaussian mutation, categorical resampling), so with
-``elite >= 1`` the best fitness in the population never decreases.  A candidate's fitness
-is a deterministic function of its genome (every candidate trains with the search's
-seed), so elites are not re-trained.
+``elite >= 1`` the best fitness in the population never decreases.  Training is
+deterministic (every candidate trains with the search's seed), so elites are not re-trained.
+
+With ``search.inheritance: lamarckian`` (the default) a child does not start from scratch: it
+starts from the trained state of the member of the previous population that shares most of
+its genes (:func:`~hybridopt.search.inherit.inherit` keeps what still means the same), and
+goes on training for its own budget.  Each finished candidate's state is kept as its run's
+artifact ``state.pt``, so a resumed search inherits exactly as the uninterrupted one would.
+A child run records its lineage: ``hybridopt.inherited_from`` (the run whose state it started
+from), ``hybridopt.inherited`` (the groups it kept) and ``budget_cpu_s`` (the CPU seconds of
+training behind its state, inherited included); the parent logs ``cpu_s`` (training CPU
+spent so far) per generation beside ``best_fitness``, a best-fitness-versus-compute curve.
 
 The driver is the only writer to MLflow: one parent run (``hybridopt.kind=search``) and
 one child run per evaluated candidate, logged as each finishes.  After each generation a
@@ -15,9 +24,11 @@ children that finished after the checkpoint without re-running or re-logging the
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -38,11 +49,12 @@ from ray.exceptions import RayError
 from hybridopt.config import Config, SearchConfig, flatten
 from hybridopt.search.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hybridopt.search.genome import GenomeSpace
+from hybridopt.search.inherit import inherit
 from hybridopt.search.workers import init_ray, remote_evaluator
 from hybridopt.snn.network import PROJECTIONS
 from hybridopt.snn.plasticity import RULES
 from hybridopt.tracking import Tracker, log_result
-from hybridopt.train import TrainResult
+from hybridopt.train import TrainResult, TrainState
 from hybridopt.train.weights import weights_bytes
 
 # evotorch announces every Problem's dtype and device at INFO level.
@@ -52,6 +64,7 @@ __all__ = ["FAILED_FITNESS", "CandidateRecord", "GenomeProblem", "SearchOutcome"
 
 # Fitness given to a failed candidate: below any real fitness, but finite for the GA.
 FAILED_FITNESS = -1.0e9
+STATE_ARTIFACT = "state.pt"  # a candidate's trained state, for children to inherit (also after a resume)
 
 
 @dataclass
@@ -65,6 +78,8 @@ class CandidateRecord:
     reason: Optional[str]
     run_id: str
     wall_time: float
+    cpu_s: float = 0.0  # this candidate's own training
+    budget_cpu_s: float = 0.0  # the training behind its state, inherited included
 
 
 @dataclass
@@ -137,6 +152,9 @@ class _Driver:
         self.generation = 0
         self.from_store: dict[tuple[int, int], CandidateRecord] = {}
         self.state: Optional[dict[str, Any]] = None
+        self.inherits = cfg.search.inheritance == "lamarckian"
+        self.members: list[CandidateRecord] = []  # the current population's records, row by row
+        self.trained: dict[str, TrainState] = {}  # run id -> trained state (the members', cached)
         if resume:
             self.state = load_checkpoint(cfg.search.checkpoint, cfg.model_dump(mode="json"))
             self.parent = self.state["parent_run_id"]
@@ -149,6 +167,7 @@ class _Driver:
             if self.state["best"] is not None:
                 self.best = (CandidateRecord(**self.state["best"]["record"]), self.state["best"]["state_dict"])
             self._recover_unrecorded()
+            self.members = self._population_members(self.state["population"])
         else:
             name = f"{cfg.task.name}__search__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
             self.parent = tracker.start_run(name, "search", params=flatten(cfg))
@@ -182,14 +201,57 @@ class _Driver:
                 reason=t.get("hybridopt.failure"),
                 run_id=run.info.run_id,
                 wall_time=run.data.metrics.get("wall_time_s", 0.0),
+                cpu_s=run.data.metrics.get("cpu_time_s", 0.0),
+                budget_cpu_s=run.data.metrics.get("budget_cpu_s", 0.0),
             )
+
+    # ------------------------------------------------------------------ inheritance
+    def _population_members(self, population: torch.Tensor) -> list[CandidateRecord]:
+        """The record behind each row of a population (the latest with that genome)."""
+        by_unit = {tuple(r.unit): r for r in self.records}
+        return [m for m in (by_unit.get(tuple(float(x) for x in u)) for u in population) if m is not None]
+
+    def _parent_of(self, u: list[float], values: dict[str, Any]) -> Optional[CandidateRecord]:
+        """The finished member of the current population that shares most genes with a child
+        (ties: the nearest in the unit genome, then the first)."""
+        best, key = None, None
+        for m in self.members:
+            if m.status != "FINISHED":
+                continue
+            shared = sum(values[g.path] == m.values[g.path] for g in self.space.genes)
+            k = (-shared, sum(abs(a - b) for a, b in zip(u, m.unit)))
+            if key is None or k < key:
+                best, key = m, k
+        return best
+
+    def _trained_state(self, run_id: str) -> Optional[TrainState]:
+        """A candidate's trained state: cached, or read back from its run (after a resume)."""
+        if run_id not in self.trained:
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = self.tracker.client.download_artifacts(run_id, STATE_ARTIFACT, tmp)
+                    self.trained[run_id] = TrainState(**torch.load(path, map_location="cpu", weights_only=True))
+            except Exception:  # noqa: BLE001 - no state kept (a failed run, an older search): start fresh
+                return None
+        return self.trained[run_id]
+
+    def _start_of(self, u: list[float], values: dict[str, Any], cand: Config):
+        """``(start state, parent run id, kept groups)`` for a new candidate (``None``s: fresh)."""
+        if not self.inherits or not self.members:
+            return None, None, []
+        parent = self._parent_of(u, values)
+        state = self._trained_state(parent.run_id) if parent is not None else None
+        if parent is None or state is None:
+            return None, None, []
+        start, kept = inherit(state, self.space.config_for(self.cfg, parent.values), cand)
+        return start, parent.run_id, kept
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_generation(self, population: torch.Tensor) -> torch.Tensor:
         g = self.generation
         n = population.shape[0]
         fitness = torch.full((n,), FAILED_FITNESS)
-        pending: dict[Any, tuple[int, list[float], dict[str, Any]]] = {}
+        pending: dict[Any, tuple[int, list[float], dict[str, Any], Optional[str], list[str]]] = {}
         threads = max(1, int(self.cfg.ray.num_cpus_per_candidate))
         done = 0
         for i, u_t in enumerate(population):
@@ -205,40 +267,64 @@ class _Driver:
                 self.tracker.client.delete_run(stored.run_id)
             cand = self.space.config_for(self.cfg, values)
             cand = cand.model_copy(update={"train": cand.train.model_copy(update={"threads": threads})})
-            pending[self.evaluate.remote(cand.model_dump(mode="json"))] = (i, u, values)
+            start, parent, kept = self._start_of(u, values, cand)
+            pending[self.evaluate.remote(cand.model_dump(mode="json"), start)] = (i, u, values, parent, kept)
         self.progress(generation=g, done=done, total=n, best=self._best_fitness())
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                i, u, values = pending.pop(ref)
+                i, u, values, parent, kept = pending.pop(ref)
                 try:
                     result: TrainResult = ray.get(ref)
                 except RayError as e:
                     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     result = TrainResult.failure(f"worker failed after {self.cfg.ray.max_retries} retries: {first}")
-                rec = self._log_candidate(g, i, u, values, result)
+                rec = self._log_candidate(g, i, u, values, result, parent, kept)
                 fitness[i] = rec.fitness
                 done += 1
                 self.progress(generation=g, done=done, total=n, best=self._best_fitness())
         return fitness
 
-    def _log_candidate(self, g: int, i: int, u: list[float], values: dict[str, Any], result: TrainResult):
+    def _log_candidate(
+        self,
+        g: int,
+        i: int,
+        u: list[float],
+        values: dict[str, Any],
+        result: TrainResult,
+        parent: Optional[str] = None,
+        kept: Optional[list[str]] = None,
+    ):
         cand_cfg = self.space.config_for(self.cfg, values)
+        tags = {
+            "hybridopt.generation": str(g),
+            "hybridopt.candidate": str(i),
+            "hybridopt.genome": json.dumps(values),
+            "hybridopt.genome_unit": json.dumps(u),
+        }
+        if parent is not None:  # lineage: whose trained state it started from, and what it kept
+            tags["hybridopt.inherited_from"] = parent
+            tags["hybridopt.inherited"] = ",".join(kept or [])
         run_id = self.tracker.start_run(
             f"g{g:03d}-c{i:03d} {GenomeSpace.describe(values)}"[:250],
             "candidate",
             params=flatten(cand_cfg),
-            tags={
-                "hybridopt.generation": str(g),
-                "hybridopt.candidate": str(i),
-                "hybridopt.genome": json.dumps(values),
-                "hybridopt.genome_unit": json.dumps(u),
-            },
+            tags=tags,
             parent_run_id=self.parent,
         )
+        budget = result.state.cpu_s if result.state is not None else result.cpu_time
+        if not result.failed:
+            result.final_metrics["budget_cpu_s"] = budget
+        if self.inherits and result.state is not None and not result.failed:
+            self.trained[run_id] = result.state
+            buf = io.BytesIO()
+            torch.save(asdict(result.state), buf)
+            self.tracker.log_artifact_bytes(run_id, STATE_ARTIFACT, buf.getvalue())
         log_result(self.tracker, run_id, result, cand_cfg, artifacts=False)
         fit = result.fitness if math.isfinite(result.fitness) else FAILED_FITNESS
-        rec = CandidateRecord(g, i, u, values, fit, result.status, result.reason, run_id, result.wall_time)
+        rec = CandidateRecord(
+            g, i, u, values, fit, result.status, result.reason, run_id, result.wall_time, result.cpu_time, budget
+        )
         self.records.append(rec)
         if not result.failed and (self.best is None or fit > self.best[0].fitness):
             self.best = (rec, result.state_dict)
@@ -259,11 +345,15 @@ class _Driver:
             "best_fitness": best,
             "mean_fitness": sum(this_gen) / len(this_gen) if this_gen else float("nan"),
             "failed": float(sum(r.status != "FINISHED" for r in self.records if r.generation == g)),
+            "cpu_s": float(sum(r.cpu_s for r in self.records)),  # training CPU spent so far, all candidates
             "candidates": float(len(self.records)),  # evaluated so far, every generation
             "candidates_in_generation": float(sum(r.generation == g for r in self.records)),
             **_rule_counts(self.space, self.cfg, pop.values),
         }
         self.tracker.log_metrics(self.parent, {k: v for k, v in metrics.items() if math.isfinite(v)}, step=g)
+        self.members = self._population_members(pop.values)
+        alive = {m.run_id for m in self.members}
+        self.trained = {k: v for k, v in self.trained.items() if k in alive}  # only members can be parents
         best_state = None
         if self.best is not None:
             best_state = {"record": asdict(self.best[0]), "state_dict": self.best[1]}

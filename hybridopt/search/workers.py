@@ -13,7 +13,7 @@ from typing import Any, Optional
 import ray
 
 from hybridopt.config import parse_config
-from hybridopt.train import TrainResult, train_candidate
+from hybridopt.train import TrainResult, TrainState, train_candidate
 
 __all__ = ["RayConnectError", "check_address", "evaluate_candidate", "init_ray", "remote_evaluator"]
 
@@ -22,9 +22,10 @@ class RayConnectError(RuntimeError):
     """Ray could not be started or joined; one line naming the address."""
 
 
-def evaluate_candidate(config: dict[str, Any]) -> TrainResult:
-    """Train one candidate from its (JSON-able) config; runs inside a Ray worker."""
-    return train_candidate(parse_config(config))
+def evaluate_candidate(config: dict[str, Any], start: Optional[TrainState] = None) -> TrainResult:
+    """Train one candidate from its (JSON-able) config, from ``start`` where it inherits a
+    trained state; runs inside a Ray worker."""
+    return train_candidate(parse_config(config), start=start)
 
 
 def remote_evaluator(num_cpus: float, num_gpus: float, max_retries: int):

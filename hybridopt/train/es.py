@@ -52,7 +52,7 @@ from hybridopt.config import Config, ESConfig, network_spec, parse_config
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import make_task
 from hybridopt.tasks.locomotion import EVAL_SEED_OFFSET, Locomotion, ObsNormalizer, ObsStats, eval_seeds
-from hybridopt.train.result import ProgressFn, TrainResult
+from hybridopt.train.result import ProgressFn, TrainResult, TrainState
 
 __all__ = [
     "build_policy",
@@ -261,37 +261,59 @@ def _searcher(problem: Problem, center: torch.Tensor, stdev: torch.Tensor, es: E
     )
 
 
-def train_es(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainResult:
+def train_es(
+    cfg: Config,
+    progress: Optional[ProgressFn] = None,
+    *,
+    start: Optional[TrainState] = None,
+    cpu_budget_s: Optional[float] = None,
+) -> TrainResult:
     """Train one locomotion configuration; never raises for a numerical failure or an error
-    inside training: those end the run as a ``FAILED`` :class:`TrainResult` with the reason."""
+    inside training: those end the run as a ``FAILED`` :class:`TrainResult` with the reason.
+
+    From ``start`` (a :class:`TrainState` of this config's policy) the search goes on: its centre
+    is the state's weights, its observation statistics the state's, and, where the state has its
+    ``optimizer`` (``{"stdev": ...}``), its search scales; generation numbers follow on from
+    ``start.step``.  (The centre optimiser's momentum starts afresh.)  The call runs at most
+    ``es.generations`` further generations and ``cpu_budget_s`` CPU seconds (default
+    ``es.cpu_minutes``)."""
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     torch.set_num_threads(1)  # B <= a few episodes: more threads only add overhead
     es = cfg.es
     history: list[tuple[int, dict[str, float]]] = []
-    generation = 0
-    episodes = 0
+    gen0 = start.step if start is not None else 0
+    generation = gen0
+    episodes = start.episodes if start is not None else 0
     players: Optional[_Players] = None
 
     def cpu_used() -> float:
         return time.process_time() - cpu0 + (players.worker_cpu if players is not None else 0.0)
 
     try:
-        task, net = build_policy(cfg)
+        if start is not None:
+            task, net, normalizer = load_policy(cfg, start.model)
+        else:
+            task, net = build_policy(cfg)
         players = _Players(cfg, task, net, es.workers or cfg.train.threads)
         center = parameters_to_vector(net.parameters()).clone()
         stdev = search_stdev(net, es)
+        if start is not None and start.optimizer is not None:
+            stdev = start.optimizer["stdev"].clone()
         masks = _group_masks(net)
-        rng = np.random.default_rng(cfg.seed)
-        cpu_budget = 60.0 * es.cpu_minutes if es.cpu_minutes else math.inf
+        rng = np.random.default_rng(cfg.seed + 7919 * gen0)
+        if start is not None and start.rng is not None:
+            rng.bit_generator.state = start.rng
+        if cpu_budget_s is None:
+            cpu_budget_s = 60.0 * es.cpu_minutes if es.cpu_minutes else math.inf
 
-        # The first generation should not see raw observations: one episode of the initial policy.
-        stats = ObsStats.empty(task.n_in)
-        task.rollout(
-            net, net.params(), [int(rng.integers(EVAL_SEED_OFFSET))], ObsNormalizer.identity(task.n_in), stats=stats
-        )
-        normalizer = ObsNormalizer.identity(task.n_in).merged(stats)
-        episodes += 1
+        if start is None:
+            # The first generation should not see raw observations: one episode of the initial policy.
+            stats = ObsStats.empty(task.n_in)
+            identity = ObsNormalizer.identity(task.n_in)
+            task.rollout(net, net.params(), [int(rng.integers(EVAL_SEED_OFFSET))], identity, stats=stats)
+            normalizer = identity.merged(stats)
+            episodes += 1
 
         gen_seeds: list[int] = []
         gen_stats: list[ObsStats] = []
@@ -303,7 +325,7 @@ def train_es(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainResult:
 
         problem = _EpisodeProblem(center, cfg.seed, play)
         searcher = _searcher(problem, center, stdev, es)
-        while generation < es.generations and cpu_used() < cpu_budget:
+        while generation - gen0 < es.generations and cpu_used() < cpu_budget_s:
             gen_seeds[:] = [int(s) for s in rng.integers(EVAL_SEED_OFFSET, size=es.episodes_per_sample)]
             searcher.step()
             generation += 1
@@ -323,12 +345,13 @@ def train_es(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainResult:
                     cpu_time=cpu_used(),
                 )
             sigma = _plain(searcher.status["stdev"])
+            stdev = sigma
             metrics = {
                 "train/return_mean": float(evals.mean()),
                 "train/return_best": float(evals.max()),
                 **{f"train/stdev/{g}": float(sigma[m].mean()) for g, m in masks.items()},
             }
-            if generation % es.eval_every == 0 or generation == es.generations:
+            if generation % es.eval_every == 0 or generation - gen0 == es.generations:
                 vector_to_parameters(center, net.parameters())
                 metrics.update(evaluate_policy(task, net, normalizer, cfg.seed, conditions=[]))
                 episodes += task.cfg.eval_seeds
@@ -353,13 +376,23 @@ def train_es(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainResult:
         if players is not None:
             players.close()
     final["fitness"] = final["eval/return/standard"]
+    state_dict = policy_state_dict(net, normalizer)
+    cpu = cpu_used()
     return TrainResult(
         fitness=final["eval/return/standard"],
         final_metrics=final,
         history=history,
-        state_dict=policy_state_dict(net, normalizer),
+        state_dict=state_dict,
         wall_time=time.perf_counter() - t0,
-        cpu_time=cpu_used(),
+        cpu_time=cpu,
         steps=generation,
         episodes=episodes,
+        state=TrainState(
+            model=state_dict,
+            optimizer={"stdev": stdev.clone()},
+            step=generation,
+            cpu_s=(start.cpu_s if start is not None else 0.0) + cpu,
+            episodes=episodes,
+            rng=rng.bit_generator.state,
+        ),
     )

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from hybridopt.config import Config, network_spec
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import Batch, Task, make_task
-from hybridopt.train.result import ProgressFn, TrainResult
+from hybridopt.train.result import ProgressFn, TrainResult, TrainState
 
 __all__ = ["EVAL_SEED_OFFSET", "build", "evaluate", "resolve_device", "train_gradient"]
 
@@ -61,23 +61,58 @@ def evaluate(net: PlasticSNN, task: Task, cfg: Config) -> dict[str, float]:
     return {"eval/accuracy": sum(fit) / n, "eval/loss": sum(loss) / n, "eval/firing_rate": sum(rate) / n}
 
 
-def train_gradient(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainResult:
+def _cpu_state(obj: Any) -> Any:
+    """A copy of an optimiser's state with every tensor on the CPU (to return or ship)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_state(v) for v in obj)
+    return obj
+
+
+def train_gradient(
+    cfg: Config,
+    progress: Optional[ProgressFn] = None,
+    *,
+    start: Optional[TrainState] = None,
+    cpu_budget_s: Optional[float] = None,
+) -> TrainResult:
     """Train one configuration; never raises for a numerical failure or an error inside
-    training: those end the run as a ``FAILED`` :class:`TrainResult` with the reason."""
+    training: those end the run as a ``FAILED`` :class:`TrainResult` with the reason.
+
+    From ``start`` (a :class:`TrainState` for this config's network) training goes on: the
+    weights, and the optimiser's moments and the batch stream where the state has them; step
+    numbers follow on from ``start.step``.  The call trains for at most ``train.steps`` further
+    steps and ``cpu_budget_s`` further CPU seconds (default ``train.cpu_minutes``); the result's
+    ``state`` continues from where it stopped."""
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.train.threads)
     tc = cfg.train
     history: list[tuple[int, dict[str, float]]] = []
-    step = 0
+    step0 = start.step if start is not None else 0
+    step = step0
     try:
         task, net = build(cfg)
+        if start is not None:
+            net.load_state_dict(start.model)
         net.to(resolve_device(tc.device))
         device = net.b_hidden.device
         opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        if start is not None and start.optimizer is not None:
+            opt.load_state_dict(start.optimizer)
+            for group in opt.param_groups:  # the config's rate, not the state's (PBT may change it)
+                group["lr"] = tc.lr
+        gen = torch.Generator()
+        if start is not None and start.rng is not None:
+            gen.set_state(start.rng)
+        else:  # a continued state without its stream draws batches its start did not see
+            gen.manual_seed(cfg.seed + 7919 * step0)
         cpu0 = time.process_time()
-        cpu_budget = 60.0 * tc.cpu_minutes if tc.cpu_minutes else math.inf
-        while step < tc.steps and time.process_time() - cpu0 < cpu_budget:
+        if cpu_budget_s is None:
+            cpu_budget_s = 60.0 * tc.cpu_minutes if tc.cpu_minutes else math.inf
+        while step - step0 < tc.steps and time.process_time() - cpu0 < cpu_budget_s:
             batch = _to(task.batch(tc.batch_size, gen), device)
             y, s, _ = net(batch.x)
             task_loss = task.loss(y, batch)
@@ -105,7 +140,7 @@ def train_gradient(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainR
                 "train/accuracy": task.fitness(y.detach(), batch).mean().item(),
                 "train/firing_rate": s.detach().mean().item(),
             }
-            if step % tc.eval_every == 0 or step == tc.steps:
+            if step % tc.eval_every == 0 or step - step0 == tc.steps:
                 metrics.update(evaluate(net, task, cfg))
             history.append((step, metrics))
             if progress is not None:
@@ -122,13 +157,24 @@ def train_gradient(cfg: Config, progress: Optional[ProgressFn] = None) -> TrainR
             f"{type(e).__name__}: {e}", history=history, steps=step, wall_time=time.perf_counter() - t0
         )
     final["fitness"] = final["eval/accuracy"]
+    cpu = time.process_time() - cpu0
+    state_dict = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    episodes = (start.episodes if start is not None else 0) + (step - step0) * tc.batch_size
     return TrainResult(
         fitness=final["eval/accuracy"],
         final_metrics=final,
         history=history,
-        state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+        state_dict=state_dict,
         wall_time=time.perf_counter() - t0,
-        cpu_time=time.process_time() - cpu0,
+        cpu_time=cpu,
         steps=step,
-        episodes=step * tc.batch_size,
+        episodes=episodes,
+        state=TrainState(
+            model=state_dict,
+            optimizer=_cpu_state(opt.state_dict()),
+            step=step,
+            cpu_s=(start.cpu_s if start is not None else 0.0) + cpu,
+            episodes=episodes,
+            rng=gen.get_state(),
+        ),
     )

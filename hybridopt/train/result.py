@@ -7,10 +7,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["ProgressFn", "TrainResult"]
+__all__ = ["ProgressFn", "TrainResult", "TrainState"]
 
 # ``progress(step, metrics)``: called by inner loops as they go (tracking stays outside).
 ProgressFn = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainState:
+    """A trained state an inner loop can continue from (and that it returns).
+
+    ``model``: the network's ``state_dict`` (CPU tensors; for a policy, with its observation
+    normaliser).  ``optimizer``: the optimiser's or search distribution's own state, ``None`` to
+    start it afresh (a child whose genome differs from the state's).  ``step``: training steps
+    (ES: generations) behind the state, so a continued curve goes on at ``step + 1``.
+    ``cpu_s``: CPU seconds of training behind it, inherited included.  ``episodes``: training
+    episodes behind it.  ``rng``: the training batch generator's state (``None``: seed it from
+    the config and the step)."""
+
+    model: dict[str, Any]
+    optimizer: Optional[dict[str, Any]] = None
+    step: int = 0
+    cpu_s: float = 0.0
+    episodes: int = 0
+    rng: Optional[Any] = None
+
+    def fresh_optimizer(self) -> TrainState:
+        """The same weights with the optimiser (or search distribution) to start afresh."""
+        return TrainState(self.model, None, self.step, self.cpu_s, self.episodes, None)
 
 
 @dataclass
@@ -32,6 +56,7 @@ class TrainResult:
     episodes: int = 0
     status: str = "FINISHED"
     reason: Optional[str] = None
+    state: Optional[TrainState] = None  # to continue from (None for a failed candidate)
 
     @property
     def failed(self) -> bool:

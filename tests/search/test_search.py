@@ -119,6 +119,25 @@ def test_search_logs_parent_and_children(reference):
     assert best[-1] == max(c.data.metrics["fitness"] for c in children)
     assert "mean_fitness" in parent.data.metrics
     assert parent.data.metrics["candidates"] == len(children)  # every generation's, not the last one's
+    # lineage: generation 0 trains from scratch; later children start from a finished earlier candidate's
+    # trained state, their curves going on from its step, their budget counting its CPU seconds
+    by_id = {c.info.run_id: c for c in children}
+    for c in children:
+        gen, tags, m = int(c.data.tags["hybridopt.generation"]), c.data.tags, c.data.metrics
+        losses = client.get_metric_history(c.info.run_id, "train/loss")
+        if gen == 0:
+            assert "hybridopt.inherited_from" not in tags
+            assert m["budget_cpu_s"] == pytest.approx(m["cpu_time_s"])
+            assert sorted(x.step for x in losses) == [1, 2, 3, 4]
+            continue
+        src = by_id[tags["hybridopt.inherited_from"]]
+        assert int(src.data.tags["hybridopt.generation"]) < gen and src.info.status == "FINISHED"
+        assert tags["hybridopt.inherited"].split(",")[0] == "weights"
+        assert m["budget_cpu_s"] == pytest.approx(src.data.metrics["budget_cpu_s"] + m["cpu_time_s"])
+        first = int(src.data.metrics["train_steps"]) + 1
+        assert sorted(x.step for x in losses) == list(range(first, first + 4))
+    cpu = [x.value for x in sorted(client.get_metric_history(parent.info.run_id, "cpu_s"), key=lambda x: x.step)]
+    assert len(cpu) == 3 and cpu[-1] == pytest.approx(sum(c.data.metrics["cpu_time_s"] for c in children))
     assert any(k.startswith("rules/input/") for k in parent.data.metrics)
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"weights.pt", "best_genome.yaml", "config.yaml"} <= arts
@@ -212,9 +231,13 @@ def test_a_failing_candidate_is_a_failed_child_and_the_search_goes_on(tmp_path: 
     failed = [c for c in children if c.info.status == "FAILED"]
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert len(children) == 6 and failed and finished
+    by_id = {c.info.run_id: c for c in children}
     for c in failed:
         assert c.data.params["plasticity.input.rule"] == "hebbian"
-        assert "non-finite gradient at step 0" in c.data.tags["hybridopt.failure"]
+        # at its first step: 0, or where the state it inherited stopped
+        src = c.data.tags.get("hybridopt.inherited_from")
+        first = int(by_id[src].data.metrics["train_steps"]) if src else 0
+        assert f"non-finite gradient at step {first} " in c.data.tags["hybridopt.failure"]
         assert "fitness" not in c.data.metrics
     assert parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["hybridopt.best_genome"].startswith("input.rule=none")
@@ -234,3 +257,15 @@ def test_ctrl_c_ends_the_search_run_as_killed(tmp_path: Path, store: str, ray_tm
     assert proc.returncode == 130, err
     _, parents, _ = runs_of(store)
     assert parents[0].info.status == "KILLED"
+
+
+def test_without_inheritance_every_candidate_trains_from_scratch(tmp_path: Path, store: str, ray_tmp: str):
+    p = search([SMOKE, "--tracking-uri", store, "--set", "search.inheritance=none"], tmp_path, ray_tmp)
+    assert p.returncode == 0, p.stderr
+    client, parents, children = runs_of(store)
+    assert len(parents) == 1 and {int(c.data.tags["hybridopt.generation"]) for c in children} == {0, 1}
+    for c in children:
+        assert "hybridopt.inherited_from" not in c.data.tags
+        assert c.data.metrics["budget_cpu_s"] == pytest.approx(c.data.metrics["cpu_time_s"])
+        assert min(x.step for x in client.get_metric_history(c.info.run_id, "train/loss")) == 1
+        assert not client.list_artifacts(c.info.run_id)  # no trained state is kept for children

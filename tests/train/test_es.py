@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from hybridopt.config import load_config, parse_config
 from hybridopt.snn.network import NetworkSpec, PlasticSNN, ProjectionSpec
 from hybridopt.train import train_candidate
-from hybridopt.train.es import evaluate_policy, load_policy, parameter_group, search_stdev
+from hybridopt.train.es import build_policy, evaluate_policy, load_policy, parameter_group, search_stdev
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke_locomotion.yaml"
@@ -160,3 +160,22 @@ def test_cli_search_on_locomotion(tmp_path):
         assert run.info.status == "FINISHED", run.data.tags.get("hybridopt.failure")
         for c in CONDITIONS:
             assert f"eval/return/{c}" in run.data.metrics
+
+
+def test_es_continues_from_a_state(cfg, result):
+    # 3 generations, then 2 more from the returned state: the search goes on from the state's
+    # centre, observation statistics and search scales, with generation numbers following on
+    state = result.state
+    assert (
+        state.step == cfg.es.generations
+        and state.optimizer["stdev"].shape == search_stdev(build_policy(cfg)[1], cfg.es).shape
+    )
+    more = train_candidate(load_config(SMOKE, ["es.generations=2"]), start=state)
+    assert more.status == "FINISHED", more.reason
+    assert [s for s, _ in more.history] == [4, 5] and more.state.step == 5
+    assert more.state.episodes > state.episodes and more.state.cpu_s > state.cpu_s
+    assert float(more.state_dict["obs_norm.count"]) > float(result.state_dict["obs_norm.count"])
+    # a zero budget changes nothing: the state's own policy is what gets evaluated
+    same = train_candidate(cfg, start=state, cpu_budget_s=0.0)
+    assert same.history == [] or all(s <= state.step for s, _ in same.history)
+    assert same.final_metrics == result.final_metrics

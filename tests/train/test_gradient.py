@@ -78,3 +78,38 @@ def test_cpu_budget_stops_training_early():
 def test_other_task_trains(task):
     r = train_gradient(smoke(f"task={{name: {task}}}", "train.steps=2"))
     assert r.status == "FINISHED" and 0.0 <= r.fitness <= 1.0
+
+
+def test_continuing_from_a_state_is_the_same_training():
+    # 6 steps in one call and 2 + 4 steps through the returned state: the same weights, optimiser
+    # moments and curves, bit for bit, with the step numbers going on from where the state stopped
+    full = train_gradient(smoke())
+    first = train_gradient(smoke("train.steps=2"))
+    rest = train_gradient(smoke("train.steps=4"), start=first.state)
+    assert first.state.step == 2 and rest.state.step == 6 == rest.steps
+    assert [s for s, _ in rest.history] == [3, 4, 5, 6]
+    assert [m for _, m in full.history][2:] == [m for _, m in rest.history]
+    for k, v in full.state.model.items():
+        assert torch.equal(rest.state.model[k], v), k
+    assert rest.fitness == full.fitness
+    assert rest.state.episodes == full.state.episodes == 6 * 8
+    assert rest.state.cpu_s == pytest.approx(first.state.cpu_s + rest.cpu_time)
+    assert full.state.optimizer["state"][0]["step"] == 6 == rest.state.optimizer["state"][0]["step"]
+
+
+def test_a_state_with_a_fresh_optimiser_keeps_its_weights_and_trains_on():
+    first = train_gradient(smoke("train.steps=2"))
+    start = first.state.fresh_optimizer()
+    assert start.optimizer is None and start.rng is None and start.step == 2
+    zero = train_gradient(smoke(), start=start, cpu_budget_s=0.0)
+    for k, v in first.state.model.items():  # no step: the weights are the state's
+        assert torch.equal(zero.state.model[k], v), k
+    assert zero.fitness == first.fitness
+    more = train_gradient(smoke("train.steps=2"), start=start)
+    assert [s for s, _ in more.history] == [3, 4] and more.state.optimizer["state"][0]["step"] == 2
+    assert not torch.equal(more.state.model["projections.input.W"], first.state.model["projections.input.W"])
+
+
+def test_a_cpu_budget_for_the_call():
+    r = train_gradient(smoke("train.steps=1000"), cpu_budget_s=0.0)
+    assert r.status == "FINISHED" and r.steps == 0 and r.history[-1][0] == 0  # evaluated, untrained

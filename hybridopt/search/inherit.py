@@ -1,0 +1,74 @@
+"""Lamarckian inheritance: a child's training starts from the trained state of its parent.
+
+A child's network is built fresh for its own config, then takes from the parent's trained state
+every entry that still means the same thing:
+
+- ``weights``: every weight, bias and readout (and a policy's observation statistics) whose
+  name and shape match;
+- ``<projection>.plasticity``: a projection's plastic coefficients (``alpha``, ``eta`` or the
+  modulator ``mod_a``/``mod_b``/``w_M``/``b_M``/``eta_E``, and the rule's own coefficients), only
+  where the projection's rule family and modulation mode are the parent's, shapes matching.
+
+Whatever changed starts from the child config's own initialisation.  Training steps, CPU
+seconds and episodes behind the parent's state come along (the child's curves go on from the
+parent's step); the optimiser starts afresh unless the child's config is the parent's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hybridopt.config import Config
+from hybridopt.snn.network import PROJECTIONS
+from hybridopt.train import TrainState, initial_model
+
+__all__ = ["inherit", "parameter_owner"]
+
+
+def parameter_owner(name: str) -> str:
+    """The group a state entry belongs to: ``"weights"`` or ``"<projection>.plasticity"``.
+
+    ``projections.<p>.W`` is a weight; every other entry under ``projections.<p>.`` is that
+    projection's plastic coefficient; everything else (biases, a policy's ``obs_norm.*``) is a
+    weight."""
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[0] == "projections" and parts[1] in PROJECTIONS and parts[2] != "W":
+        return f"{parts[1]}.plasticity"
+    return "weights"
+
+
+def _same_plasticity(a: Config, b: Config, projection: str) -> bool:
+    pa, pb = getattr(a.plasticity, projection), getattr(b.plasticity, projection)
+    return pa.rule == pb.rule and pa.modulation == pb.modulation
+
+
+def inherit(parent: TrainState, parent_cfg: Config, child_cfg: Config) -> tuple[TrainState, list[str]]:
+    """The state a child of ``child_cfg`` starts from, and which groups it kept from ``parent``.
+
+    The groups are listed in a fixed order (``weights`` first, then the projections' plasticity
+    in network order); an empty list means nothing matched (the child starts fresh but for its
+    step count)."""
+    fresh: dict[str, Any] = initial_model(child_cfg)
+    model: dict[str, Any] = {}
+    kept: set[str] = set()
+    for name, value in fresh.items():
+        owner = parameter_owner(name)
+        src = parent.model.get(name)
+        same_meaning = owner == "weights" or _same_plasticity(parent_cfg, child_cfg, owner.split(".")[0])
+        if src is not None and same_meaning and tuple(src.shape) == tuple(value.shape):
+            model[name] = src.clone()
+            kept.add(owner)
+        else:
+            model[name] = value
+    order = ["weights", *(f"{p}.plasticity" for p in PROJECTIONS)]
+    groups = [g for g in order if g in kept]
+    identical = parent_cfg.model_dump(mode="json") == child_cfg.model_dump(mode="json")
+    state = TrainState(
+        model=model,
+        optimizer=parent.optimizer if identical else None,
+        step=parent.step,
+        cpu_s=parent.cpu_s,
+        episodes=parent.episodes,
+        rng=parent.rng if identical else None,
+    )
+    return state, groups
