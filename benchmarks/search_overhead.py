@@ -25,9 +25,9 @@ import ray
 import torch
 
 from hybridopt.config import load_config
+from hybridopt.search.dispatch import init_ray
 from hybridopt.search.evolution import GenomeProblem, make_algorithm, run_search
 from hybridopt.search.genome import GenomeSpace
-from hybridopt.search.workers import init_ray
 from hybridopt.tracking import Tracker
 from hybridopt.train import train_candidate
 

@@ -148,9 +148,9 @@ def _check_checkpoint(cfg: Config, *, resume: bool, fresh: bool) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from hybridopt.search.dispatch import init_ray
     from hybridopt.search.evolution import run_search
     from hybridopt.search.genome import GenomeSpace
-    from hybridopt.search.workers import init_ray
     from hybridopt.tracking import Tracker, check_reachable, resolve_uri
 
     cfg = _load(args)
@@ -203,7 +203,7 @@ COMMANDS = {"train": cmd_train, "search": cmd_search, "eval": cmd_eval}
 
 def main(argv: Optional[list[str]] = None) -> int:
     from hybridopt.search.checkpoint import CheckpointError
-    from hybridopt.search.workers import RayConnectError
+    from hybridopt.search.dispatch import RayConnectError
     from hybridopt.tracking import TrackingError
     from hybridopt.train.weights import WeightsError
 

@@ -246,7 +246,7 @@ def _join(address: str) -> tuple[str, str]:
     """Join Ray at ``address``; the GCS address and this node's id."""
     import ray
 
-    from hybridopt.search.workers import RayConnectError, init_ray
+    from hybridopt.search.dispatch import RayConnectError, init_ray
 
     try:
         init_ray(address)

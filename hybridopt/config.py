@@ -282,6 +282,14 @@ class SearchConfig(Strict):
     child's training starts from the trained state of the parent it shares most genes with
     (what still means the same in its network; see :mod:`hybridopt.search.inherit`); with
     ``none`` every candidate trains from scratch.
+
+    Successive halving inside a generation: ``rungs`` are fractions of a candidate's budget
+    (``train.cpu_minutes`` and ``train.steps``; ``es.*`` for locomotion), ``keep`` the fraction
+    promoted from one rung to the next.  Every candidate trains to the first rung; the best
+    ``ceil(keep * n)`` of a rung's ``n`` go on from their own state to the next, each as soon as
+    its place among them is certain.  ``[1.0]`` (the default) trains every candidate to its full
+    budget.  With inheritance, the ``elite`` survivors also train on from their own state each
+    generation, through the same rungs, and are measured again.
     """
 
     population: Annotated[int, Field(ge=2)] = 8
@@ -293,10 +301,15 @@ class SearchConfig(Strict):
     categorical_resample: Fraction = 0.2
     checkpoint: str = "checkpoints/search.ckpt"
     inheritance: Literal["none", "lamarckian"] = "lamarckian"
+    rungs: list[float] = Field(default_factory=lambda: [1.0])
+    keep: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     genes: dict[str, GeneConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _sizes(self) -> SearchConfig:
+        r = self.rungs
+        if not r or any(not 0.0 < x <= 1.0 for x in r) or any(a >= b for a, b in zip(r, r[1:])) or r[-1] != 1.0:
+            raise ValueError(f"search.rungs must increase within (0, 1] and end at 1.0 (got {r})")
         children = self.population - self.elite
         if children < 2 or children % 2:
             raise ValueError(f"population - elite must be an even number >= 2 (got {self.population} - {self.elite})")

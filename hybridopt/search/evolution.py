@@ -1,41 +1,40 @@
-"""The outer loop: an evotorch genetic algorithm over genomes, candidates trained on Ray.
+"""The outer loop: an evotorch genetic algorithm over genomes whose candidates keep their training.
 
 Generation 0 is the initial population (``population`` random genomes); every later
 generation keeps the ``elite`` best and adds ``population - elite`` children (tournament
-selection, one-point cross-over, Gaussian mutation, categorical resampling), so with
-``elite >= 1`` the best fitness in the population never decreases.  Training is
-deterministic (every candidate trains with the search's seed), so elites are not re-trained.
+selection, one-point cross-over, Gaussian mutation, categorical resampling).
 
-With ``search.inheritance: lamarckian`` (the default) a child does not start from scratch: it
-starts from the trained state of the member of the previous population that shares most of
-its genes (:func:`~hybridopt.search.inherit.inherit` keeps what still means the same), and
-goes on training for its own budget.  Each finished candidate's state is kept as its run's
-artifact ``state.pt``, so a resumed search inherits exactly as the uninterrupted one would.
-A child run records its lineage: ``hybridopt.inherited_from`` (the run whose state it started
-from), ``hybridopt.inherited`` (the groups it kept) and ``budget_cpu_s`` (the CPU seconds of
-training behind its state, inherited included); the parent logs ``cpu_s`` (training CPU
-spent so far) per generation beside ``best_fitness``, a best-fitness-versus-compute curve.
+Training is not thrown away.  With ``search.inheritance: lamarckian`` (the default) a child
+starts from the trained state of the previous population's member that shares most of its
+genes (:func:`~hybridopt.search.inherit.inherit` keeps what still means the same) and the
+``elite`` survivors train on from their own state, measured again (the best fitness so far is
+kept by the parent run).  Inside a generation, successive halving (``search.rungs``,
+``search.keep``) trains every candidate to the first rung and only the best on, each promotion
+made as soon as its place is certain, so slots do not wait for a rung's last candidate while
+promotable work exists; the outcome does not depend on the order results arrive in.
 
-The driver is the only writer to MLflow: one parent run (``hybridopt.kind=search``) and
-one child run per evaluated candidate, logged as each finishes.  After each generation a
-checkpoint is written; ``resume=True`` continues the same parent run from it, and picks up
-children that finished after the checkpoint without re-running or re-logging them.
+The three rooms: :mod:`~hybridopt.search.dispatch` (Ray: a pool of long-lived actors, the only
+module that imports Ray), :mod:`~hybridopt.search.record` (MLflow: one parent run, one child run
+per candidate, opened when it is dispatched and ended at the rung where it stops; the driver is
+the only writer) and this loop, which calls them.  Inner loops never see either.
+
+Resume from any moment: a checkpoint is written before generation 0 and after each generation;
+``resume=True`` continues the same parent run from it, takes every child the store holds as
+finished (its rungs, fitness and trained state ``state.pt``) without re-running or re-logging
+it, deletes the runs a killed driver left RUNNING and runs those candidates again.  Ctrl-C ends
+the parent and the candidates under way as KILLED.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-import ray
 import torch
 import yaml
 
@@ -44,16 +43,16 @@ with warnings.catch_warnings():  # evotorch scripts helpers with torch.jit.scrip
     from evotorch import Problem, SolutionBatch
     from evotorch.algorithms import GeneticAlgorithm
     from evotorch.operators import CopyingOperator, GaussianMutation, OnePointCrossOver
-from ray.exceptions import RayError
 
 from hybridopt.config import Config, SearchConfig, flatten
 from hybridopt.search.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from hybridopt.search.dispatch import Pool, init_ray, slots_for
 from hybridopt.search.genome import GenomeSpace
 from hybridopt.search.inherit import inherit
-from hybridopt.search.workers import init_ray, remote_evaluator
+from hybridopt.search.record import ChildRun, SearchRecord
 from hybridopt.snn.network import PROJECTIONS
 from hybridopt.snn.plasticity import RULES
-from hybridopt.tracking import Tracker, log_result
+from hybridopt.tracking import Tracker
 from hybridopt.train import TrainResult, TrainState
 from hybridopt.train.weights import weights_bytes
 
@@ -64,7 +63,6 @@ __all__ = ["FAILED_FITNESS", "CandidateRecord", "GenomeProblem", "SearchOutcome"
 
 # Fitness given to a failed candidate: below any real fitness, but finite for the GA.
 FAILED_FITNESS = -1.0e9
-STATE_ARTIFACT = "state.pt"  # a candidate's trained state, for children to inherit (also after a resume)
 
 
 @dataclass
@@ -80,6 +78,7 @@ class CandidateRecord:
     wall_time: float
     cpu_s: float = 0.0  # this candidate's own training
     budget_cpu_s: float = 0.0  # the training behind its state, inherited included
+    rung: int = 0  # the rung where it stopped
 
 
 @dataclass
@@ -139,6 +138,46 @@ def _searched_projections(space: GenomeSpace) -> set[str]:
     return {g.path.split(".")[1] for g in space.genes if g.path.startswith("plasticity.") and g.path.endswith(".rule")}
 
 
+@dataclass
+class _Job:
+    """One candidate of a generation on its way through the rungs."""
+
+    index: int  # its candidate number in the generation (elites training on come after the new ones)
+    unit: list[float]
+    values: dict[str, Any]
+    cfg: Config
+    start: Optional[TrainState] = None
+    parent: Optional[str] = None  # the run whose state it started from
+    kept: tuple[str, ...] = ()
+    row: Optional[int] = None  # an elite training on: its row in the GA's population
+    run_id: Optional[str] = None
+    fitness: list[float] = field(default_factory=list)  # at each completed rung
+    result: Optional[TrainResult] = None  # of its last rung
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    decided: bool = False  # promoted from, or stopped at, its last completed rung
+    done: bool = False
+    stored: Optional[ChildRun] = None  # finished before a resume
+
+    @property
+    def rung(self) -> int:
+        """The last rung it completed (-1: none yet)."""
+        return len(self.fitness) - 1
+
+
+def _budget_fraction(cfg: Config, lo: float, hi: float) -> tuple[Config, float]:
+    """The config and CPU seconds for training from fraction ``lo`` to ``hi`` of a candidate's budget."""
+    if cfg.task.name == "locomotion":
+        es = cfg.es
+        n = max(1, round(hi * es.generations) - round(lo * es.generations))
+        cpu = (hi - lo) * 60.0 * es.cpu_minutes if es.cpu_minutes else math.inf
+        return cfg.model_copy(update={"es": es.model_copy(update={"generations": n})}), cpu
+    tc = cfg.train
+    n = max(1, round(hi * tc.steps) - round(lo * tc.steps))
+    cpu = (hi - lo) * 60.0 * tc.cpu_minutes if tc.cpu_minutes else math.inf
+    return cfg.model_copy(update={"train": tc.model_copy(update={"steps": n})}), cpu
+
+
 class _Driver:
     def __init__(self, cfg: Config, tracker: Tracker, resume: bool, progress: Optional[Callable[..., None]]):
         assert cfg.search is not None
@@ -150,11 +189,13 @@ class _Driver:
         self.best: Optional[tuple[CandidateRecord, dict[str, Any]]] = None  # (record, state_dict)
         self.best_history: list[float] = []
         self.generation = 0
-        self.from_store: dict[tuple[int, int], CandidateRecord] = {}
+        self.from_store: dict[tuple[int, int], ChildRun] = {}
         self.state: Optional[dict[str, Any]] = None
         self.inherits = cfg.search.inheritance == "lamarckian"
-        self.members: list[CandidateRecord] = []  # the current population's records, row by row
+        self.members: list[tuple[int, CandidateRecord]] = []  # (row, record) of the current population
         self.trained: dict[str, TrainState] = {}  # run id -> trained state (the members', cached)
+        self.ga: Optional[GeneticAlgorithm] = None
+        self.open_runs: set[str] = set()  # child runs of candidates under way
         if resume:
             self.state = load_checkpoint(cfg.search.checkpoint, cfg.model_dump(mode="json"))
             self.parent = self.state["parent_run_id"]
@@ -162,60 +203,43 @@ class _Driver:
                 tracker.client.get_run(self.parent)
             except Exception:  # noqa: BLE001
                 raise CheckpointError(f"checkpoint's parent run {self.parent} is not in {tracker.uri}") from None
+            self.record = SearchRecord(tracker, self.parent)
             self.records = [CandidateRecord(**r) for r in self.state["records"]]
             self.best_history = list(self.state["best_history"])
             if self.state["best"] is not None:
                 self.best = (CandidateRecord(**self.state["best"]["record"]), self.state["best"]["state_dict"])
-            self._recover_unrecorded()
-            self.members = self._population_members(self.state["population"])
+            done = {(r.generation, r.index) for r in self.records}
+            for child in self.record.stored_children():  # finished after the checkpoint: not run again
+                if (child.generation, child.index) not in done:
+                    self.from_store[(child.generation, child.index)] = child
+            if self.state["generation"] >= 0:
+                self.members = self._population_members(self.state["population"])
         else:
             name = f"{cfg.task.name}__search__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
             self.parent = tracker.start_run(name, "search", params=flatten(cfg))
+            self.record = SearchRecord(tracker, self.parent)
             tracker.log_artifact_bytes(self.parent, "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json")).encode())
         rc = cfg.ray
-        self.evaluate = remote_evaluator(rc.num_cpus_per_candidate, rc.num_gpus_per_candidate, rc.max_retries)
-
-    # ------------------------------------------------------------------ resume support
-    def _recover_unrecorded(self) -> None:
-        """Children logged after the last checkpoint (the search died mid-generation)."""
-        done = {(r.generation, r.index) for r in self.records}
-        runs = self.tracker.client.search_runs(
-            [self.tracker.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent}'", max_results=50000
+        self.pool = Pool(
+            slots_for(rc.num_cpus_per_candidate, rc.num_gpus_per_candidate),
+            rc.num_cpus_per_candidate,
+            rc.num_gpus_per_candidate,
+            rc.max_retries,
         )
-        for run in runs:
-            t = run.data.tags
-            key = (int(t["hybridopt.generation"]), int(t["hybridopt.candidate"]))
-            if key in done:
-                continue
-            if run.info.status not in ("FINISHED", "FAILED"):
-                self.tracker.client.delete_run(run.info.run_id)  # half-logged: will be redone
-                continue
-            fitness = run.data.metrics.get("fitness", FAILED_FITNESS)
-            self.from_store[key] = CandidateRecord(
-                generation=key[0],
-                index=key[1],
-                unit=json.loads(t["hybridopt.genome_unit"]),
-                values=json.loads(t["hybridopt.genome"]),
-                fitness=fitness,
-                status=run.info.status,
-                reason=t.get("hybridopt.failure"),
-                run_id=run.info.run_id,
-                wall_time=run.data.metrics.get("wall_time_s", 0.0),
-                cpu_s=run.data.metrics.get("cpu_time_s", 0.0),
-                budget_cpu_s=run.data.metrics.get("budget_cpu_s", 0.0),
-            )
+        self.threads = max(1, int(rc.num_cpus_per_candidate))
 
     # ------------------------------------------------------------------ inheritance
-    def _population_members(self, population: torch.Tensor) -> list[CandidateRecord]:
+    def _population_members(self, population: torch.Tensor) -> list[tuple[int, CandidateRecord]]:
         """The record behind each row of a population (the latest with that genome)."""
         by_unit = {tuple(r.unit): r for r in self.records}
-        return [m for m in (by_unit.get(tuple(float(x) for x in u)) for u in population) if m is not None]
+        rows = ((i, by_unit.get(tuple(float(x) for x in u))) for i, u in enumerate(population))
+        return [(i, m) for i, m in rows if m is not None]
 
     def _parent_of(self, u: list[float], values: dict[str, Any]) -> Optional[CandidateRecord]:
         """The finished member of the current population that shares most genes with a child
         (ties: the nearest in the unit genome, then the first)."""
         best, key = None, None
-        for m in self.members:
+        for _, m in self.members:
             if m.status != "FINISHED":
                 continue
             shared = sum(values[g.path] == m.values[g.path] for g in self.space.genes)
@@ -227,119 +251,218 @@ class _Driver:
     def _trained_state(self, run_id: str) -> Optional[TrainState]:
         """A candidate's trained state: cached, or read back from its run (after a resume)."""
         if run_id not in self.trained:
-            try:
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = self.tracker.client.download_artifacts(run_id, STATE_ARTIFACT, tmp)
-                    self.trained[run_id] = TrainState(**torch.load(path, map_location="cpu", weights_only=True))
-            except Exception:  # noqa: BLE001 - no state kept (a failed run, an older search): start fresh
+            state = self.record.trained_state(run_id)
+            if state is None:
                 return None
+            self.trained[run_id] = state
         return self.trained[run_id]
 
-    def _start_of(self, u: list[float], values: dict[str, Any], cand: Config):
-        """``(start state, parent run id, kept groups)`` for a new candidate (``None``s: fresh)."""
-        if not self.inherits or not self.members:
-            return None, None, []
-        parent = self._parent_of(u, values)
-        state = self._trained_state(parent.run_id) if parent is not None else None
-        if parent is None or state is None:
-            return None, None, []
-        start, kept = inherit(state, self.space.config_for(self.cfg, parent.values), cand)
-        return start, parent.run_id, kept
+    def _candidate_config(self, values: dict[str, Any]) -> Config:
+        cand = self.space.config_for(self.cfg, values)
+        return cand.model_copy(update={"train": cand.train.model_copy(update={"threads": self.threads})})
+
+    def _new_job(self, index: int, u: list[float], values: dict[str, Any]) -> _Job:
+        job = _Job(index, u, values, self._candidate_config(values))
+        if self.inherits and self.members:
+            parent = self._parent_of(u, values)
+            state = self._trained_state(parent.run_id) if parent is not None else None
+            if parent is not None and state is not None:
+                start, kept = inherit(state, self.space.config_for(self.cfg, parent.values), job.cfg)
+                job.start, job.parent, job.kept = start, parent.run_id, tuple(kept)
+        return job
+
+    def _elite_jobs(self, first_index: int) -> list[_Job]:
+        """With inheritance, the population's ``elite`` best (they survive this generation) train on."""
+        if not self.inherits or self.ga is None or not self.sc.elite:
+            return []
+        evals = self.ga.population.evals[:, 0]
+        rows = sorted(range(len(evals)), key=lambda r: (-float(evals[r]), r))[: self.sc.elite]
+        by_row = dict(self.members)
+        jobs = []
+        for row in rows:
+            m = by_row.get(row)
+            state = self._trained_state(m.run_id) if m is not None and m.status == "FINISHED" else None
+            if state is None:
+                continue
+            job = _Job(first_index + len(jobs), list(m.unit), dict(m.values), self._candidate_config(m.values))
+            job.start, job.parent, job.row = state, m.run_id, row
+            plastic = [p for p in PROJECTIONS if getattr(job.cfg.plasticity, p).rule != "none"]
+            job.kept = ("weights", *(f"{p}.plasticity" for p in plastic))
+            jobs.append(job)
+        return jobs
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_generation(self, population: torch.Tensor) -> torch.Tensor:
+        """Train a generation's new candidates (and, with inheritance, its elites) through the rungs;
+        returns the new candidates' fitness and writes the elites' back into the population."""
         g = self.generation
-        n = population.shape[0]
-        fitness = torch.full((n,), FAILED_FITNESS)
-        pending: dict[Any, tuple[int, list[float], dict[str, Any], Optional[str], list[str]]] = {}
-        threads = max(1, int(self.cfg.ray.num_cpus_per_candidate))
-        done = 0
-        for i, u_t in enumerate(population):
-            u = [float(x) for x in u_t]
-            values = self.space.decode(u)
-            stored = self.from_store.pop((g, i), None)
-            if stored is not None and stored.values == values:
-                self.records.append(stored)
-                fitness[i] = stored.fitness
-                done += 1
-                continue
-            if stored is not None:  # logged for another genome (config changed between runs): redo it
-                self.tracker.client.delete_run(stored.run_id)
-            cand = self.space.config_for(self.cfg, values)
-            cand = cand.model_copy(update={"train": cand.train.model_copy(update={"threads": threads})})
-            start, parent, kept = self._start_of(u, values, cand)
-            pending[self.evaluate.remote(cand.model_dump(mode="json"), start)] = (i, u, values, parent, kept)
-        self.progress(generation=g, done=done, total=n, best=self._best_fitness())
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                i, u, values, parent, kept = pending.pop(ref)
-                try:
-                    result: TrainResult = ray.get(ref)
-                except RayError as e:
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    result = TrainResult.failure(f"worker failed after {self.cfg.ray.max_retries} retries: {first}")
-                rec = self._log_candidate(g, i, u, values, result, parent, kept)
-                fitness[i] = rec.fitness
-                done += 1
-                self.progress(generation=g, done=done, total=n, best=self._best_fitness())
+        units = [[float(x) for x in u] for u in population]
+        jobs = [self._new_job(i, u, self.space.decode(u)) for i, u in enumerate(units)]
+        jobs += self._elite_jobs(len(jobs))
+        for job in jobs:
+            stored = self.from_store.pop((g, job.index), None)
+            if stored is not None and stored.values == job.values:
+                job.stored = stored
+            elif stored is not None:  # logged for another genome (config changed between runs): redo it
+                self.record.delete(stored.run_id)
+        self._run(jobs)
+        fitness = torch.full((len(population),), FAILED_FITNESS)
+        for job in jobs:
+            rec = self._finish_record(g, job)
+            if job.row is None:
+                fitness[job.index] = rec.fitness
+            elif self.ga is not None:
+                self.ga.population.access_evals()[job.row, 0] = rec.fitness
         return fitness
 
-    def _log_candidate(
-        self,
-        g: int,
-        i: int,
-        u: list[float],
-        values: dict[str, Any],
-        result: TrainResult,
-        parent: Optional[str] = None,
-        kept: Optional[list[str]] = None,
-    ):
-        cand_cfg = self.space.config_for(self.cfg, values)
-        tags = {
-            "hybridopt.generation": str(g),
-            "hybridopt.candidate": str(i),
-            "hybridopt.genome": json.dumps(values),
-            "hybridopt.genome_unit": json.dumps(u),
-        }
-        if parent is not None:  # lineage: whose trained state it started from, and what it kept
-            tags["hybridopt.inherited_from"] = parent
-            tags["hybridopt.inherited"] = ",".join(kept or [])
-        run_id = self.tracker.start_run(
-            f"g{g:03d}-c{i:03d} {GenomeSpace.describe(values)}"[:250],
-            "candidate",
-            params=flatten(cand_cfg),
-            tags=tags,
-            parent_run_id=self.parent,
-        )
-        budget = result.state.cpu_s if result.state is not None else result.cpu_time
-        if not result.failed:
-            result.final_metrics["budget_cpu_s"] = budget
-        if self.inherits and result.state is not None and not result.failed:
-            self.trained[run_id] = result.state
-            buf = io.BytesIO()
-            torch.save(asdict(result.state), buf)
-            self.tracker.log_artifact_bytes(run_id, STATE_ARTIFACT, buf.getvalue())
-        log_result(self.tracker, run_id, result, cand_cfg, artifacts=False)
-        fit = result.fitness if math.isfinite(result.fitness) else FAILED_FITNESS
-        rec = CandidateRecord(
-            g, i, u, values, fit, result.status, result.reason, run_id, result.wall_time, result.cpu_time, budget
-        )
+    def _run(self, jobs: list[_Job]) -> None:
+        """Successive halving over ``jobs``, each promotion made as soon as it is certain."""
+        rungs, keep = self.sc.rungs, self.sc.keep
+        quota = []  # how many go on from each rung (but the last)
+        n = len(jobs)
+        for _ in rungs[:-1]:
+            n = max(1, math.ceil(keep * n))
+            quota.append(n)
+        for job in jobs:  # finished before a resume: their rungs are known
+            if job.stored is not None:
+                st = job.stored
+                job.fitness = list(st.rung_fitness) + ([-math.inf] if st.status == "FAILED" else [])
+                job.fitness = job.fitness[: st.rung + 1] or [-math.inf]
+                job.decided = job.done = True
+        self._report(jobs)
+        for job in jobs:
+            if not job.done:
+                self._submit(job, 0)
+        while True:
+            self._decide(jobs, quota)
+            if not self.pool.pending:
+                break
+            key, result = self.pool.next_result()
+            job = jobs[key]
+            job.result, job.decided = result, False  # a rung completed: its next step is to be decided
+            job.cpu_s += result.cpu_time
+            job.wall_s += result.wall_time
+            job.fitness.append(result.fitness if not result.failed else -math.inf)
+            self.record.log_rung(job.run_id, job.rung, result)
+            if result.failed or job.rung == len(rungs) - 1:
+                self._close(job)
+            self._report(jobs)
+
+    def _report(self, jobs: list[_Job]) -> None:
+        done = sum(j.done for j in jobs)
+        self.progress(generation=self.generation, done=done, total=len(jobs), best=self._best_fitness())
+
+    def _decide(self, jobs: list[_Job], quota: list[int]) -> None:
+        """Promote or stop every job whose place in its rung is certain.
+
+        Rung ``k`` sends on its ``quota[k]`` best.  A job is certainly among them when fewer than
+        ``quota[k]`` others are ahead of it or may still arrive (``pending``), and certainly not
+        when ``quota[k]`` are ahead; once the rung is complete every place is known."""
+        cap = len(jobs)  # at most how many jobs complete rung k
+        for k, m in enumerate(quota):
+            at_k = [j for j in jobs if j.rung >= k]
+            pending = cap - len(at_k)
+            ranked = sorted((j for j in at_k if j.fitness[k] > -math.inf), key=lambda j: (-j.fitness[k], j.index))
+            for place, job in enumerate(ranked):
+                if job.rung == k and not job.decided and (place + pending < m or place >= m or pending == 0):
+                    job.decided = True
+                    if place < m:
+                        self._submit(job, k + 1)
+                    else:
+                        self._close(job)
+            promoted = sum(1 for j in jobs if j.rung > k or (j.rung == k and j.decided and not j.done))
+            cap = promoted if pending == 0 else m
+
+    def _submit(self, job: _Job, rung: int) -> None:
+        if job.run_id is None:  # dispatched: its run exists from now on, RUNNING
+            desc = GenomeSpace.describe(job.values)
+            job.run_id = self.record.open_child(
+                f"g{self.generation:03d}-c{job.index:03d} {desc}",
+                self.generation,
+                job.index,
+                job.unit,
+                job.values,
+                flatten(job.cfg),
+                job.parent,
+                job.kept,
+            )
+            self.open_runs.add(job.run_id)
+        lo = self.sc.rungs[rung - 1] if rung > 0 else 0.0
+        cfg, cpu = _budget_fraction(job.cfg, lo, self.sc.rungs[rung])
+        start = job.start if rung == 0 else job.result.state
+        self.pool.submit(job.index, cfg.model_dump(mode="json"), start, None if math.isinf(cpu) else cpu)
+
+    def _close(self, job: _Job) -> None:
+        """The job stops at its last rung: its child run ends, its state is kept for children."""
+        job.decided = job.done = True
+        result = job.result
+        assert result is not None and job.run_id is not None
+        keep_state = self.inherits and not result.failed
+        self.record.close_child(job.run_id, result, job.cpu_s, job.wall_s, keep_state)
+        self.open_runs.discard(job.run_id)
+        if keep_state and result.state is not None:
+            self.trained[job.run_id] = result.state
+
+    def _finish_record(self, g: int, job: _Job) -> CandidateRecord:
+        if job.stored is not None:
+            st = job.stored
+            fit = st.metrics.get("fitness", FAILED_FITNESS) if st.status == "FINISHED" else FAILED_FITNESS
+            rec = CandidateRecord(
+                g, job.index, job.unit, job.values, fit, st.status, st.reason, st.run_id,
+                st.metrics.get("wall_time_s", 0.0), st.metrics.get("cpu_time_s", 0.0),
+                st.metrics.get("budget_cpu_s", 0.0), st.rung,
+            )  # fmt: skip
+            state_dict = None
+        else:
+            result = job.result
+            assert result is not None and job.run_id is not None
+            fit = result.fitness if not result.failed and math.isfinite(result.fitness) else FAILED_FITNESS
+            budget = result.state.cpu_s if result.state is not None else job.cpu_s
+            rec = CandidateRecord(
+                g, job.index, job.unit, job.values, fit, result.status, result.reason, job.run_id,
+                job.wall_s, job.cpu_s, budget, job.rung,
+            )  # fmt: skip
+            state_dict = result.state_dict
         self.records.append(rec)
-        if not result.failed and (self.best is None or fit > self.best[0].fitness):
-            self.best = (rec, result.state_dict)
+        if rec.status == "FINISHED" and (self.best is None or rec.fitness > self.best[0].fitness):
+            if state_dict is None:  # finished before the resume: its weights are in its state
+                state = self.record.trained_state(rec.run_id)
+                state_dict = state.model if state is not None else None
+            if state_dict is not None:
+                self.best = (rec, state_dict)
         return rec
 
     def _best_fitness(self) -> float:
         return self.best[0].fitness if self.best else float("nan")
 
     # ------------------------------------------------------------------ generation bookkeeping
+    def checkpoint(self, generation: int, population: torch.Tensor, evals: Optional[torch.Tensor], generator) -> None:
+        best_state = None
+        if self.best is not None:
+            best_state = {"record": asdict(self.best[0]), "state_dict": self.best[1]}
+        save_checkpoint(
+            self.sc.checkpoint,
+            {
+                "config": self.cfg.model_dump(mode="json"),
+                "generation": generation,
+                "population": population.clone(),
+                "evals": evals,
+                "generator": generator.get_state(),
+                "parent_run_id": self.parent,
+                "records": [asdict(r) for r in self.records],
+                "best": best_state,
+                "best_history": self.best_history,
+            },
+        )
+
     def end_generation(self, ga: GeneticAlgorithm, problem: GenomeProblem) -> None:
         g = self.generation
         pop = ga.population
         evals = pop.evals[:, 0].clone()
         this_gen = [r.fitness for r in self.records if r.generation == g and r.status == "FINISHED"]
         best = float(evals.max())
+        if self.best_history:  # an elite that trained on may measure lower: the best so far stays
+            best = max(best, self.best_history[-1])
         self.best_history.append(best)
         metrics = {
             "best_fitness": best,
@@ -350,29 +473,22 @@ class _Driver:
             "candidates_in_generation": float(sum(r.generation == g for r in self.records)),
             **_rule_counts(self.space, self.cfg, pop.values),
         }
-        self.tracker.log_metrics(self.parent, {k: v for k, v in metrics.items() if math.isfinite(v)}, step=g)
+        self.record.log_generation(g, {k: v for k, v in metrics.items() if math.isfinite(v)})
         self.members = self._population_members(pop.values)
-        alive = {m.run_id for m in self.members}
+        alive = {m.run_id for _, m in self.members}
         self.trained = {k: v for k, v in self.trained.items() if k in alive}  # only members can be parents
-        best_state = None
-        if self.best is not None:
-            best_state = {"record": asdict(self.best[0]), "state_dict": self.best[1]}
-        save_checkpoint(
-            self.sc.checkpoint,
-            {
-                "config": self.cfg.model_dump(mode="json"),
-                "generation": g,
-                "population": pop.values.clone(),
-                "evals": evals,
-                "generator": problem.generator.get_state(),
-                "parent_run_id": self.parent,
-                "records": [asdict(r) for r in self.records],
-                "best": best_state,
-                "best_history": self.best_history,
-            },
-        )
+        self.checkpoint(g, pop.values, evals, problem.generator)
+
+    def abandon(self, status: str, reason: str) -> None:
+        """The search stops early: the candidates under way end with it (a resume runs them again)."""
+        self.pool.close()
+        for run_id in sorted(self.open_runs):
+            self.tracker.end_run(run_id, status, reason)
+        self.open_runs.clear()
+        self.tracker.end_run(self.parent, status, reason)
 
     def finish(self) -> SearchOutcome:
+        self.pool.close()
         if self.best is None:
             self.tracker.end_run(self.parent, "FAILED", "every candidate failed")
             return SearchOutcome(self.parent, {}, FAILED_FITNESS, self.records, self.best_history)
@@ -427,15 +543,19 @@ def run_search(
     try:
         problem = GenomeProblem(len(driver.space), cfg.seed, driver.evaluate_generation)
         ga = make_algorithm(problem, sc, driver.space)
-        if driver.state is None:
+        driver.ga = ga
+        st = driver.state
+        if st is not None:
+            ga.population.set_values(st["population"])
+            problem.generator.set_state(st["generator"])
+            driver.generation = max(st["generation"], 0)
+        if st is None or st["generation"] < 0:
+            if st is None:  # a checkpoint before anything trains: a driver killed in generation 0 resumes
+                driver.checkpoint(-1, ga.population.values, None, problem.generator)
             problem.evaluate(ga.population)  # generation 0
             driver.end_generation(ga, problem)
         else:
-            st = driver.state
-            ga.population.set_values(st["population"])
             ga.population.set_evals(st["evals"])
-            problem.generator.set_state(st["generator"])
-            driver.generation = st["generation"]
         # The initial population is evaluated above, so the GA must not evaluate it again.
         ga._first_iter = False
         while driver.generation + 1 < sc.generations:
@@ -443,9 +563,9 @@ def run_search(
             ga.step()
             driver.end_generation(ga, problem)
     except KeyboardInterrupt:
-        tracker.end_run(driver.parent, "KILLED", "interrupted")
+        driver.abandon("KILLED", "interrupted")
         raise
     except BaseException as e:
-        tracker.end_run(driver.parent, "FAILED", f"{type(e).__name__}: {e}")
+        driver.abandon("FAILED", f"{type(e).__name__}: {e}")
         raise
     return driver.finish()

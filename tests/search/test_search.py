@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -21,7 +23,9 @@ pytestmark = pytest.mark.slow
 SMOKE = str(CONFIGS / "smoke_search.yaml")
 # population 4, elite 2: 4 initial candidates, then 2 children per generation
 THREE_GENERATIONS = ["--set", "search.generations=3"]
-EXPECTED_CHILDREN = 4 + 2 + 2
+# generation 0: the population; later ones: 2 children and the 2 elites training on
+EXPECTED_CHILDREN = 4 + 4 + 4
+RUNG_STEPS = {0: 1, 1: 2, 2: 4}  # rungs [0.25, 0.5, 1.0] of train.steps = 4
 
 
 @pytest.fixture
@@ -111,7 +115,29 @@ def test_search_logs_parent_and_children(reference):
         for proj in ("input", "recurrent", "readout"):
             assert f"plasticity.{proj}.rule" in c.data.params and f"plasticity.{proj}.modulation" in c.data.params
         assert "fitness" in c.data.metrics and c.info.status == "FINISHED"
-        assert len(client.get_metric_history(c.info.run_id, "train/loss")) == 4
+        rung = int(c.data.tags["hybridopt.rung"])
+        assert len(client.get_metric_history(c.info.run_id, "train/loss")) == RUNG_STEPS[rung]
+        rung_fitness = client.get_metric_history(c.info.run_id, "rung_fitness")
+        assert sorted(m.step for m in rung_fitness) == list(range(rung + 1))
+        assert max(rung_fitness, key=lambda m: m.step).value == c.data.metrics["fitness"]
+        assert c.info.end_time - c.info.start_time >= 1000 * c.data.metrics["wall_time_s"] * 0.5  # created at dispatch
+    # successive halving, every generation: 4 candidates, the best 2 to rung 1, the best of those to rung 2
+    for g in range(3):
+        rungs = sorted(
+            int(c.data.tags["hybridopt.rung"]) for c in children if c.data.tags["hybridopt.generation"] == str(g)
+        )
+        assert rungs == [0, 0, 1, 2], (g, rungs)
+        # promoted: the rung's best (ties to the lower candidate number)
+        gen = [c for c in children if c.data.tags["hybridopt.generation"] == str(g)]
+        first = {c.info.run_id: client.get_metric_history(c.info.run_id, "rung_fitness") for c in gen}
+        r0 = sorted(
+            gen,
+            key=lambda c: (
+                -min(first[c.info.run_id], key=lambda m: m.step).value,
+                int(c.data.tags["hybridopt.candidate"]),
+            ),
+        )
+        assert sorted(int(c.data.tags["hybridopt.rung"]) for c in r0[:2]) == [1, 2]
     best = [
         m.value for m in sorted(client.get_metric_history(parent.info.run_id, "best_fitness"), key=lambda m: m.step)
     ]
@@ -125,17 +151,28 @@ def test_search_logs_parent_and_children(reference):
     for c in children:
         gen, tags, m = int(c.data.tags["hybridopt.generation"]), c.data.tags, c.data.metrics
         losses = client.get_metric_history(c.info.run_id, "train/loss")
+        n = RUNG_STEPS[int(tags["hybridopt.rung"])]
         if gen == 0:
             assert "hybridopt.inherited_from" not in tags
             assert m["budget_cpu_s"] == pytest.approx(m["cpu_time_s"])
-            assert sorted(x.step for x in losses) == [1, 2, 3, 4]
+            assert sorted(x.step for x in losses) == list(range(1, n + 1))
             continue
         src = by_id[tags["hybridopt.inherited_from"]]
-        assert int(src.data.tags["hybridopt.generation"]) < gen and src.info.status == "FINISHED"
+        assert int(src.data.tags["hybridopt.generation"]) == gen - 1 and src.info.status == "FINISHED"
         assert tags["hybridopt.inherited"].split(",")[0] == "weights"
         assert m["budget_cpu_s"] == pytest.approx(src.data.metrics["budget_cpu_s"] + m["cpu_time_s"])
         first = int(src.data.metrics["train_steps"]) + 1
-        assert sorted(x.step for x in losses) == list(range(first, first + 4))
+        assert sorted(x.step for x in losses) == list(range(first, first + n))
+    # the elites trained on: two candidates of each later generation carry on a previous member's genome
+    for g in (1, 2):
+        gen = [c for c in children if c.data.tags["hybridopt.generation"] == str(g)]
+        same = [
+            c
+            for c in gen
+            if by_id[c.data.tags["hybridopt.inherited_from"]].data.tags["hybridopt.genome"]
+            == c.data.tags["hybridopt.genome"]
+        ]
+        assert len(same) >= 2
     cpu = [x.value for x in sorted(client.get_metric_history(parent.info.run_id, "cpu_s"), key=lambda x: x.step)]
     assert len(cpu) == 3 and cpu[-1] == pytest.approx(sum(c.data.metrics["cpu_time_s"] for c in children))
     assert any(k.startswith("rules/input/") for k in parent.data.metrics)
@@ -143,17 +180,50 @@ def test_search_logs_parent_and_children(reference):
     assert {"weights.pt", "best_genome.yaml", "config.yaml"} <= arts
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_search(reference, tmp_path: Path, ray_tmp: str):
+def _children_in_store(db: Path, generation: int, status: Optional[str] = None) -> int:
+    """Child runs of ``generation`` in the SQLite store a running search writes (read-only peek)."""
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            rows = con.execute(
+                "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid"
+                " WHERE t.key = 'hybridopt.generation' AND t.value = ?",
+                (str(generation),),
+            ).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+    return sum(status is None or r[0] == status for r in rows)
+
+
+KILL_POINTS = {
+    # generation 0 under way, nothing finished (before any generation's checkpoint)
+    "generation 0, first candidate dispatched": lambda db: _children_in_store(db, 0) >= 1,
+    # generation 0, some candidates finished and some running
+    "generation 0, a candidate finished": lambda db: _children_in_store(db, 0, "FINISHED") >= 1,
+    # generation 1 under way: after generation 0's metrics and checkpoint
+    "generation 1 under way": lambda db: _children_in_store(db, 1) >= 1,
+}
+
+
+@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
+def test_sigkill_then_resume_matches_an_uninterrupted_search(kill_point, reference, tmp_path: Path, ray_tmp: str):
     ref_dir, ref_store = reference
-    store = f"sqlite:///{tmp_path / 'm.db'}"
+    db = tmp_path / "m.db"
+    store = f"sqlite:///{db}"
     ckpt = tmp_path / "c.ckpt"
     args = [SMOKE, *THREE_GENERATIONS, "--tracking-uri", store, "--set", f"search.checkpoint={ckpt}"]
     proc = start_search(args, tmp_path, ray_tmp)
     try:
-        wait_for(ckpt.exists, 240, "the first generation's checkpoint")
+        wait_for(lambda: KILL_POINTS[kill_point](db) or proc.poll() is not None, 240, kill_point)
+        assert proc.poll() is None, "the search ended before the kill point"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
+    subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)  # the killed driver's Ray goes too
     p = search([*args, "--resume"], tmp_path, ray_tmp)
     assert p.returncode == 0, p.stderr
     client, parents, children = runs_of(store)
@@ -161,9 +231,24 @@ def test_sigkill_then_resume_matches_an_uninterrupted_search(reference, tmp_path
     assert len(parents) == 1  # the same parent run, continued
     assert len(children) == len(ref_children) == EXPECTED_CHILDREN
     keys = sorted((c.data.tags["hybridopt.generation"], c.data.tags["hybridopt.candidate"]) for c in children)
-    assert len(set(keys)) == len(keys)  # nothing re-logged
+    assert len(set(keys)) == len(keys)  # nothing re-logged, nothing orphaned
+    assert {c.info.status for c in children} == {"FINISHED"}  # nothing left RUNNING
+
+    # the same search: every candidate's fitness and stopping rung as in the uninterrupted one
+    def outcome(runs):
+        return {
+            (c.data.tags["hybridopt.generation"], c.data.tags["hybridopt.candidate"]): (
+                c.data.metrics["fitness"],
+                c.data.tags["hybridopt.rung"],
+            )
+            for c in runs
+        }
+
+    assert outcome(children) == outcome(ref_children)
     assert best_genome(client, parents[0].info.run_id) == best_genome(ref_client, ref_parents[0].info.run_id)
-    assert client.get_run(parents[0].info.run_id).info.status == "FINISHED"
+    parent = client.get_run(parents[0].info.run_id)
+    assert parent.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "best_fitness")) == [0, 1, 2]
 
 
 def test_resume_refuses_a_mismatched_or_corrupt_checkpoint(tmp_path: Path, store: str, ray_tmp: str):
@@ -200,7 +285,7 @@ def test_a_killed_worker_is_retried_and_every_candidate_accounted_for(tmp_path: 
                 env = Path(f"/proc/{pid}/environ").read_bytes()
             except OSError:
                 continue
-            if cmd.startswith(b"ray::evaluate_candidate") and ray_tmp.encode() in env:
+            if cmd.startswith(b"ray::CandidateWorker.train") and ray_tmp.encode() in env:
                 os.kill(int(pid), signal.SIGKILL)
                 killed.append(pid)
                 return True
@@ -215,7 +300,7 @@ def test_a_killed_worker_is_retried_and_every_candidate_accounted_for(tmp_path: 
     assert proc.returncode == 0, err
     _, parents, children = runs_of(store)
     assert killed and len(parents) == 1
-    assert len(children) == 4 + 2
+    assert len(children) == 4 + 4
     assert all(c.info.status == "FINISHED" and "fitness" in c.data.metrics for c in children)
 
 
@@ -230,7 +315,7 @@ def test_a_failing_candidate_is_a_failed_child_and_the_search_goes_on(tmp_path: 
     _, parents, children = runs_of(store)
     failed = [c for c in children if c.info.status == "FAILED"]
     finished = [c for c in children if c.info.status == "FINISHED"]
-    assert len(children) == 6 and failed and finished
+    assert len(children) == 4 + 4 and failed and finished
     by_id = {c.info.run_id: c for c in children}
     for c in failed:
         assert c.data.params["plasticity.input.rule"] == "hebbian"
@@ -248,15 +333,16 @@ def test_ctrl_c_ends_the_search_run_as_killed(tmp_path: Path, store: str, ray_tm
     args = [SMOKE, "--tracking-uri", store, "--set", "train.steps=150", "--set", f"search.checkpoint={ckpt}"]
     proc = start_search(args, tmp_path, ray_tmp)
     try:
-        wait_for(ckpt.exists, 240, "the first checkpoint")
+        wait_for(lambda: _children_in_store(tmp_path / "m.db", 0) >= 1, 240, "a candidate under way")
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
-    _, parents, _ = runs_of(store)
+    _, parents, children = runs_of(store)
     assert parents[0].info.status == "KILLED"
+    assert children and "RUNNING" not in {c.info.status for c in children}  # those under way end KILLED
 
 
 def test_without_inheritance_every_candidate_trains_from_scratch(tmp_path: Path, store: str, ray_tmp: str):
