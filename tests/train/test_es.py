@@ -155,11 +155,18 @@ def test_cli_search_on_locomotion(tmp_path):
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("smoke_locomotion_search").experiment_id])
     children = [r for r in runs if r.data.tags.get("hybridopt.kind") == "candidate"]
-    assert len(children) == 6  # population 4, then 2 children next to 2 elites
+    assert len(children) == 8  # population 4, then 2 children and the 2 elites training on
     for run in children:
         assert run.info.status == "FINISHED", run.data.tags.get("hybridopt.failure")
         for c in CONDITIONS:
             assert f"eval/return/{c}" in run.data.metrics
+    # the ES loop continues inherited policies: generation 1 goes on from generation 0's states
+    later = [r for r in children if r.data.tags["hybridopt.generation"] == "1"]
+    assert all("hybridopt.inherited_from" in r.data.tags for r in later)
+    for r in later:
+        src = client.get_run(r.data.tags["hybridopt.inherited_from"])
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/return_mean")]
+        assert min(steps) == int(src.data.metrics["train_steps"]) + 1
 
 
 def test_es_continues_from_a_state(cfg, result):
