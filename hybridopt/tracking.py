@@ -31,7 +31,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-__all__ = ["DEFAULT_URI", "Tracker", "TrackingError", "check_reachable", "resolve_uri"]
+__all__ = ["DEFAULT_URI", "Tracker", "TrackingError", "check_reachable", "final_metrics", "log_result", "resolve_uri"]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 _PARAM_MAX = 6000
@@ -167,6 +167,18 @@ class Tracker:
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
 
 
+def final_metrics(result: Any, wall_s: float, cpu_s: float, **extra: float) -> dict[str, float]:
+    """A run's closing metrics at its last step: the final evaluation and ``fitness`` (when it
+    finished), its cost and size, and ``extra``; less what its curves already logged at that step."""
+    final = {**result.final_metrics, **extra} if not result.failed else {}
+    final.update({"wall_time_s": wall_s, "cpu_time_s": cpu_s, "train_steps": result.steps, "episodes": result.episodes})
+    if not result.failed:
+        final["fitness"] = result.fitness
+    if result.history and result.history[-1][0] == result.steps:  # logged with the curves already
+        final = {k: v for k, v in final.items() if k not in result.history[-1][1]}
+    return final
+
+
 def log_result(tracker: Tracker, run_id: str, result: Any, config: Any, *, artifacts: bool = True) -> None:
     """Record a :class:`~hybridopt.train.result.TrainResult`: curves and final metrics and,
     with ``artifacts``, the resolved config and (when it finished) the weights; then end
@@ -176,20 +188,7 @@ def log_result(tracker: Tracker, run_id: str, result: Any, config: Any, *, artif
     from hybridopt.train.weights import weights_bytes
 
     tracker.log_history(run_id, result.history)
-    final = dict(result.final_metrics)
-    final.update(
-        {
-            "wall_time_s": result.wall_time,
-            "cpu_time_s": result.cpu_time,
-            "train_steps": result.steps,
-            "episodes": result.episodes,
-        }
-    )
-    if not result.failed:
-        final["fitness"] = result.fitness
-    if result.history and result.history[-1][0] == result.steps:  # logged with the curves already
-        final = {k: v for k, v in final.items() if k not in result.history[-1][1]}
-    tracker.log_history(run_id, [(result.steps, final)])
+    tracker.log_history(run_id, [(result.steps, final_metrics(result, result.wall_time, result.cpu_time))])
     if artifacts:
         tracker.log_artifact_bytes(run_id, "config.yaml", yaml.safe_dump(config.model_dump(mode="json")).encode())
     if artifacts and not result.failed:

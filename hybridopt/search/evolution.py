@@ -267,7 +267,7 @@ class _Driver:
             parent = self._parent_of(u, values)
             state = self._trained_state(parent.run_id) if parent is not None else None
             if parent is not None and state is not None:
-                start, kept = inherit(state, self.space.config_for(self.cfg, parent.values), job.cfg)
+                start, kept = inherit(state, self._candidate_config(parent.values), job.cfg)
                 job.start, job.parent, job.kept = start, parent.run_id, tuple(kept)
         return job
 
@@ -285,9 +285,8 @@ class _Driver:
             if state is None:
                 continue
             job = _Job(first_index + len(jobs), list(m.unit), dict(m.values), self._candidate_config(m.values))
-            job.start, job.parent, job.row = state, m.run_id, row
-            plastic = [p for p in PROJECTIONS if getattr(job.cfg.plasticity, p).rule != "none"]
-            job.kept = ("weights", *(f"{p}.plasticity" for p in plastic))
+            start, kept = inherit(state, job.cfg, job.cfg)  # its own state: everything, optimiser included
+            job.start, job.parent, job.kept, job.row = start, m.run_id, tuple(kept), row
             jobs.append(job)
         return jobs
 

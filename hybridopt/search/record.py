@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 
-from hybridopt.tracking import Tracker
+from hybridopt.tracking import Tracker, final_metrics
 from hybridopt.train import TrainResult, TrainState
 
 __all__ = ["STATE_ARTIFACT", "ChildRun", "SearchRecord"]
@@ -86,25 +86,13 @@ class SearchRecord:
 
     def close_child(self, run_id: str, result: TrainResult, cpu_s: float, wall_s: float, keep_state: bool) -> None:
         """End a child at the rung where it stopped: final metrics, its state, its status."""
-        if not result.failed:
-            final = {
-                **result.final_metrics,
-                "fitness": result.fitness,
-                "wall_time_s": wall_s,
-                "cpu_time_s": cpu_s,
-                "budget_cpu_s": result.state.cpu_s if result.state is not None else cpu_s,
-                "train_steps": result.steps,
-                "episodes": result.episodes,
-            }
-            if result.history and result.history[-1][0] == result.steps:  # logged with the curves already
-                final = {k: v for k, v in final.items() if k not in result.history[-1][1]}
-            self.tracker.log_history(run_id, [(result.steps, final)])
-            if keep_state and result.state is not None:
-                buf = io.BytesIO()
-                torch.save(asdict(result.state), buf)
-                self.tracker.log_artifact_bytes(run_id, STATE_ARTIFACT, buf.getvalue())
-        else:
-            self.tracker.log_history(run_id, [(result.steps, {"wall_time_s": wall_s, "cpu_time_s": cpu_s})])
+        budget = result.state.cpu_s if result.state is not None else cpu_s
+        extra = {"budget_cpu_s": budget} if not result.failed else {}
+        self.tracker.log_history(run_id, [(result.steps, final_metrics(result, wall_s, cpu_s, **extra))])
+        if keep_state and result.state is not None and not result.failed:
+            buf = io.BytesIO()
+            torch.save(asdict(result.state), buf)
+            self.tracker.log_artifact_bytes(run_id, STATE_ARTIFACT, buf.getvalue())
         self.tracker.end_run(run_id, result.status, result.reason)
 
     def trained_state(self, run_id: str) -> Optional[TrainState]:
