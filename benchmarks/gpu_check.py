@@ -1,11 +1,13 @@
-"""The fused plastic-synapse kernel on a CUDA device: exactness against the reference, then timing.
+"""The fused kernel and the compiled time steps on a CUDA device: exactness against the reference, then timing.
 
 Part 1, exactness: every family x mode on the recurrent projection (and one network with all three
 projections plastic, every mode), ``B=8, N=64, T=120`` with the clip active: readout and spikes
 equal, final ``H`` equal, every parameter's gradient within float32 tolerance of the reference's;
-each also with the steps through ``torch.compile`` (``compile="always"``: Triton on CUDA).
+each also with the steps through ``torch.compile`` (``compile="always"``: Triton on CUDA), and
+with whole time steps compiled (``kernel="compiled"``, the default at small sizes).
 Part 2, timing: ``(B, N, T) = (32, 256, 200)``, Oja / plain on the recurrent projection, reference
-vs fused (compiled, as ``compile="auto"`` does at this size; eager; and storing every step):
+vs fused (compiled, as ``compile="auto"`` does at this size; eager; and storing every step) vs
+whole compiled time steps; and the same at the cue-association size ``--small`` (32, 64, 240):
 median ms of forward + backward over 5 runs after a warm-up
 (``torch.cuda.synchronize`` around each), and peak allocated device memory.
 
@@ -60,19 +62,23 @@ def exactness(device: torch.device, B: int, N: int, T: int) -> list[dict]:
         net = PlasticSNN(spec, seed=3).to(device)
         y0, s0, st0, g0 = run(net, "reference", x)
         row = {"check": label}
-        for interval, tag, compile_ in (
-            (None, "recompute", "never"),
-            (0, "store", "never"),
-            (None, "compiled", "always"),
+        for kernel, interval, tag, compile_ in (
+            ("fused", None, "recompute", "never"),
+            ("fused", 0, "store", "never"),
+            ("fused", None, "compiled", "always"),
+            ("compiled", None, "steps", "never"),
         ):
-            y1, s1, st1, g1 = run(net, "fused", x, interval, compile_)
+            y1, s1, st1, g1 = run(net, kernel, x, interval, compile_)
             rel = max(((g1[n] - g).abs().max() / g.abs().max().clamp(min=1e-12)).item() for n, g in g0.items())
             same_H = all(
                 torch.equal(getattr(st0, n).H, getattr(st1, n).H) for n in PROJECTIONS if getattr(st0, n) is not None
             )
+            compiled = tag in ("compiled", "steps")
             # compiled code may round differently (fused multiply-adds): allow a rare flipped spike there
             flips = (s0 != s1).float().mean().item()
-            ok = flips <= (1e-3 if tag == "compiled" else 0.0) and torch.allclose(y0, y1, rtol=1e-5, atol=1e-6)
+            ok = flips <= (1e-3 if compiled else 0.0) and torch.allclose(
+                y0, y1, rtol=1e-5, atol=1e-4 if compiled else 1e-6
+            )
             ok = ok and rel < 1e-3
             row[tag] = {
                 "y_equal": torch.equal(y0, y1),
@@ -82,7 +88,7 @@ def exactness(device: torch.device, B: int, N: int, T: int) -> list[dict]:
                 "grad_max_rel_err": rel,
                 "ok": ok,
             }
-        row["ok"] = row["recompute"]["ok"] and row["store"]["ok"] and row["compiled"]["ok"]
+        row["ok"] = all(row[t]["ok"] for t in ("recompute", "store", "compiled", "steps"))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -107,6 +113,7 @@ def timing(device: torch.device, B: int, N: int, T: int, repeats: int) -> list[d
         ("fused", "fused", None, "always"),
         ("fused-eager", "fused", None, "never"),
         ("fused-store", "fused", 0, "never"),
+        ("steps", "compiled", None, "never"),
     )
     for variant, kernel, interval, compile_ in variants:
         spec = NetworkSpec(
@@ -114,7 +121,7 @@ def timing(device: torch.device, B: int, N: int, T: int, repeats: int) -> list[d
             recurrent=ProjectionSpec(rule="oja"),
         )  # fmt: skip
         net = PlasticSNN(spec, seed=0).to(device)
-        _time_once(net, x, interval, device)  # warm-up
+        _time_once(net, x, interval, device)  # warm-up (compiles)
         torch.cuda.reset_peak_memory_stats(device)
         ms = 1e3 * statistics.median(_time_once(net, x, interval, device) for _ in range(repeats))
         row = {"B": B, "N": N, "T": T, "variant": variant, "ms": ms}
@@ -129,6 +136,7 @@ def timing(device: torch.device, B: int, N: int, T: int, repeats: int) -> list[d
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="32,256,200", help="B,N,T for the timing")
+    parser.add_argument("--small", default="32,64,240", help="B,N,T for a second timing at the tasks' size")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -138,15 +146,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
     checks = exactness(device, B=8, N=64, T=120)
     B, N, T = (int(v) for v in args.size.split(","))
-    times = timing(device, B, N, T, args.repeats)
-    ref = next(r for r in times if r["variant"] == "reference")
+    sizes = [(B, N, T), tuple(int(v) for v in args.small.split(","))]
+    times = {size: timing(device, *size, args.repeats) for size in sizes}
     print()
     print(f"exactness: {sum(r['ok'] for r in checks)}/{len(checks)} configurations ok")
-    for r in times:
-        print(
-            f"{r['variant']:<12} {r['ms']:9.1f} ms  x{ref['ms'] / r['ms']:5.2f} vs reference   "
-            f"peak {r['peak_mem_mb']:8.0f} MB  ({r['peak_mem_mb'] / ref['peak_mem_mb']:.2f} of reference)"
-        )
+    for size, rows in times.items():
+        ref = next(r for r in rows if r["variant"] == "reference")
+        print(f"B, N, T = {size}")
+        for r in rows:
+            print(
+                f"{r['variant']:<12} {r['ms']:9.1f} ms  x{ref['ms'] / r['ms']:5.2f} vs reference   "
+                f"peak {r['peak_mem_mb']:8.0f} MB  ({r['peak_mem_mb'] / ref['peak_mem_mb']:.2f} of reference)"
+            )
     sys.exit(0 if all(r["ok"] for r in checks) else 1)
 
 

@@ -103,16 +103,13 @@ def run_worker(B: int, N: int, T: int, variant: str, args: argparse.Namespace) -
     }
 
 
-def _child(argv: list[str], timeout: float) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+def run_json(module: str, argv: list[str], timeout: float, env: dict | None = None) -> dict:
+    """``python -m module *argv`` in a fresh single-threaded process; its last stdout line as JSON,
+    or ``{"error": ...}`` when it failed or timed out."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.plastic_step", *argv],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+            [sys.executable, "-m", module, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
@@ -120,6 +117,10 @@ def _child(argv: list[str], timeout: float) -> dict:
         tail = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
         return {"error": f"exit status {out.returncode}: {tail}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _child(argv: list[str], timeout: float) -> dict:
+    return run_json("benchmarks.plastic_step", argv, timeout)
 
 
 def _ratio(a, b) -> str:

@@ -98,8 +98,9 @@ class NetworkConfig(Strict):
     input_gain: Positive = 1.0
     recurrent_gain: Annotated[float, Field(ge=0.0)] = 0.5
     readout_gain: Positive = 1.0
-    # how training differentiates a sequence: the fused plastic-synapse kernel, or plain autograd
-    kernel: Literal["fused", "reference"] = "fused"
+    # how training differentiates a sequence: whole compiled time steps, the fused plastic-synapse
+    # kernel, or plain autograd; auto: compiled steps for small plastic states, fused for large ones
+    kernel: Literal["auto", "compiled", "fused", "reference"] = "auto"
     # whether the fused kernel's steps go through torch.compile: for large plastic states (auto)
     compile: Literal["auto", "always", "never"] = "auto"
 

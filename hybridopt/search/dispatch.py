@@ -97,7 +97,10 @@ class Pool:
         while True:
             if not self._running:
                 raise RuntimeError("no job is running")
-            (ref,), _ = ray.wait(list(self._running), num_returns=1)
+            ready: list = []
+            while not ready:  # in short waits: a blocking ray.wait would hold Ctrl-C until a job ends
+                ready, _ = ray.wait(list(self._running), num_returns=1, timeout=0.5)
+            (ref,) = ready
             actor, job = self._running.pop(ref)
             try:
                 result: TrainResult = ray.get(ref)

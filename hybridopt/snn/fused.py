@@ -79,9 +79,11 @@ __all__ = [
     "BufferPool",
     "PlasticTape",
     "clip_backward",
+    "compile_available",
     "default_interval",
     "fused_plastic_current",
     "fused_plasticity_step",
+    "mark_compile_broken",
 ]
 
 
@@ -186,6 +188,15 @@ def compile_available() -> Optional[str]:
     return None
 
 
+def mark_compile_broken(e: Exception, what: str) -> None:
+    """Compiling failed here: remember why (every compiled path then steps aside) and warn once."""
+    import warnings
+
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    _compile_broken.append(f"{type(e).__name__}: {first}")
+    warnings.warn(f"{what} ({_compile_broken[0]})", stacklevel=3)
+
+
 def _run_compiled(name: str, *args) -> tuple[bool, object]:
     """Call a compiled step: ``(True, result)``, or ``(False, None)`` once compiling has failed
     (the caller then takes the eager path, which gives the same values)."""
@@ -194,12 +205,7 @@ def _run_compiled(name: str, *args) -> tuple[bool, object]:
     try:
         return True, _compiled_fn(name)(*args)
     except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why once
-        import warnings
-
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        _compile_broken.append(f"{type(e).__name__}: {first}")
-        msg = f"compiled plastic step unavailable, using the eager fused kernel ({_compile_broken[0]})"
-        warnings.warn(msg, stacklevel=2)
+        mark_compile_broken(e, "compiled plastic step unavailable, using the eager fused kernel")
         return False, None
 
 

@@ -16,13 +16,17 @@ The maths is :func:`network_step` over explicit :class:`NetworkParams` and
 :class:`NetworkState`; :class:`PlasticSNN` is the thin ``nn.Module`` that owns the
 parameters and runs the time loop.
 
-``NetworkSpec.kernel`` picks how a sequence is differentiated: ``"fused"`` (the default) runs
-every plastic projection's ``B x I x J`` work through :mod:`hybridopt.snn.fused` (same
-forward values, a fraction of the memory and time in training); ``"reference"`` is plain
-autograd through the same equations, kept as the yardstick the fused kernel is tested against.
-``NetworkSpec.compile`` says whether the fused kernel's steps go through ``torch.compile``
-(``"auto"``: for plastic states of at least
-:data:`~hybridopt.snn.fused.COMPILE_MIN_ELEMENTS` elements, where the compile time pays).
+``NetworkSpec.kernel`` picks how a sequence is differentiated: ``"compiled"`` runs whole time
+steps, several at a time, as compiled units (:mod:`hybridopt.snn.compiled`: at the tasks' own
+sizes a step's cost is per-operation overhead, which this removes); ``"fused"`` runs every
+plastic projection's ``B x I x J`` work through :mod:`hybridopt.snn.fused` (a fraction of the
+memory, which is what limits large plastic states); ``"auto"`` (the default) takes the first
+below :data:`~hybridopt.snn.fused.COMPILE_MIN_ELEMENTS` elements of plastic state and the
+second from there on; ``"reference"`` is plain autograd through the same equations, kept as
+the yardstick the others are tested against.  All give the same forward values (up to float
+rounding where compiled).  ``NetworkSpec.compile`` says whether the fused kernel's steps go
+through ``torch.compile`` (``"auto"``: for plastic states of at least ``COMPILE_MIN_ELEMENTS``
+elements, where the compile time pays).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from hybridopt.snn.compiled import compiled_sequence, compiled_step
 from hybridopt.snn.fused import (
     COMPILE_MIN_ELEMENTS,
     BufferPool,
@@ -65,11 +70,12 @@ __all__ = [
     "PlasticSNN",
     "ProjectionParams",
     "ProjectionSpec",
+    "StepConstants",
     "network_step",
 ]
 
 PROJECTIONS = ("input", "recurrent", "readout")
-KERNELS = ("fused", "reference")
+KERNELS = ("auto", "compiled", "fused", "reference")
 COMPILE = ("auto", "always", "never")
 
 
@@ -142,7 +148,7 @@ class NetworkSpec:
     input: ProjectionSpec = field(default_factory=ProjectionSpec)
     recurrent: ProjectionSpec = field(default_factory=ProjectionSpec)
     readout: ProjectionSpec = field(default_factory=ProjectionSpec)
-    kernel: str = "fused"
+    kernel: str = "auto"
     checkpoint_interval: Optional[int] = None
     compile: str = "auto"
 
@@ -198,8 +204,33 @@ class NetworkState(NamedTuple):
     readout: Optional[PlasticState]
 
 
+class StepConstants(NamedTuple):
+    """The float hyper-parameters a step reads, as Python floats or as 0-d tensors (with tensors
+    one compiled step serves every value; see :mod:`hybridopt.snn.compiled`).  ``trace_decay`` and
+    ``h_max`` are per projection, in :data:`PROJECTIONS` order."""
+
+    beta: float | Tensor
+    theta: float | Tensor
+    readout_decay: float | Tensor
+    trace_decay: tuple[float | Tensor, ...]
+    h_max: tuple[float | Tensor, ...]
+
+    @classmethod
+    def of(cls, spec: NetworkSpec, like: Optional[Tensor] = None) -> StepConstants:
+        """The spec's values; as 0-d tensors of ``like``'s dtype and device when given."""
+        as_t = (lambda v: torch.tensor(v, dtype=like.dtype, device=like.device)) if like is not None else float
+        projs = [spec.projection(name) for name in PROJECTIONS]
+        return cls(
+            as_t(spec.beta),
+            as_t(spec.theta),
+            as_t(spec.readout_decay),
+            tuple(as_t(p.trace_decay) for p in projs),
+            tuple(float(p.h_max) for p in projs),  # a constant of the step: it bounds B x I x J work
+        )
+
+
 def _projection_forward(
-    spec: ProjectionSpec, p: ProjectionParams, pre: Tensor, st: Optional[PlasticState], tape: Optional[PlasticTape]
+    p: ProjectionParams, pre: Tensor, st: Optional[PlasticState], tape: Optional[PlasticTape]
 ) -> Tensor:
     if st is not None and tape is not None:
         return fused_plastic_current(tape, pre, p.W, p.alpha, st.H)
@@ -214,22 +245,22 @@ def _projection_update(
     post: Tensor,
     features: Tensor,
     tape: Optional[PlasticTape],
+    trace_decay: float | Tensor,
+    h_max: float | Tensor,
 ) -> Optional[PlasticState]:
     if st is None:
         return None
     M = modulator_signal(features, p.w_M, p.b_M) if spec.modulated else None
     if tape is not None:
-        return fused_plasticity_step(
-            tape, st, pre, post, trace_decay=spec.trace_decay, coeffs=p.coeffs, mod=p.mod, M=M
-        )  # fmt: skip
+        return fused_plasticity_step(tape, st, pre, post, trace_decay=trace_decay, coeffs=p.coeffs, mod=p.mod, M=M)
     return plasticity_step(
         spec.rule,
         spec.modulation,
         st,
         pre,
         post,
-        trace_decay=spec.trace_decay,
-        h_max=spec.h_max,
+        trace_decay=trace_decay,
+        h_max=h_max,
         coeffs=p.coeffs,
         mod=p.mod,
         M=M,
@@ -242,40 +273,47 @@ def network_step(
     x: Tensor,
     state: NetworkState,
     tapes: Optional[Mapping[str, PlasticTape]] = None,
+    consts: Optional[StepConstants] = None,
 ) -> tuple[Tensor, Tensor, NetworkState]:
     """One time step; returns ``(y_t, s_t, new_state)`` (equations in the module docstring).
 
     ``tapes`` (projection name -> :class:`~hybridopt.snn.fused.PlasticTape`, one per plastic
     projection, made for this sequence) routes those projections through the fused kernel;
-    without it the step is plain autograd.  The values are the same either way."""
+    without it the step is plain autograd.  The values are the same either way.  ``consts``
+    (default: the spec's) gives the float hyper-parameters the step reads."""
     tp = {name: (tapes or {}).get(name) for name in PROJECTIONS}
+    c = consts if consts is not None else StepConstants.of(spec)
+    lif_p = LIFParameters(c.beta, c.theta, spec.reset, spec.surrogate, spec.slope)
     s_prev = state.lif.s
     current = (
-        _projection_forward(spec.input, params.input, x, state.input, tp["input"])
-        + _projection_forward(spec.recurrent, params.recurrent, s_prev, state.recurrent, tp["recurrent"])
+        _projection_forward(params.input, x, state.input, tp["input"])
+        + _projection_forward(params.recurrent, s_prev, state.recurrent, tp["recurrent"])
         + params.b_hidden
     )
-    s, lif = lif_step(current, state.lif, spec.lif)
-    y = (
-        spec.readout_decay * state.y
-        + _projection_forward(spec.readout, params.readout, s, state.readout, tp["readout"])
-        + params.b_out
-    )
+    s, lif = lif_step(current, state.lif, lif_p)
+    y = c.readout_decay * state.y + _projection_forward(params.readout, s, state.readout, tp["readout"]) + params.b_out
     features = (
         torch.cat([x, s], dim=1) if (spec.input.modulated or spec.recurrent.modulated or spec.readout.modulated) else s
     )
-    new = NetworkState(
-        lif=lif,
-        y=y,
-        input=_projection_update(spec.input, params.input, state.input, x, s, features, tp["input"]),
-        recurrent=_projection_update(
-            spec.recurrent, params.recurrent, state.recurrent, s_prev, s, features, tp["recurrent"]
-        ),
-        readout=_projection_update(
-            spec.readout, params.readout, state.readout, s, torch.tanh(y), features, tp["readout"]
-        ),
-    )
-    return y, s, new
+    pre_post = {
+        "input": (x, s),
+        "recurrent": (s_prev, s),
+        "readout": (s, torch.tanh(y) if state.readout is not None else y),
+    }
+    plastic = {
+        name: _projection_update(
+            spec.projection(name),
+            getattr(params, name),
+            getattr(state, name),
+            *pre_post[name],
+            features,
+            tp[name],
+            c.trace_decay[i],
+            c.h_max[i],
+        )  # fmt: skip
+        for i, name in enumerate(PROJECTIONS)
+    }
+    return y, s, NetworkState(lif=lif, y=y, **plastic)
 
 
 class _Projection(nn.Module):
@@ -345,7 +383,7 @@ class PlasticSNN(nn.Module):
 
     def __getstate__(self) -> dict:
         # the fused kernel's buffer pool is scratch memory: not part of the network
-        return {k: v for k, v in self.__dict__.items() if k != "_pool"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_pool", "_consts")}
 
     def _compiles(self, batch: int, name: str) -> bool:
         """Whether projection ``name``'s fused steps go through ``torch.compile`` (see :class:`NetworkSpec`)."""
@@ -353,6 +391,22 @@ class PlasticSNN(nn.Module):
             n_pre, n_post = self.spec.shape(name)
             return batch * n_pre * n_post >= COMPILE_MIN_ELEMENTS
         return self.spec.compile == "always"
+
+    def kernel_for(self, batch: int) -> str:
+        """The kernel a training sequence of ``batch`` episodes runs on: the spec's, where ``"auto"``
+        is ``"compiled"`` when every plastic state has fewer than ``COMPILE_MIN_ELEMENTS`` elements
+        (where the step's cost is per-operation overhead) and ``"fused"`` from there on (where it
+        is memory).  No-grad sequences run the reference maths whatever the kernel."""
+        if self.spec.kernel != "auto":
+            return self.spec.kernel
+        sizes = [batch * math.prod(self.spec.shape(n)) for n in PROJECTIONS if self.spec.projection(n).plastic]
+        return "compiled" if all(n < COMPILE_MIN_ELEMENTS for n in sizes) else "fused"
+
+    def _kernel(self, x: Tensor) -> str:
+        """The kernel this sequence runs on (see :meth:`kernel_for`)."""
+        if not torch.is_grad_enabled():  # no tape: the plain maths, or compiled where asked for
+            return "compiled" if self.spec.kernel == "compiled" else "reference"
+        return self.kernel_for(x.shape[0])
 
     def params(self) -> NetworkParams:
         p = {name: self.projections[name].params() for name in PROJECTIONS}
@@ -381,9 +435,23 @@ class PlasticSNN(nn.Module):
     def step(self, x: Tensor, state: NetworkState, params: Optional[NetworkParams] = None):
         """One step: ``(y_t, s_t, state)``.  Pass ``params`` to avoid rebuilding them every step.
 
-        Plain autograd maths whatever the kernel (the fused kernel needs the whole sequence);
-        the values are the same as :meth:`forward`'s."""
-        return network_step(params if params is not None else self.params(), self.spec, x, state)
+        Plain autograd maths (the fused kernel needs the whole sequence), except that with
+        ``kernel="compiled"`` and gradients off the step runs compiled (a policy stepping in its
+        environment); the values are the same as :meth:`forward`'s."""
+        params = params if params is not None else self.params()
+        if self.spec.kernel == "compiled" and not torch.is_grad_enabled():
+            out = compiled_step(params, self.spec, self._constants(x), x, state)
+            if out is not None:
+                return out
+        return network_step(params, self.spec, x, state)
+
+    def _constants(self, like: Tensor) -> StepConstants:
+        """The spec's step constants as tensors of ``like``'s dtype and device (kept while they fit)."""
+        cached = self.__dict__.get("_consts")
+        b = cached[1].beta if cached is not None else None
+        if cached is None or cached[0] is not self.spec or b.dtype != like.dtype or b.device != like.device:
+            cached = self.__dict__["_consts"] = (self.spec, StepConstants.of(self.spec, like=like))
+        return cached[1]
 
     def forward(
         self, x: Tensor, state: Optional[NetworkState] = None, *, checkpoint_interval: Optional[int] = None
@@ -398,7 +466,13 @@ class PlasticSNN(nn.Module):
             state = self.initial_state(x.shape[0])
         params = self.params()
         tapes = None
-        if self.spec.kernel == "fused" and torch.is_grad_enabled():
+        kernel = self._kernel(x)
+        if kernel == "compiled":
+            out = compiled_sequence(params, self.spec, self._constants(x), x, state)
+            if out is not None:
+                return out
+            kernel = "fused"  # compiling is not possible here (warned once): the same values
+        if kernel == "fused":
             k = self.spec.checkpoint_interval if checkpoint_interval is None else checkpoint_interval
             k = default_interval(x.shape[1]) if k is None else k
             pool = self.__dict__.setdefault("_pool", BufferPool())

@@ -31,6 +31,7 @@ condition, as ``eval/return/<condition>`` and ``eval/degradation/<condition>``::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import multiprocessing as mp
@@ -102,13 +103,32 @@ def _group_masks(net: PlasticSNN) -> dict[str, torch.Tensor]:
     return {g: torch.tensor([x == g for x in groups]) for g in ("weights", "plasticity", "rule") if g in groups}
 
 
+# ``network.kernel: auto`` steps the policy compiled for a search of at least this many episodes
+# and CPU seconds (a compile costs seconds once per structure and process); shorter runs step it
+# with the reference maths.  Decided from the config, so in-process and spawned players agree.
+COMPILE_MIN_EPISODES = 200
+COMPILE_MIN_CPU_S = 30.0
+
+
+def policy_kernel(kernel: str, es: ESConfig) -> str:
+    """How a policy steps in its environment (no gradients): ``"compiled"`` or ``"reference"``.
+    ``auto`` is compiled for an ES run long enough to pay the compile; ``compiled`` always."""
+    if kernel == "compiled":
+        return kernel
+    episodes = es.generations * es.popsize * es.episodes_per_sample
+    budget = 60.0 * es.cpu_minutes if es.cpu_minutes else math.inf
+    long_enough = episodes >= COMPILE_MIN_EPISODES and budget >= COMPILE_MIN_CPU_S
+    return "compiled" if kernel == "auto" and long_enough else "reference"
+
+
 def build_policy(cfg: Config) -> tuple[Locomotion, PlasticSNN]:
     """The task and the initial policy network: readout weights scaled by ``task.readout_scale``
     (at full scale they saturate every action and the control cost dominates)."""
     task = make_task(cfg.task)
     if not isinstance(task, Locomotion):
         raise ValueError(f"the ES inner loop trains control tasks (locomotion), not {cfg.task.name!r}")
-    net = PlasticSNN(network_spec(cfg, task.n_in, task.n_out), seed=cfg.seed)
+    spec = network_spec(cfg, task.n_in, task.n_out)
+    net = PlasticSNN(dataclasses.replace(spec, kernel=policy_kernel(spec.kernel, cfg.es)), seed=cfg.seed)
     net.requires_grad_(False)
     net.projections["readout"].W.mul_(cfg.task.readout_scale)
     return task, net

@@ -9,6 +9,7 @@ weights.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Optional
@@ -20,9 +21,25 @@ from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import Batch, Task, make_task
 from hybridopt.train.result import ProgressFn, TrainResult, TrainState
 
-__all__ = ["EVAL_SEED_OFFSET", "build", "evaluate", "resolve_device", "train_gradient"]
+__all__ = ["EVAL_SEED_OFFSET", "build", "evaluate", "resolve_device", "run_kernel", "train_gradient"]
 
 EVAL_SEED_OFFSET = 1_000_003
+
+# ``network.kernel: auto`` compiles whole time steps for a run of at least this many steps and
+# CPU seconds (a compile costs seconds once per structure and process); shorter runs (smoke
+# configs, tests) keep the fused kernel, which needs no compile.  Decided from the config, so a
+# run's numbers do not depend on what its process ran before.
+COMPILE_MIN_STEPS = 100
+COMPILE_MIN_CPU_S = 30.0
+
+
+def run_kernel(kernel: str, steps: int, cpu_budget_s: float) -> str:
+    """The kernel a training run of at most ``steps`` steps and ``cpu_budget_s`` CPU seconds uses:
+    ``auto`` stays ``auto`` (compiled steps where the network is small) for a run long enough to
+    pay a compile, and is the fused kernel for a shorter one; an explicit kernel is kept."""
+    if kernel == "auto" and (steps < COMPILE_MIN_STEPS or cpu_budget_s < COMPILE_MIN_CPU_S):
+        return "fused"
+    return kernel
 
 
 def build(cfg: Config) -> tuple[Task, PlasticSNN]:
@@ -112,6 +129,7 @@ def train_gradient(
         cpu0 = time.process_time()
         if cpu_budget_s is None:
             cpu_budget_s = 60.0 * tc.cpu_minutes if tc.cpu_minutes else math.inf
+        net.spec = dataclasses.replace(net.spec, kernel=run_kernel(net.spec.kernel, tc.steps, cpu_budget_s))
         while step - step0 < tc.steps and time.process_time() - cpu0 < cpu_budget_s:
             batch = _to(task.batch(tc.batch_size, gen), device)
             y, s, _ = net(batch.x)

@@ -1,0 +1,144 @@
+"""Whole time steps as compiled units: the network's step, ``K`` steps at a time, through ``torch.compile``.
+
+At the tasks' own sizes (a plastic state of a few hundred kilobytes, which sits in L2) a time step
+costs what its ~50 small operations cost to dispatch and to record on autograd's tape, not what
+they compute.  Here :func:`~hybridopt.snn.network.network_step` -- LIF update, traces,
+neuromodulator, every projection's current and ``H`` update, readout -- is traced by Dynamo for
+``K`` consecutive steps (:data:`STEPS_PER_CALL`) and compiled by Inductor into one forward kernel
+and one backward kernel (AOTAutograd, min-cut partition: what backward needs is saved or
+recomputed inside the kernels).  A training sequence of ``T`` steps is then ``ceil(T / K)`` calls
+and as many autograd nodes, instead of ``~50 T`` of each.  The maths is the same function the
+reference runs (:func:`~hybridopt.snn.network.network_step`, the surrogate spike's and
+:func:`~hybridopt.snn.plasticity.clip_state`'s derivatives included), so values equal the
+reference's up to float rounding (fused multiply-adds, reassociated sums).
+
+What is compiled depends only on the network's structure: the rule and mode of each projection,
+the reset and the surrogate (with its slope).  The float hyper-parameters a step reads (``beta``,
+``theta``, the readout decay, each projection's trace decay and ``h_max``) go in as 0-d tensors
+(:class:`~hybridopt.snn.network.StepConstants`), so candidates of a search that differ only in
+them share one compiled unit.  A unit compiles once per process, per structure, input shape and
+grad mode (seconds); each structure gets its own code object, so Dynamo's cache per structure
+holds only its shapes, and Inductor's on-disk cache makes later processes (a Ray worker's next
+candidate, the next run) cheaper.  The memory kept for backward is a few tensors of the plastic
+state's size per step, which is why the network uses this only below
+:data:`~hybridopt.snn.fused.COMPILE_MIN_ELEMENTS` elements of plastic state and the memory-lean
+fused kernel above.  If compiling is not possible here (no C++ compiler, say), one warning is
+issued and the fused kernel runs, which gives the same values.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from torch import Tensor
+
+from hybridopt.snn.fused import compile_available, mark_compile_broken
+
+if TYPE_CHECKING:
+    from hybridopt.snn.network import NetworkParams, NetworkSpec, NetworkState, StepConstants
+
+__all__ = ["STEPS_PER_CALL", "compiled_sequence", "compiled_step", "structure_key"]
+
+# Steps per compiled call: the per-call overhead (guards, one autograd node) is paid once per K
+# steps; the compile time grows about linearly with K (benchmarks/train_step.py measures both).
+STEPS_PER_CALL = 8
+
+_units: dict[tuple, Callable] = {}
+
+
+def structure_key(spec: NetworkSpec) -> tuple:
+    """What a compiled unit is specialised on: everything of the spec but the float hyper-parameters."""
+    return (
+        spec.reset,
+        spec.surrogate,
+        spec.slope,
+        tuple((p.rule, p.modulation, p.h_max) for p in (spec.input, spec.recurrent, spec.readout)),
+    )
+
+
+def _unit(spec: NetworkSpec) -> Callable:
+    """The compiled ``K``-step function for ``spec``'s structure (made once per process)."""
+    key = structure_key(spec)
+    fn = _units.get(key)
+    if fn is None:
+        from hybridopt.snn.network import network_step
+
+        def steps(params, consts, x, state):
+            ys, ss = [], []
+            for k in range(x.shape[1]):
+                y, s, state = network_step(params, spec, x[:, k], state, consts=consts)
+                ys.append(y)
+                ss.append(s)
+            return torch.stack(ys, 1), torch.stack(ss, 1), state
+
+        # a code object of its own: Dynamo keeps its compiled variants per code object
+        code = steps.__code__.replace(co_name=f"network_steps_{len(_units)}")
+        fresh = types.FunctionType(code, steps.__globals__, code.co_name, steps.__defaults__, steps.__closure__)
+        import torch._dynamo.config as dynamo_config
+
+        # train and evaluation batches, the last chunk's length, grad and no-grad: a few variants
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
+        fn = _units[key] = torch.compile(fresh, dynamic=False, fullgraph=True)
+    return fn
+
+
+def _all_requiring_grad(state: NetworkState) -> NetworkState:
+    """The state with every tensor requiring grad (those that did not: as leaves), so that a
+    sequence's first call and its later ones are one compiled variant, not two.  The extra
+    gradients (of the initial state, of traces that input spikes alone drive) are a few small
+    tensors per call."""
+
+    def req(t):
+        if t is None or isinstance(t, Tensor):
+            return t if t is None or t.requires_grad else t.detach().requires_grad_()
+        return type(t)(*(req(u) for u in t))  # the state's named tuples
+
+    return req(state)
+
+
+def compiled_sequence(
+    params: NetworkParams, spec: NetworkSpec, consts: StepConstants, x: Tensor, state: NetworkState
+) -> Optional[tuple[Tensor, Tensor, NetworkState]]:
+    """Run a ``B x T x N_in`` sequence through the compiled units; ``(y, s, final state)`` as
+    :meth:`PlasticSNN.forward <hybridopt.snn.network.PlasticSNN.forward>` returns them, or
+    ``None`` when compiling is not possible here (after one warning; the caller runs another kernel)."""
+    if compile_available() is not None:
+        return None
+    fn = _unit(spec)
+    ys, ss = [], []
+    T = x.shape[1]
+    grad = torch.is_grad_enabled()
+    try:
+        for t in range(0, T, STEPS_PER_CALL):
+            if grad:
+                state = _all_requiring_grad(state)
+            y, s, state = fn(params, consts, x[:, t : t + STEPS_PER_CALL], state)
+            ys.append(y)
+            ss.append(s)
+    except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why once
+        mark_compile_broken(e, "compiled time steps unavailable, using the fused kernel")
+        return None
+    if len(ys) == 1:
+        return ys[0], ss[0], state
+    return torch.cat(ys, 1), torch.cat(ss, 1), state
+
+
+def compiled_step(
+    params: NetworkParams, spec: NetworkSpec, consts: StepConstants, x: Tensor, state: NetworkState
+) -> Optional[tuple[Tensor, Tensor, NetworkState]]:
+    """One step (``x``: ``B x N_in``) through the compiled unit, for a caller that steps the
+    network itself (a policy in its environment, without gradients); ``(y_t, s_t, state)`` or
+    ``None`` when compiling is not possible here (after one warning)."""
+    if compile_available() is not None:
+        return None
+    try:
+        y, s, state = _unit(spec)(params, consts, x.unsqueeze(1), state)
+    except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why once
+        mark_compile_broken(e, "compiled time steps unavailable, using the reference step")
+        return None
+    return y[:, 0], s[:, 0], state

@@ -1,0 +1,154 @@
+"""Whole compiled time steps (``kernel="compiled"``) against the reference maths."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hybridopt.snn import compiled, fused
+from hybridopt.snn.network import PROJECTIONS, NetworkSpec, PlasticSNN, ProjectionSpec, StepConstants
+from hybridopt.snn.plasticity import MODES, PlasticState
+
+from .test_fused import H_MAX, N_IN, PLASTIC, STEPS, _input, _run, _spec
+
+# Inductor builds C++ on CPU; CI installs a compiler.
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler for torch.compile"
+)
+
+FAMILIES = ["hebbian", "oja", "bcm", "stdp"]
+COMBOS = [(r, m) for r in FAMILIES for m in MODES]
+# Network i has COMBOS[i] on the input, COMBOS[i + 4] on the recurrent and COMBOS[i + 8] on the
+# readout projection: over the twelve networks every family x mode sits on every projection once.
+LATIN = [{p: COMBOS[(i + 4 * k) % len(COMBOS)] for k, p in enumerate(PROJECTIONS)} for i in range(len(COMBOS))]
+LATIN_IDS = ["_".join(f"{r}-{m}" for r, m in net.values()) for net in LATIN]
+
+
+@pytest.mark.parametrize("placement", LATIN, ids=LATIN_IDS)
+def test_compiled_matches_reference_for_every_family_mode_and_projection(placement, monkeypatch):
+    # one step per compiled call keeps the compile short; the default unrolling is tested below
+    monkeypatch.setattr(compiled, "STEPS_PER_CALL", 1)
+    specs = {p: ProjectionSpec(rule=r, modulation=m, **PLASTIC) for p, (r, m) in placement.items()}
+    net = PlasticSNN(_spec(**specs), seed=5).double()
+    x = _input().double()
+    y0, s0, st0, g0 = _run(net, "reference", x)
+    y1, s1, st1, g1 = _run(net, "compiled", x)
+    assert fused.compile_available() is None  # it really ran compiled, no fallback
+    # the example exercises what it should: spikes, active clips, gradients everywhere
+    assert 0.02 < s0.mean() < 0.6
+    for name in PROJECTIONS:
+        assert (getattr(st0, name).H.abs() == H_MAX).float().mean() > 0.02, name
+    assert all(g.abs().sum() > 0 for g in g0.values())
+    # float64: the same spikes, values to rounding, over all STEPS steps
+    assert torch.equal(s1, s0)
+    torch.testing.assert_close(y1, y0, rtol=1e-10, atol=1e-12)
+    for name in PROJECTIONS:
+        a, b = getattr(st0, name), getattr(st1, name)
+        for field in PlasticState._fields:
+            fa, fb = getattr(a, field), getattr(b, field)
+            assert (fa is None) == (fb is None), (name, field)
+            if fa is not None:
+                torch.testing.assert_close(fb, fa, rtol=1e-10, atol=1e-12)
+    assert g0.keys() == g1.keys()
+    for name, g in g0.items():
+        torch.testing.assert_close(g1[name], g, rtol=1e-8, atol=1e-10 * max(g.abs().max().item(), 1.0))
+
+
+def test_compiled_float32_on_the_task_size_with_the_default_unrolling():
+    # the shipped cue-association network's shape, neuromodulated STDP on input, 240 steps
+    spec = NetworkSpec(
+        n_in=35, n_hidden=64, n_out=4, input=ProjectionSpec(rule="stdp", modulation="neuromodulated", h_max=0.1)
+    )
+    net = PlasticSNN(spec, seed=1)
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.rand(8, 240, 35, generator=gen) < 0.3).float()
+    assert STEPS % compiled.STEPS_PER_CALL == 0 and 240 % compiled.STEPS_PER_CALL == 0
+    y0, s0, st0, g0 = _run(net, "reference", x)
+    y1, s1, st1, g1 = _run(net, "compiled", x)
+    assert (st0.input.H.abs() == 0.1).float().mean() > 0.02  # the clip is active
+    assert (s1 != s0).float().mean() <= 1e-3  # float32: a spike may flip on a rounding difference
+    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-4)
+    for name, g in g0.items():
+        torch.testing.assert_close(g1[name], g, rtol=1e-3, atol=1e-3 * max(g.abs().max().item(), 1e-3))
+
+
+def test_a_structure_compiles_once_for_every_value_of_its_hyper_parameters():
+    spec = _spec(kernel="compiled", recurrent=ProjectionSpec(rule="oja", **PLASTIC))
+    x = _input(steps=16)
+    before = len(compiled._units)
+    outs = []
+    for beta, decay in ((0.9, 0.6), (0.8, 0.7)):
+        other = dataclasses.replace(spec, beta=beta, recurrent=dataclasses.replace(spec.recurrent, trace_decay=decay))
+        net = PlasticSNN(other, seed=2)
+        y, s, _ = net(x)
+        y.sum().backward()
+        with torch.no_grad():
+            y_ref, _, _ = net(x)
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)  # each run used its own values
+        outs.append(y.detach())
+    assert len(compiled._units) == before + 1
+    assert not torch.equal(outs[0], outs[1])
+    # the floats of a step are graph inputs; h_max bounds B x I x J work and stays a constant
+    c = StepConstants.of(spec, like=x)
+    assert isinstance(c.beta, torch.Tensor) and c.beta.dim() == 0 and all(isinstance(h, float) for h in c.h_max)
+
+
+def test_auto_compiles_small_states_and_leaves_large_ones_to_the_fused_kernel():
+    spec = NetworkSpec(n_in=N_IN, n_hidden=16, n_out=2, recurrent=ProjectionSpec(rule="hebbian", **PLASTIC))
+    assert spec.kernel == "auto"
+    net = PlasticSNN(spec)
+    assert net.kernel_for(4) == "compiled"
+    big = PlasticSNN(dataclasses.replace(spec, n_hidden=256))
+    # B * I * J against the fused kernel's threshold: 16 x 256 x 256 = 2^20 elements is memory-bound
+    assert big.kernel_for(15) == "compiled" and big.kernel_for(16) == "fused"
+    static = PlasticSNN(dataclasses.replace(spec, recurrent=ProjectionSpec()))
+    assert static.kernel_for(10**6) == "compiled"
+    x = _input(batch=2, steps=8)
+    assert net._kernel(x) == "compiled"
+    with torch.no_grad():
+        assert net._kernel(x) == "reference"
+
+
+FALLBACK = """
+import sys
+import torch
+from hybridopt.snn import fused
+from hybridopt.snn.network import NetworkSpec, PlasticSNN, ProjectionSpec
+x = (torch.rand(3, 30, 4, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+out = {}
+# compiled time steps, the fused kernel with compiled steps, the eager fused kernel
+for kernel, compile_ in zip(sys.argv[1::2], sys.argv[2::2]):
+    oja = ProjectionSpec(rule="oja")
+    net = PlasticSNN(NetworkSpec(n_in=4, n_hidden=8, n_out=2, kernel=kernel, compile=compile_, recurrent=oja))
+    y, s, _ = net(x)
+    y.square().sum().backward()
+    out[kernel + compile_] = (y.detach(), net.projections["recurrent"].alpha.grad)
+first, *others = out.values()
+print("same", all(torch.equal(a, b) for o in others for a, b in zip(first, o)))
+print("reason", fused.compile_available())
+"""
+
+
+@pytest.mark.parametrize(
+    "order, warning",
+    [
+        (["compiled", "fusedalways", "fusednever"], "compiled time steps unavailable, using the fused kernel"),
+        (["fusedalways", "compiled", "fusednever"], "compiled plastic step unavailable, using the eager fused kernel"),
+    ],
+    ids=["time-steps-first", "fused-steps-first"],
+)
+def test_without_a_cxx_compiler_the_eager_fused_kernel_runs_with_one_warning(tmp_path, order, warning):
+    # A real failed compilation: no C++ compiler and an empty Inductor cache, in a fresh process.
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    args = [a for k in order for a in (("compiled", "auto") if k == "compiled" else ("fused", k[5:]))]
+    r = subprocess.run([sys.executable, "-c", FALLBACK, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "same True" in r.stdout  # every path gave the eager fused kernel's values
+    assert "reason " in r.stdout and "reason None" not in r.stdout
+    assert r.stderr.count("UserWarning:") == 1 and r.stderr.count(f"UserWarning: {warning}") == 1
