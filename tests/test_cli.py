@@ -128,3 +128,18 @@ def test_unreachable_ray_address_fails_fast_and_writes_nothing(address: str, nee
     assert len(lines) == 1 and needle in lines[0], p.stderr + p.stdout
     assert not store.exists() and not list(tmp_path.iterdir())  # nothing written anywhere
     assert elapsed < 30, elapsed
+
+
+def test_a_gene_value_inside_its_range_that_fails_is_rejected_before_anything_is_written(tmp_path: Path, store: str):
+    import yaml
+
+    cfg = yaml.safe_load((CONFIGS / "smoke_locomotion_search.yaml").read_text())
+    cfg["search"]["genes"]["es.popsize"] = {"low": 4, "high": 8, "integer": True}  # 5 and 7 are odd
+    cfg["search"]["checkpoint"] = str(tmp_path / "ckpt")
+    path = tmp_path / "odd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    p = run_cli(["search", str(path), "--tracking-uri", store], tmp_path)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert "search.genes.es.popsize = 5" in lines[0] and "even" in lines[0]
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "ckpt").exists()

@@ -24,7 +24,10 @@ import torch
 
 from hybridopt.config import Config, ConfigError, SearchConfig, parse_config, set_path
 
-__all__ = ["Gene", "GenomeSpace"]
+__all__ = ["INTERIOR_PROBES", "Gene", "GenomeSpace"]
+
+# Points strictly inside a continuous gene's range that validation tries, besides its ends.
+INTERIOR_PROBES = 7
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,16 @@ class Gene:
         else:
             x = self.low + u * (self.high - self.low)
         return int(round(x)) if self.integer else x
+
+    def probes(self) -> list[Any]:
+        """The values :meth:`GenomeSpace.validate` tries: all of them where there are finitely
+        many (choices, integers), else the ends and evenly spaced interior points."""
+        if self.choices is not None:
+            return list(self.choices)
+        if self.integer:
+            a, b = sorted((self.decode(0.0), self.decode(1.0)))
+            return list(range(a, b + 1))
+        return [self.decode(k / (INTERIOR_PROBES + 1)) for k in range(INTERIOR_PROBES + 2)]
 
     def encode(self, value: Any) -> float:
         if self.choices is not None:
@@ -103,10 +116,12 @@ class GenomeSpace:
         return parse_config(raw)
 
     def validate(self, base: Config) -> None:
-        """Check that every gene names a real config key and its whole range is valid."""
+        """Check that every gene names a real config key and every value it can take is valid:
+        every choice, every integer of an integer gene's range, and for a continuous gene its
+        ends and :data:`INTERIOR_PROBES` points between (so nothing fails after the search has
+        started writing)."""
         for g in self.genes:
-            probes = list(g.choices) if g.choices is not None else [g.decode(0.0), g.decode(1.0)]
-            for value in probes:
+            for value in g.probes():
                 try:
                     self.config_for(base, {g.path: value})
                 except ConfigError as e:

@@ -97,3 +97,22 @@ def test_same_seed_same_sequence_of_genomes_and_elitism_keeps_the_best():
     assert a.shape == (4 + 3 * 2, 6)  # population, then (population - elite) children per generation
     assert all(x <= y for x, y in zip(best_a, best_a[1:]))
     assert all(0.0 <= v <= 1.0 for v in a.flatten().tolist()) and not any(math.isnan(v) for v in a.flatten())
+
+
+def test_validate_tries_every_value_a_gene_can_take():
+    loco = {"task": {"name": "locomotion"}, "es": {"popsize": 4}}
+    # both ends are even, 5 and 7 are not: PGPE samples antithetic pairs
+    odd = parse_config(
+        {
+            **loco,
+            "search": {"population": 4, "elite": 2, "genes": {"es.popsize": {"low": 4, "high": 8, "integer": True}}},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"search.genes.es.popsize = 5: .*popsize must be even"):
+        GenomeSpace.from_config(odd.search).validate(odd)
+    gene = GenomeSpace.from_config(odd.search).genes[0]
+    assert gene.probes() == [4, 5, 6, 7, 8]
+    cont = Gene("train.lr", low=1e-3, high=1e-1, log=True)
+    probes = cont.probes()
+    assert len(probes) == 9 and probes[0] == pytest.approx(1e-3) and probes[-1] == pytest.approx(1e-1)
+    assert all(a < b for a, b in zip(probes, probes[1:]))
