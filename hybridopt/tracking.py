@@ -25,11 +25,13 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 # The driver prints its own summary; MLflow would print two "View run" lines per ended run.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-logging.getLogger("mlflow").setLevel(logging.WARNING)
-logging.getLogger("alembic").setLevel(logging.WARNING)
-
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+
+# After the import: importing mlflow configures its loggers (INFO), which would print "Creating
+# initial MLflow database tables..." and the like on every new store.
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 __all__ = ["DEFAULT_URI", "Tracker", "TrackingError", "check_reachable", "final_metrics", "log_result", "resolve_uri"]
 
