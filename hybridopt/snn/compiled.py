@@ -28,6 +28,7 @@ issued and the fused kernel runs, which gives the same values.
 
 from __future__ import annotations
 
+import logging
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Optional
@@ -47,6 +48,10 @@ __all__ = ["STEPS_PER_CALL", "compiled_sequence", "compiled_step", "structure_ke
 STEPS_PER_CALL = 8
 
 _units: dict[tuple, Callable] = {}
+
+# A CUDA build of torch on a machine without CUDA logs "No CUDA runtime is found" when Inductor
+# first builds C++; it says nothing about a CPU run.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def structure_key(spec: NetworkSpec) -> tuple:
