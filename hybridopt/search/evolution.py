@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -521,6 +523,18 @@ def make_algorithm(problem: GenomeProblem, sc: SearchConfig, space: GenomeSpace)
     )
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"terminated ({signal.Signals(signum).name})")
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (``kill``, a job manager stopping the driver) ends the search as Ctrl-C does: the
+    parent and the candidates under way KILLED, the checkpoint kept for ``--resume``.  Installed
+    after Ray is up (whose own handler would exit the process mid-write)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+
+
 def run_search(
     cfg: Config,
     tracker: Tracker,
@@ -537,6 +551,7 @@ def run_search(
     if cfg.search is None:
         raise ValueError("config has no search section")
     init_ray(address or cfg.ray.address, cfg.ray.num_cpus)
+    _terminate_as_interrupt()
     driver = _Driver(cfg, tracker, resume, progress)
     sc = cfg.search
     try:
@@ -561,8 +576,8 @@ def run_search(
             driver.generation += 1
             ga.step()
             driver.end_generation(ga, problem)
-    except KeyboardInterrupt:
-        driver.abandon("KILLED", "interrupted")
+    except KeyboardInterrupt as e:
+        driver.abandon("KILLED", str(e) or "interrupted")
         raise
     except BaseException as e:
         driver.abandon("FAILED", f"{type(e).__name__}: {e}")

@@ -328,13 +328,17 @@ def test_a_failing_candidate_is_a_failed_child_and_the_search_goes_on(tmp_path: 
     assert parents[0].data.tags["hybridopt.best_genome"].startswith("input.rule=none")
 
 
-def test_ctrl_c_ends_the_search_run_as_killed(tmp_path: Path, store: str, ray_tmp: str):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_ends_the_search_run_as_killed(how: str, tmp_path: Path, store: str, ray_tmp: str):
     ckpt = tmp_path / "c.ckpt"
     args = [SMOKE, "--tracking-uri", store, "--set", "train.steps=150", "--set", f"search.checkpoint={ckpt}"]
     proc = start_search(args, tmp_path, ray_tmp)
     try:
         wait_for(lambda: _children_in_store(tmp_path / "m.db", 0) >= 1, 240, "a candidate under way")
-        os.killpg(proc.pid, signal.SIGINT)
+        if how == "ctrl-c":  # the terminal's SIGINT reaches the whole process group
+            os.killpg(proc.pid, signal.SIGINT)
+        else:  # `kill PID`, or a job manager stopping the driver: the driver alone
+            os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -342,6 +346,7 @@ def test_ctrl_c_ends_the_search_run_as_killed(tmp_path: Path, store: str, ray_tm
     assert proc.returncode == 130, err
     _, parents, children = runs_of(store)
     assert parents[0].info.status == "KILLED"
+    assert "SystemExit" not in err and "Traceback" not in err
     # runs exist from dispatch: the candidates under way when Ctrl-C came end KILLED, none RUNNING
     statuses = {c.info.status for c in children}
     assert "KILLED" in statuses and "RUNNING" not in statuses
