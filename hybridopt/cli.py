@@ -10,17 +10,18 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import TYPE_CHECKING, NoReturn, Optional
 
-from hybridopt.config import Config, ConfigError, flatten, load_config
+# Only light imports here: arguments are read, and bad ones reported, before torch, Ray or
+# MLflow load (each command imports what it needs).
+from hybridopt.errors import BAD_INPUT, ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from hybridopt.config import Config
 
 __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
-
-
-class UsageError(Exception):
-    """Bad command-line input."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from hybridopt.config import load_config
+
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
@@ -86,6 +89,7 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from hybridopt.config import flatten
     from hybridopt.tracking import Tracker, log_result, resolve_uri
     from hybridopt.train import train_candidate
 
@@ -202,26 +206,12 @@ COMMANDS = {"train": cmd_train, "search": cmd_search, "eval": cmd_eval}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from hybridopt.search.checkpoint import CheckpointError
-    from hybridopt.search.dispatch import RayConnectError
-    from hybridopt.tracking import TrackingError
-    from hybridopt.train.weights import WeightsError
-
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
-    except UsageError as e:
-        print(f"hybridopt: error: {e}", file=sys.stderr)
-    except ConfigError as e:
-        print(f"hybridopt: config error: {e}", file=sys.stderr)
-    except TrackingError as e:
-        print(f"hybridopt: tracking error: {e}", file=sys.stderr)
-    except WeightsError as e:
-        print(f"hybridopt: weights error: {e}", file=sys.stderr)
-    except CheckpointError as e:
-        print(f"hybridopt: checkpoint error: {e}", file=sys.stderr)
-    except RayConnectError as e:
-        print(f"hybridopt: ray error: {e}", file=sys.stderr)
+    except tuple(BAD_INPUT) as e:
+        kind = next(name for cls, name in BAD_INPUT.items() if isinstance(e, cls))
+        print(f"hybridopt: {kind}: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hybridopt.errors import ConfigError
 from hybridopt.snn.network import NetworkSpec, ProjectionSpec
 from hybridopt.snn.neurons import SURROGATES
 from hybridopt.snn.plasticity import MODES, RULES
@@ -30,10 +31,6 @@ __all__ = [
     "parse_config",
     "placement_overrides",
 ]
-
-
-class ConfigError(ValueError):
-    """A bad configuration; its message is one line naming the problem."""
 
 
 class Strict(BaseModel):

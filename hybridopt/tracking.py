@@ -28,6 +28,8 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from hybridopt.errors import TrackingError
+
 # After the import: importing mlflow configures its loggers (INFO), which would print "Creating
 # initial MLflow database tables..." and the like on every new store.
 logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -37,10 +39,6 @@ __all__ = ["DEFAULT_URI", "Tracker", "TrackingError", "check_reachable", "final_
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 _PARAM_MAX = 6000
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message is one line naming the problem."""
 
 
 def resolve_uri(cli_uri: Optional[str], config_uri: Optional[str]) -> str:

@@ -8,13 +8,11 @@ from typing import Any, Union
 
 import torch
 
+from hybridopt.errors import CheckpointError
+
 __all__ = ["CheckpointError", "comparable_config", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "hybridopt.search-checkpoint/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, damaged or written for another search; one line."""
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -22,13 +22,10 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 from hybridopt.config import parse_config
+from hybridopt.errors import RayConnectError
 from hybridopt.train import TrainResult, TrainState, train_candidate
 
 __all__ = ["Pool", "RayConnectError", "check_address", "init_ray", "slots_for", "train_remote"]
-
-
-class RayConnectError(RuntimeError):
-    """Ray could not be started or joined; one line naming the address."""
 
 
 def train_remote(config: dict[str, Any], start: Optional[TrainState], cpu_budget_s: Optional[float]) -> TrainResult:

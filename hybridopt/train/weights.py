@@ -9,16 +9,13 @@ from typing import Any, Union
 import torch
 
 from hybridopt.config import Config, ConfigError, parse_config
+from hybridopt.errors import WeightsError
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import Task
 
 __all__ = ["WeightsError", "evaluate_weights", "load_weights", "weights_bytes"]
 
 FORMAT = "hybridopt.weights/1"
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be used; one line naming the problem."""
 
 
 def weights_bytes(cfg: Config, state_dict: dict[str, Any]) -> bytes:
