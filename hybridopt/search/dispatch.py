@@ -53,6 +53,11 @@ class _Job:
     attempts: int = 0
 
 
+# Set by the driver's SIGINT/SIGTERM handler (the reason); the search stops at its next wait for a
+# result, never in the middle of a write to the store.
+STOP: list[str] = []
+
+
 class Pool:
     """``slots`` actors with the resources a candidate declares; jobs run first come, first served.
 
@@ -95,7 +100,9 @@ class Pool:
             if not self._running:
                 raise RuntimeError("no job is running")
             ready: list = []
-            while not ready:  # in short waits: a blocking ray.wait would hold Ctrl-C until a job ends
+            while not ready:  # in short waits, so that a stop request is seen within half a second
+                if STOP:
+                    raise KeyboardInterrupt(STOP[0])
                 ready, _ = ray.wait(list(self._running), num_returns=1, timeout=0.5)
             (ref,) = ready
             actor, job = self._running.pop(ref)

@@ -48,7 +48,7 @@ with warnings.catch_warnings():  # evotorch scripts helpers with torch.jit.scrip
 
 from hybridopt.config import Config, SearchConfig, flatten
 from hybridopt.search.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from hybridopt.search.dispatch import Pool, init_ray, slots_for
+from hybridopt.search.dispatch import STOP, Pool, init_ray, slots_for
 from hybridopt.search.genome import GenomeSpace
 from hybridopt.search.inherit import inherit
 from hybridopt.search.record import ChildRun, SearchRecord
@@ -523,16 +523,21 @@ def make_algorithm(problem: GenomeProblem, sc: SearchConfig, space: GenomeSpace)
     )
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"terminated ({signal.Signals(signum).name})")
+def _stop(signum: int, frame: Any) -> None:
+    STOP.append("interrupted" if signum == signal.SIGINT else f"terminated ({signal.Signals(signum).name})")
 
 
 def _terminate_as_interrupt() -> None:
-    """SIGTERM (``kill``, a job manager stopping the driver) ends the search as Ctrl-C does: the
-    parent and the candidates under way KILLED, the checkpoint kept for ``--resume``.  Installed
-    after Ray is up (whose own handler would exit the process mid-write)."""
+    """Ctrl-C and SIGTERM (``kill``, a job manager stopping the driver) end the search the same way:
+    the parent and the candidates under way KILLED, the checkpoint kept for ``--resume``.  The
+    handler only records the request; the search stops at its next wait for a result (within half
+    a second), never in the middle of a write to the store.  Installed after Ray is up (whose
+    own SIGTERM handler would exit the process mid-write)."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+        STOP.clear()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, _stop)
 
 
 def run_search(

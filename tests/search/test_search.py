@@ -64,6 +64,9 @@ def start_search(args, cwd: Path, ray_tmp: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # a shell that runs the tests in the background ignores SIGINT, and the child would inherit
+        # that: Ctrl-C must reach the search as it does from a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
