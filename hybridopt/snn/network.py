@@ -492,8 +492,9 @@ class PlasticSNN(nn.Module):
                 for spec in [self.spec.projection(name)]
             }
         ys, ss = [], []
+        consts = StepConstants.of(self.spec)  # once per sequence, not per time step
         for t in range(x.shape[1]):
-            y, s, state = network_step(params, self.spec, x[:, t], state, tapes)
+            y, s, state = network_step(params, self.spec, x[:, t], state, tapes, consts)
             ys.append(y)
             ss.append(s)
         return torch.stack(ys, 1), torch.stack(ss, 1), state
