@@ -87,13 +87,13 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _load(args)  # before the heavy imports: a bad config is reported at once
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hybridopt.config import flatten
     from hybridopt.tracking import Tracker, log_result, resolve_uri
     from hybridopt.train import train_candidate
 
-    cfg = _load(args)
     tracker = Tracker(resolve_uri(args.tracking_uri, cfg.tracking.uri), cfg.tracking.experiment or cfg.experiment)
     run_id = tracker.start_run(_run_name(cfg, "train"), "train", params=flatten(cfg))
     try:
@@ -150,18 +150,19 @@ def _check_checkpoint(cfg: Config, *, resume: bool, fresh: bool) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from hybridopt.search.dispatch import init_ray
-    from hybridopt.search.evolution import run_search
     from hybridopt.search.genome import GenomeSpace
-    from hybridopt.tracking import Tracker, check_reachable, resolve_uri
 
-    cfg = _load(args)
+    cfg = _load(args)  # the config, its genes and the checkpoint are checked before the heavy imports
     if cfg.search is None:
         raise ConfigError(f"{args.config} has no search section")
     GenomeSpace.from_config(cfg.search).validate(cfg)
     _check_checkpoint(cfg, resume=args.resume, fresh=args.fresh)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hybridopt.search.dispatch import init_ray
+    from hybridopt.search.evolution import run_search
+    from hybridopt.tracking import Tracker, check_reachable, resolve_uri
+
     uri = resolve_uri(args.tracking_uri, cfg.tracking.uri)
     # Both ends are checked before anything is written: the store answers, then Ray is joined
     # (or started); only then is the store opened (a SQLite store is created by opening it).

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hybridopt.errors import ConfigError
-from hybridopt.snn.network import NetworkSpec, ProjectionSpec
-from hybridopt.snn.neurons import SURROGATES
-from hybridopt.snn.plasticity import MODES, RULES
+from hybridopt.snn.catalogue import MODE_NAMES as MODES
+from hybridopt.snn.catalogue import PROJECTIONS
+from hybridopt.snn.catalogue import RULE_COEFFICIENTS as RULES
+from hybridopt.snn.catalogue import SURROGATE_NAMES as SURROGATES
+
+if TYPE_CHECKING:
+    from hybridopt.snn.network import NetworkSpec
 
 __all__ = [
     "Config",
@@ -70,7 +74,7 @@ class ProjectionConfig(Strict):
 
     @model_validator(mode="after")
     def _known_coefficients(self) -> ProjectionConfig:
-        unknown = set(self.coefficients) - set(RULES[self.rule].coefficients)
+        unknown = set(self.coefficients) - set(RULES[self.rule])
         if unknown:
             raise ValueError(f"rule {self.rule!r} has no coefficient(s) {', '.join(sorted(unknown))}")
         return self
@@ -435,7 +439,7 @@ def placement_overrides(name: str) -> list[str]:
     """Overrides for a named plasticity placement: ``static`` (every projection static) or
     ``<projection>:<rule>/<mode>`` (that projection plastic, the others static), e.g.
     ``input:hebbian/neuromodulated``."""
-    out = [f"plasticity.{p}.rule=none" for p in ("input", "recurrent", "readout")]
+    out = [f"plasticity.{p}.rule=none" for p in PROJECTIONS]
     if name != "static":
         try:
             proj, rule_mode = name.split(":")
@@ -448,10 +452,10 @@ def placement_overrides(name: str) -> list[str]:
 
 def network_spec(cfg: Config, n_in: int, n_out: int) -> NetworkSpec:
     """The :class:`NetworkSpec` a config describes, for a task with these input/output sizes."""
+    from hybridopt.snn.network import NetworkSpec, ProjectionSpec
+
     n = cfg.network
-    proj = {
-        name: ProjectionSpec(**getattr(cfg.plasticity, name).model_dump()) for name in ("input", "recurrent", "readout")
-    }
+    proj = {name: ProjectionSpec(**getattr(cfg.plasticity, name).model_dump()) for name in PROJECTIONS}
     return NetworkSpec(
         n_in=n_in,
         n_hidden=n.hidden,

@@ -91,10 +91,35 @@ def test_corrupted_weights_file(tmp_path: Path):
     bad = tmp_path / "weights.pt"
     bad.write_bytes(b"\x00not a torch file")
     p = run_cli(["eval", str(bad)], tmp_path)
+    assert p.returncode == 2 and "is not a weights file" in p.stderr and "Traceback" not in p.stderr
+    good = tmp_path / "good.pt"
+    torch.save({"x": torch.ones(3)}, good)
+    bad.write_bytes(good.read_bytes()[:200])  # cut short
+    p = run_cli(["eval", str(bad)], tmp_path)
     assert p.returncode == 2 and "corrupted weights file" in p.stderr and "Traceback" not in p.stderr
     torch.save({"something": 1}, bad)
     p = run_cli(["eval", str(bad)], tmp_path)
     assert p.returncode == 2 and "not a hybridopt weights file" in p.stderr
+
+
+class _RunsCode:
+    """Unpickling this calls ``open(path, 'w')``: a file that would write when loaded."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_weights_file_that_asks_to_run_code_is_refused(tmp_path: Path):
+    bad, marker = tmp_path / "weights.pt", tmp_path / "was-run"
+    torch.save({"format": "hybridopt.weights/1", "state_dict": _RunsCode(marker)}, bad)
+    p = run_cli(["eval", str(bad)], tmp_path)
+    assert p.returncode == 2 and not marker.exists()
+    assert p.stderr.strip().splitlines() == [
+        f"hybridopt: weights error: {bad} is not a weights file (refused to unpickle: it asks to load io.open)"
+    ]
 
 
 def test_eval_of_a_locomotion_policy_reports_every_condition(tmp_path: Path, store: str):
@@ -157,3 +182,28 @@ def test_help_loads_none_of_torch_ray_or_mlflow(tmp_path: Path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "[]"
     assert "usage: hybridopt" in p.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "smoke.yaml", "--set", "train.lr=fast"],
+        ["train", "smoke.yaml", "--set", "plasticity.input.rule=hebb"],
+        ["search", "smoke_search.yaml", "--set", "search.population=0"],
+        ["search", "smoke_search.yaml", "--set", "search.genes.train.lr={low: 1, high: 0.1}"],
+    ],
+    ids=["bad-value", "unknown-rule", "bad-search", "bad-gene"],
+)
+def test_a_bad_set_is_reported_before_torch_ray_or_mlflow_load(argv: list[str], tmp_path: Path):
+    # bad input answers within a fraction of a CPU-second: torch alone takes ~2 to import
+    argv = [argv[0], str(CONFIGS / argv[1]), *argv[2:], "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    code = (
+        "import sys\n"
+        "from hybridopt.cli import main\n"
+        f"rc = main({argv!r})\n"
+        "print(rc, sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.stdout.strip().splitlines()[-1] == "2 []", p.stdout + p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "config error" in p.stderr
+    assert not list(tmp_path.iterdir())

@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Union
 
-import torch
-
 from hybridopt.errors import CheckpointError
+from hybridopt.safeload import load_data
 
 __all__ = ["CheckpointError", "comparable_config", "load_checkpoint", "save_checkpoint"]
 
@@ -28,6 +27,8 @@ def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
 def save_checkpoint(path: Union[str, Path], state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
     p = Path(path)
+    import torch
+
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -51,10 +52,7 @@ def load_checkpoint(path: Union[str, Path], config: dict[str, Any]) -> dict[str,
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"no checkpoint to resume from at {p}")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a damaged file raises many kinds
-        raise CheckpointError(f"corrupted checkpoint {p}: {type(e).__name__}") from None
+    state = load_data(p, "search checkpoint", CheckpointError)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a hybridopt search checkpoint")
     diff = _diff(comparable_config(state["config"]), comparable_config(config))

@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from hybridopt.config import Config, ConfigError, SearchConfig, parse_config, set_path
 
@@ -95,6 +96,8 @@ class GenomeSpace:
 
     @property
     def categorical_mask(self) -> torch.Tensor:
+        import torch
+
         return torch.tensor([g.categorical for g in self.genes], dtype=torch.bool)
 
     def decode(self, u: Sequence[float]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from hybridopt.snn.catalogue import PROJECTIONS
 from hybridopt.snn.compiled import compiled_sequence, compiled_step
 from hybridopt.snn.fused import (
     COMPILE_MIN_ELEMENTS,
@@ -74,7 +75,6 @@ __all__ = [
     "network_step",
 ]
 
-PROJECTIONS = ("input", "recurrent", "readout")
 KERNELS = ("auto", "compiled", "fused", "reference")
 COMPILE = ("auto", "always", "never")
 

@@ -23,6 +23,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from hybridopt.snn.catalogue import SURROGATE_NAMES, check_registry
+
 __all__ = [
     "LIFParameters",
     "LIFState",
@@ -97,6 +99,7 @@ SURROGATES: dict[str, Callable[[Tensor, float], Tensor]] = {
     "fast_sigmoid": fast_sigmoid_spike,
     "arctan": arctan_spike,
 }
+check_registry("surrogate", SURROGATES, SURROGATE_NAMES)
 
 
 def surrogate_derivative(name: str, x: Tensor, slope: float) -> Tensor:

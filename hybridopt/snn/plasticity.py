@@ -42,6 +42,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from hybridopt.snn.catalogue import MODE_NAMES, RULE_COEFFICIENTS, check_registry
+
 __all__ = [
     "MODES",
     "RULES",
@@ -320,13 +322,16 @@ class Rule(NamedTuple):
         return self.threshold is not None
 
 
+# Coefficients and their initial values are the catalogue's (what a config is validated against).
+_C = RULE_COEFFICIENTS
 RULES: dict[str, Rule] = {
     "none": Rule(None),
-    "hebbian": Rule(hebbian_update, update_into=hebbian_update_into, vjp=hebbian_vjp),
-    "oja": Rule(oja_update, update_into=oja_update_into, vjp=oja_vjp),
-    "bcm": Rule(bcm_update, {"tau_phi": 20.0}, bcm_threshold, bcm_update_into, bcm_vjp),
-    "stdp": Rule(stdp_update, {"a_plus": 1.0, "a_minus": 1.0}, update_into=stdp_update_into, vjp=stdp_vjp),
+    "hebbian": Rule(hebbian_update, _C["hebbian"], update_into=hebbian_update_into, vjp=hebbian_vjp),
+    "oja": Rule(oja_update, _C["oja"], update_into=oja_update_into, vjp=oja_vjp),
+    "bcm": Rule(bcm_update, _C["bcm"], bcm_threshold, bcm_update_into, bcm_vjp),
+    "stdp": Rule(stdp_update, _C["stdp"], update_into=stdp_update_into, vjp=stdp_vjp),
 }
+check_registry("rule", RULES, RULE_COEFFICIENTS)
 
 
 # --------------------------------------------------------------------------- modulation modes
@@ -450,6 +455,7 @@ MODES: dict[str, Mode] = {
         vjp=_eligibility_vjp,
     ),
 }
+check_registry("modulation", MODES, MODE_NAMES)
 
 
 def clip_state(U: Tensor, h_max: float) -> Tensor:

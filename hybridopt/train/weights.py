@@ -10,6 +10,7 @@ import torch
 
 from hybridopt.config import Config, ConfigError, parse_config
 from hybridopt.errors import WeightsError
+from hybridopt.safeload import load_data
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import Task
 
@@ -29,10 +30,7 @@ def _read(path: Union[str, Path]) -> tuple[Config, dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"weights file not found: {p}")
-    try:
-        blob = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        raise WeightsError(f"corrupted weights file {p}: {type(e).__name__}") from None
+    blob = load_data(p, "weights file", WeightsError)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise WeightsError(f"{p} is not a hybridopt weights file")
     try:
