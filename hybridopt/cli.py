@@ -7,10 +7,11 @@ naming the problem and exit code 2, before anything is written to the store.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 # Only light imports here: arguments are read, and bad ones reported, before torch, Ray or
 # MLflow load (each command imports what it needs).
@@ -58,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_eval = sub.add_parser("eval", help="evaluate saved weights on held-out episodes")
     p_eval.add_argument("weights", help="a weights.pt file written by train or search")
+    p_report = sub.add_parser("report", help="rank a search's candidates and draw its figures (reads the store only)")
+    p_report.add_argument(
+        "targets", nargs="+", metavar="EXPERIMENT_OR_RUN", help="experiment names or run ids (several: side by side)"
+    )
+    p_report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    p_report.add_argument("--out", default="report", help="folder for the figures (default ./report)")
+    p_report.add_argument("--csv", default=None, metavar="FILE", help="also write the ranked candidates as CSV")
+    p_report.add_argument("--top", type=int, default=20, help="rows of each ranked table shown (default 20)")
     return parser
 
 
@@ -74,28 +83,43 @@ def _run_name(cfg: Config, kind: str) -> str:
     return f"{cfg.task.name}__{kind}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+def _print_metrics(title: str, metrics: dict[str, Any], heading: str = "metric") -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    table.add_column("metric")
+    table.add_column(heading)
     table.add_column("value", justify="right")
     for k, v in metrics.items():
         table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     Console().print(table)
 
 
+def _command_line(argv: Optional[list[str]]) -> str:
+    import shlex
+
+    return shlex.join(["hybridopt", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _ui_hint(uri: str, experiment: str) -> str:
+    """How to open the results: the ``mlflow ui`` command for a local store, the address of a server."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///")).resolve()
+        return f"results: mlflow ui --backend-store-uri sqlite:///{path}   (experiment {experiment!r})"
+    if uri.startswith(("http://", "https://")):
+        return f"results: {uri}   (experiment {experiment!r})"
+    return f"results: mlflow ui --backend-store-uri {uri}   (experiment {experiment!r})"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)  # before the heavy imports: a bad config is reported at once
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from hybridopt.config import flatten
-    from hybridopt.tracking import Tracker, log_result, resolve_uri
+    from hybridopt.tracking import Tracker, log_result, resolve_uri, run_params
     from hybridopt.train import train_candidate
 
     tracker = Tracker(resolve_uri(args.tracking_uri, cfg.tracking.uri), cfg.tracking.experiment or cfg.experiment)
-    run_id = tracker.start_run(_run_name(cfg, "train"), "train", params=flatten(cfg))
+    run_id = tracker.start_run(_run_name(cfg, "train"), "train", params=run_params(cfg))
     try:
         with Progress(
             TextColumn("[bold]train"),
@@ -125,11 +149,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("hybridopt: interrupted; run ended as KILLED", file=sys.stderr)
         return 130
     log_result(tracker, run_id, result, cfg)
+    from hybridopt.search.evolution import log_figures_of
+
+    log_figures_of(tracker, run_id)
     if result.failed:
         print(f"hybridopt: training failed: {result.reason} (run {run_id})", file=sys.stderr)
         return 1
     _print_metrics("final metrics", {"fitness": result.fitness, **result.final_metrics})
     print(f"run {run_id} in {tracker.uri}")
+    print(_ui_hint(tracker.uri, cfg.tracking.experiment or cfg.experiment))
+    artifacts = tracker.client.get_run(run_id).info.artifact_uri
+    if artifacts.startswith("file://"):
+        weights = Path(artifacts.removeprefix("file://")) / "weights.pt"
+        print(f"weights: {weights}\nevaluate again: hybridopt eval {weights}")
+    else:
+        print(f"weights: {artifacts}/weights.pt (download it, then: hybridopt eval weights.pt)")
     return 0
 
 
@@ -157,7 +191,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config} has no search section")
     GenomeSpace.from_config(cfg.search).validate(cfg)
     _check_checkpoint(cfg, resume=args.resume, fresh=args.fresh)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from hybridopt.search.dispatch import init_ray
     from hybridopt.search.evolution import run_search
@@ -167,8 +208,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     # Both ends are checked before anything is written: the store answers, then Ray is joined
     # (or started); only then is the store opened (a SQLite store is created by opening it).
     check_reachable(uri)
-    init_ray(args.address or cfg.ray.address, cfg.ray.num_cpus)
-    tracker = Tracker(uri, cfg.tracking.experiment or cfg.experiment)
+    init_ray(args.address or cfg.ray.address, cfg.ray.num_cpus, announce=lambda line: print(line, flush=True))
+    experiment = cfg.tracking.experiment or cfg.experiment
+    tracker = Tracker(uri, experiment)
     gens = cfg.search.generations
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -176,23 +218,45 @@ def cmd_search(args: argparse.Namespace) -> int:
         MofNCompleteColumn(),
         TextColumn("best {task.fields[best]}"),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
     ) as bar:
         job = bar.add_task("generation", total=None, best="-")
 
-        def progress(generation: int, done: int, total: int, best: float) -> None:
+        def progress(generation: int, finished: Any = None, done: int = 0, total: int = 0, best: float = math.nan):
+            if finished is not None:  # one line per candidate that stops
+                f = finished
+                fit = "failed" if f.fitness is None else f"{f.fitness:.4f}"
+                why = f" ({f.reason})" if f.reason else ""
+                bar.console.print(
+                    f"g{f.generation:03d} c{f.index:03d}  {fit:>7}  {f.status.lower()}{why}  rung {f.rung}  "
+                    f"{f.cpu_s:5.0f} CPU-s {f.wall_s:5.0f} s  {f.genome}",
+                    highlight=False,
+                    markup=False,
+                    soft_wrap=True,
+                )
+                return
             best_s = "-" if best != best else f"{best:.4f}"
             bar.update(job, description=f"generation {generation + 1}/{gens}", completed=done, total=total, best=best_s)
 
         try:
-            out = run_search(cfg, tracker, resume=args.resume, address=args.address, progress=progress)
+            out = run_search(
+                cfg, tracker, resume=args.resume, address=args.address, progress=progress, command=args.command_line
+            )
         except KeyboardInterrupt:
             print("hybridopt: interrupted; search run ended as KILLED (resume with --resume)", file=sys.stderr)
             return 130
     if not out.best_values:
         print(f"hybridopt: every candidate failed (run {out.parent_run_id})", file=sys.stderr)
         return 1
-    _print_metrics("best candidate", {"fitness": out.best_fitness, **out.best_values})
-    print(f"search run {out.parent_run_id} in {tracker.uri} ({len(out.records)} candidates)")
+    _print_metrics(f"best candidate: fitness {out.best_fitness:.4f}", out.best_values, heading="gene")
+    print(f"search run {out.parent_run_id} ({len(out.records)} candidates) in {tracker.uri}")
+    print(_ui_hint(tracker.uri, experiment))
+    print(f"table and figures: hybridopt report {experiment} --tracking-uri {tracker.uri}")
+    print(
+        f"checkpoint: {Path(cfg.search.checkpoint).resolve()} "
+        "(to go on: the same command with --resume --set search.generations=N)"
+    )
     return 0
 
 
@@ -203,12 +267,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "search": cmd_search, "eval": cmd_eval}
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hybridopt.errors import TrackingError
+    from hybridopt.tracking import check_reachable, resolve_uri
+
+    uri = resolve_uri(args.tracking_uri, None)
+    check_reachable(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(f"no tracking store at {uri}")  # reading must not create an empty one
+    from hybridopt.results.report import search_table, train_summary, write_report
+    from hybridopt.results.store import SearchView
+
+    out = Path(args.out)
+    try:
+        views = write_report(uri, args.targets, out, Path(args.csv) if args.csv else None)
+    except LookupError as e:
+        raise UsageError(str(e)) from None
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    for v in views:
+        if isinstance(v, SearchView):
+            rows = search_table(v, wide=False)
+            table = Table(title=f"{v.experiment}: {v.name} ({v.status}, {len(rows)} candidates)")
+            for k in rows[0] if rows else ["candidate"]:
+                table.add_column(k, justify="right" if k in ("fitness", "rung", "wall s", "CPU s") else "left")
+            for r in rows[: args.top]:
+                table.add_row(*r.values())
+            console.print(table)
+        else:
+            _print_metrics(f"{v.experiment}: {v.name} ({v.status})", train_summary(v))
+    print(f"figures in {out.resolve()}" + (f", table in {Path(args.csv).resolve()}" if args.csv else ""))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "search": cmd_search, "eval": cmd_eval, "report": cmd_report}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.command_line = _command_line(argv)
         return COMMANDS[args.command](args)
     except tuple(BAD_INPUT) as e:
         kind = next(name for cls, name in BAD_INPUT.items() if isinstance(e, cls))

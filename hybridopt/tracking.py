@@ -35,7 +35,17 @@ from hybridopt.errors import TrackingError
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
-__all__ = ["DEFAULT_URI", "Tracker", "TrackingError", "check_reachable", "final_metrics", "log_result", "resolve_uri"]
+__all__ = [
+    "DEFAULT_URI",
+    "Tracker",
+    "TrackingError",
+    "check_reachable",
+    "describe",
+    "final_metrics",
+    "log_result",
+    "resolve_uri",
+    "run_params",
+]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 _PARAM_MAX = 6000
@@ -103,7 +113,15 @@ class Tracker:
                 exp = self.client.get_experiment_by_name(experiment)
                 if exp is None:
                     where = _artifact_location(uri, experiment)
-                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=where)
+                    self.experiment_id = self.client.create_experiment(
+                        experiment,
+                        artifact_location=where,
+                        tags={
+                            "mlflow.note.content": "hybridopt runs: each search is a parent run with one nested "
+                            "run per candidate (tags hybridopt.generation, hybridopt.genome; metric fitness); "
+                            "train runs stand alone.  `hybridopt report " + experiment + "` tables and plots them."
+                        },
+                    )
                 else:
                     self.experiment_id = exp.experiment_id
         except Exception as e:  # noqa: BLE001 - any store failure becomes one clear line
@@ -165,6 +183,29 @@ class Tracker:
         if reason:
             self.set_tags(run_id, {"hybridopt.failure": reason})
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
+
+
+def run_params(cfg: Any, *, search: bool = False) -> dict[str, Any]:
+    """The flattened config a run logs as params: only what applies to it.  The inner loop that
+    does not train this task (``es`` for gradient tasks, ``train`` for control), the coefficients
+    of static projections, where it is tracked and, but for a search's parent, ``search`` and
+    ``ray`` are left out (they are in the run's ``config.yaml``)."""
+    from hybridopt.config import flatten
+
+    data = cfg.model_dump(mode="json")
+    drop = {"tracking", "es" if cfg.task.name != "locomotion" else "train"}
+    if not search:
+        drop |= {"search", "ray"}
+    data = {k: v for k, v in data.items() if k not in drop}
+    data["plasticity"] = {
+        p: (v if v["rule"] != "none" else {"rule": "none"}) for p, v in data.get("plasticity", {}).items()
+    }
+    return flatten(data)
+
+
+def describe(tracker: Tracker, run_id: str, text: str) -> None:
+    """The run's description (shown on its page in the MLflow UI; markdown)."""
+    tracker.set_tags(run_id, {"mlflow.note.content": text})
 
 
 def final_metrics(result: Any, wall_s: float, cpu_s: float, **extra: float) -> dict[str, float]:

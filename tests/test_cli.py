@@ -25,8 +25,9 @@ def test_train_logs_one_complete_run_and_weights_reproduce_eval(tmp_path: Path, 
     assert run.data.tags["hybridopt.kind"] == "train" and run.info.status == "FINISHED"
     for proj in ("input", "recurrent", "readout"):
         assert f"plasticity.{proj}.rule" in run.data.params
-        assert f"plasticity.{proj}.modulation" in run.data.params
     assert run.data.params["plasticity.input.rule"] == "hebbian"
+    assert "plasticity.input.modulation" in run.data.params  # a static projection logs its rule alone
+    assert not any(k.split(".")[0] in ("es", "search", "ray", "tracking") for k in run.data.params)
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
     evals = client.get_metric_history(run.info.run_id, "eval/accuracy")
     assert len(evals) >= 2
@@ -34,8 +35,12 @@ def test_train_logs_one_complete_run_and_weights_reproduce_eval(tmp_path: Path, 
     assert evals[-1].value == run.data.metrics["fitness"]
     fitness = run.data.metrics["fitness"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"weights.pt", "config.yaml"} <= arts
+    assert {"weights.pt", "config.yaml", "learning_curves.png"} <= arts
     path = client.download_artifacts(run.info.run_id, "weights.pt", str(tmp_path))
+    shown = [
+        ln.removeprefix("evaluate again: hybridopt eval ") for ln in p.stdout.splitlines() if "hybridopt eval" in ln
+    ]
+    assert len(shown) == 1 and Path(shown[0]).read_bytes() == Path(path).read_bytes()  # the path it prints
     cfg, task, net = load_weights(path)
     assert evaluate(net, task, cfg)["eval/accuracy"] == pytest.approx(fitness, abs=1e-7)
     assert not (cwd / "mlruns").exists()  # artifacts live beside the store, not in the cwd
@@ -125,6 +130,9 @@ def test_a_weights_file_that_asks_to_run_code_is_refused(tmp_path: Path):
 def test_eval_of_a_locomotion_policy_reports_every_condition(tmp_path: Path, store: str):
     p = run_cli(["train", str(CONFIGS / "smoke_locomotion.yaml"), "--tracking-uri", store], tmp_path)
     assert p.returncode == 0, p.stderr
+    (run,) = MlflowClient(store).search_runs([e.experiment_id for e in MlflowClient(store).search_experiments()])
+    arts = {a.path for a in MlflowClient(store).list_artifacts(run.info.run_id)}
+    assert {"learning_curves.png", "returns_by_condition.png"} <= arts  # return per condition, as a bar chart
     p = run_cli(["eval", str(next(tmp_path.rglob("weights.pt")))], tmp_path)
     assert p.returncode == 0, p.stderr
     for cond in ("standard", "crippled_leg", "low_friction", "heavy_body"):

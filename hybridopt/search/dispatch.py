@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import socket
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -177,13 +177,19 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         raise RayConnectError(f"cannot reach the Ray cluster at {where}: {reason}") from None
 
 
-def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
-    """Join ``address`` (or ``RAY_ADDRESS``); without one, start a local instance."""
+def init_ray(
+    address: Optional[str] = None, num_cpus: Optional[int] = None, announce: Optional[Callable[[str], None]] = None
+) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``); without one, start a local instance.  ``announce``
+    is told which, once the address answers (starting or joining takes seconds)."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         check_address(address)
+    if announce is not None:
+        local = f"starting local Ray with {num_cpus or os.cpu_count()} CPUs ..."
+        announce(f"joining Ray at {address} ..." if address else local)
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")

@@ -46,17 +46,27 @@ with warnings.catch_warnings():  # evotorch scripts helpers with torch.jit.scrip
     from evotorch.algorithms import GeneticAlgorithm
     from evotorch.operators import CopyingOperator, GaussianMutation, OnePointCrossOver
 
-from hybridopt.config import Config, SearchConfig, flatten
+from hybridopt.config import Config, SearchConfig
 from hybridopt.search.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hybridopt.search.dispatch import STOP, Pool, init_ray, slots_for
 from hybridopt.search.genome import GenomeSpace
 from hybridopt.search.inherit import inherit
 from hybridopt.search.record import ChildRun, SearchRecord
-from hybridopt.snn.network import PROJECTIONS
-from hybridopt.snn.plasticity import RULES
-from hybridopt.tracking import Tracker
+from hybridopt.tracking import Tracker, describe, run_params
 from hybridopt.train import TrainResult, TrainState
 from hybridopt.train.weights import weights_bytes
+
+
+def log_figures_of(tracker: Tracker, run_id: str) -> None:
+    """The search's figures and summary page as artifacts of its parent run.  A figure that cannot
+    be drawn costs a warning, never the search's result (already recorded)."""
+    from hybridopt.results.report import log_figures
+
+    try:
+        log_figures(tracker, run_id)
+    except Exception as e:  # noqa: BLE001 - plotting must not lose a finished search
+        warnings.warn(f"figures of run {run_id} not drawn: {type(e).__name__}: {e}", stacklevel=2)
+
 
 # evotorch announces every Problem's dtype and device at INFO level.
 logging.getLogger("evotorch").setLevel(logging.WARNING)
@@ -81,6 +91,21 @@ class CandidateRecord:
     cpu_s: float = 0.0  # this candidate's own training
     budget_cpu_s: float = 0.0  # the training behind its state, inherited included
     rung: int = 0  # the rung where it stopped
+
+
+@dataclass
+class FinishedCandidate:
+    """What the progress display is told when a candidate stops (at its last rung or failed)."""
+
+    generation: int
+    index: int
+    genome: str
+    fitness: Optional[float]
+    status: str
+    reason: Optional[str]
+    rung: int
+    cpu_s: float
+    wall_s: float
 
 
 @dataclass
@@ -127,19 +152,6 @@ class CategoricalResample(CopyingOperator):
         return result
 
 
-def _rule_counts(space: GenomeSpace, base: Config, population: torch.Tensor) -> dict[str, float]:
-    counts = {f"rules/{p}/{r}": 0.0 for p in PROJECTIONS for r in RULES}
-    for u in population:
-        cfg = space.config_for(base, space.decode(u.tolist()))
-        for p in PROJECTIONS:
-            counts[f"rules/{p}/{getattr(cfg.plasticity, p).rule}"] += 1
-    return {k: v for k, v in counts.items() if v or k.split("/")[1] in _searched_projections(space)}
-
-
-def _searched_projections(space: GenomeSpace) -> set[str]:
-    return {g.path.split(".")[1] for g in space.genes if g.path.startswith("plasticity.") and g.path.endswith(".rule")}
-
-
 @dataclass
 class _Job:
     """One candidate of a generation on its way through the rungs."""
@@ -181,7 +193,14 @@ def _budget_fraction(cfg: Config, lo: float, hi: float) -> tuple[Config, float]:
 
 
 class _Driver:
-    def __init__(self, cfg: Config, tracker: Tracker, resume: bool, progress: Optional[Callable[..., None]]):
+    def __init__(
+        self,
+        cfg: Config,
+        tracker: Tracker,
+        resume: bool,
+        progress: Optional[Callable[..., None]],
+        command: Optional[str] = None,
+    ):
         assert cfg.search is not None
         self.cfg, self.sc, self.tracker = cfg, cfg.search, tracker
         self.space = GenomeSpace.from_config(cfg.search)
@@ -206,6 +225,7 @@ class _Driver:
             except Exception:  # noqa: BLE001
                 raise CheckpointError(f"checkpoint's parent run {self.parent} is not in {tracker.uri}") from None
             self.record = SearchRecord(tracker, self.parent)
+            tracker.client.update_run(self.parent, status="RUNNING")  # under way again
             self.records = [CandidateRecord(**r) for r in self.state["records"]]
             self.best_history = list(self.state["best_history"])
             if self.state["best"] is not None:
@@ -218,7 +238,9 @@ class _Driver:
                 self.members = self._population_members(self.state["population"])
         else:
             name = f"{cfg.task.name}__search__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
-            self.parent = tracker.start_run(name, "search", params=flatten(cfg))
+            tags = {"hybridopt.command": command} if command else {}
+            self.parent = tracker.start_run(name, "search", params=run_params(cfg, search=True), tags=tags)
+            describe(tracker, self.parent, self._description(command))
             self.record = SearchRecord(tracker, self.parent)
             tracker.log_artifact_bytes(self.parent, "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json")).encode())
         rc = cfg.ray
@@ -229,6 +251,23 @@ class _Driver:
             rc.max_retries,
         )
         self.threads = max(1, int(rc.num_cpus_per_candidate))
+        self.command = command or tracker.client.get_run(self.parent).data.tags.get("hybridopt.command")
+
+    def _description(self, command: Optional[str], best: Optional[CandidateRecord] = None) -> str:
+        sc = self.sc
+        genes = ", ".join(f"`{g.path}`" for g in self.space.genes)
+        text = (
+            f"Search on **{self.cfg.task.name}**: {sc.population} candidates per generation, "
+            f"{sc.generations} generations, inheritance {sc.inheritance}, rungs {list(sc.rungs)}.\n\n"
+            f"Genes: {genes}.\n\n"
+        )
+        if best is not None:
+            text += (
+                f"**Best** (fitness {best.fitness:.4f}, run `{best.run_id}`): {GenomeSpace.describe(best.values)}\n\n"
+            )
+        if command:
+            text += f"Reproduce: `{command}`\n"
+        return text
 
     # ------------------------------------------------------------------ inheritance
     def _population_members(self, population: torch.Tensor) -> list[tuple[int, CandidateRecord]]:
@@ -314,6 +353,7 @@ class _Driver:
                 fitness[job.index] = rec.fitness
             elif self.ga is not None:
                 self.ga.population.access_evals()[job.row, 0] = rec.fitness
+        self._report(jobs)  # the generation's best, once every candidate is recorded
         return fitness
 
     def _run(self, jobs: list[_Job]) -> None:
@@ -351,7 +391,7 @@ class _Driver:
 
     def _report(self, jobs: list[_Job]) -> None:
         done = sum(j.done for j in jobs)
-        self.progress(generation=self.generation, done=done, total=len(jobs), best=self._best_fitness())
+        self.progress(generation=self.generation, done=done, total=len(jobs), best=self._best_fitness(), finished=None)
 
     def _decide(self, jobs: list[_Job], quota: list[int]) -> None:
         """Promote or stop every job whose place in its rung is certain.
@@ -383,7 +423,7 @@ class _Driver:
                 job.index,
                 job.unit,
                 job.values,
-                flatten(job.cfg),
+                run_params(job.cfg),
                 job.parent,
                 job.kept,
             )
@@ -401,6 +441,18 @@ class _Driver:
         keep_state = self.inherits and not result.failed
         self.record.close_child(job.run_id, result, job.cpu_s, job.wall_s, keep_state)
         self.open_runs.discard(job.run_id)
+        done = FinishedCandidate(
+            generation=self.generation,
+            index=job.index,
+            genome=GenomeSpace.describe(job.values),
+            fitness=None if result.failed else result.fitness,
+            status=result.status,
+            reason=result.reason,
+            rung=job.rung,
+            cpu_s=job.cpu_s,
+            wall_s=job.wall_s,
+        )
+        self.progress(generation=self.generation, finished=done)
         if keep_state and result.state is not None:
             self.trained[job.run_id] = result.state
 
@@ -472,7 +524,6 @@ class _Driver:
             "cpu_s": float(sum(r.cpu_s for r in self.records)),  # training CPU spent so far, all candidates
             "candidates": float(len(self.records)),  # evaluated so far, every generation
             "candidates_in_generation": float(sum(r.generation == g for r in self.records)),
-            **_rule_counts(self.space, self.cfg, pop.values),
         }
         self.record.log_generation(g, {k: v for k, v in metrics.items() if math.isfinite(v)})
         self.members = self._population_members(pop.values)
@@ -504,7 +555,9 @@ class _Driver:
             self.parent, {"hybridopt.best_genome": GenomeSpace.describe(rec.values), "hybridopt.best_run": rec.run_id}
         )
         self.tracker.log_metrics(self.parent, {"fitness": rec.fitness}, step=self.generation)
+        describe(self.tracker, self.parent, self._description(self.command, rec))
         self.tracker.end_run(self.parent, "FINISHED")
+        log_figures_of(self.tracker, self.parent)
         return SearchOutcome(self.parent, rec.values, rec.fitness, self.records, self.best_history)
 
 
@@ -547,17 +600,20 @@ def run_search(
     resume: bool = False,
     address: Optional[str] = None,
     progress: Optional[Callable[..., None]] = None,
+    command: Optional[str] = None,
 ) -> SearchOutcome:
     """Run (or resume) the search a config describes; returns the best genome and fitness.
 
-    ``progress(generation=, done=, total=, best=)`` is called as candidates finish.
+    ``progress(generation=, done=, total=, best=, finished=None)`` is called as a generation's
+    candidates advance, and ``progress(generation=, finished=FinishedCandidate)`` as each stops.
+    ``command`` (the command line that started it) is kept on the parent run to reproduce it.
     Ctrl-C ends the parent run as KILLED; the last generation checkpoint stays usable.
     """
     if cfg.search is None:
         raise ValueError("config has no search section")
     init_ray(address or cfg.ray.address, cfg.ray.num_cpus)
     _terminate_as_interrupt()
-    driver = _Driver(cfg, tracker, resume, progress)
+    driver = _Driver(cfg, tracker, resume, progress, command)
     sc = cfg.search
     try:
         problem = GenomeProblem(len(driver.space), cfg.seed, driver.evaluate_generation)

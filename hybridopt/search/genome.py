@@ -131,10 +131,22 @@ class GenomeSpace:
                     raise ConfigError(f"search.genes.{g.path} = {value!r}: {e}") from None
 
     @staticmethod
+    def short_name(path: str) -> str:
+        """A gene's name without its section: ``input.rule``, ``lr``, ``beta``."""
+        return path.removeprefix("plasticity.").removeprefix("train.").removeprefix("network.")
+
+    @staticmethod
     def describe(values: dict[str, Any]) -> str:
         """A short printable form: ``input=hebbian/neuromodulated lr=0.0031 hidden=64``."""
         parts = []
         for path, v in values.items():
-            name = path.removeprefix("plasticity.").removeprefix("train.").removeprefix("network.")
+            name = GenomeSpace.short_name(path)
+            proj, _, field = name.partition(".")
+            if field == "modulation" and f"plasticity.{proj}.rule" in values:
+                continue  # shown with its rule
+            if field == "rule":
+                mode = values.get(f"plasticity.{proj}.modulation")
+                parts.append(f"{proj}={v}/{mode}" if mode is not None and v != "none" else f"{proj}={v}")
+                continue
             parts.append(f"{name}={v:.3g}" if isinstance(v, float) else f"{name}={v}")
         return " ".join(parts)

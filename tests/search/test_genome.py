@@ -47,7 +47,9 @@ def test_genome_round_trips_to_the_config_that_trains_it():
     assert cand.search is None
     assert cand.plasticity.input.rule == "hebbian" and cand.plasticity.input.modulation == "retroactive"
     assert cand.train.lr == pytest.approx(values["train.lr"]) and cand.network.hidden == values["network.hidden"]
-    assert "input.rule=hebbian" in GenomeSpace.describe(values)
+    short = GenomeSpace.describe(values).split()
+    assert short[:2] == ["input=hebbian/retroactive", "recurrent=none"]  # a rule with its mode; static alone
+    assert f"hidden={values['network.hidden']}" in short
 
 
 def test_validate_rejects_a_gene_outside_the_config():
