@@ -27,7 +27,6 @@ the parent and the candidates under way as KILLED.
 
 from __future__ import annotations
 
-import logging
 import math
 import signal
 import threading
@@ -40,13 +39,8 @@ from typing import Any, Optional
 import torch
 import yaml
 
-with warnings.catch_warnings():  # evotorch scripts helpers with torch.jit.script, deprecated in torch
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
-    from evotorch import Problem, SolutionBatch
-    from evotorch.algorithms import GeneticAlgorithm
-    from evotorch.operators import CopyingOperator, GaussianMutation, OnePointCrossOver
-
 from hybridopt.config import Config, SearchConfig
+from hybridopt.evo import CopyingOperator, GaussianMutation, GeneticAlgorithm, OnePointCrossOver, Problem, SolutionBatch
 from hybridopt.search.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hybridopt.search.dispatch import STOP, Pool, init_ray, slots_for
 from hybridopt.search.genome import GenomeSpace
@@ -67,9 +61,6 @@ def log_figures_of(tracker: Tracker, run_id: str) -> None:
     except Exception as e:  # noqa: BLE001 - plotting must not lose a finished search
         warnings.warn(f"figures of run {run_id} not drawn: {type(e).__name__}: {e}", stacklevel=2)
 
-
-# evotorch announces every Problem's dtype and device at INFO level.
-logging.getLogger("evotorch").setLevel(logging.WARNING)
 
 __all__ = ["FAILED_FITNESS", "CandidateRecord", "GenomeProblem", "SearchOutcome", "make_algorithm", "run_search"]
 

@@ -54,45 +54,48 @@ class LIFState(NamedTuple):
     s: Tensor
 
 
-class _FastSigmoidSpike(torch.autograd.Function):
-    """Heaviside forward; backward ``d s / d x = 1 / (k |x| + 1)^2``."""
+def _fast_sigmoid_derivative(x: Tensor, k: float) -> Tensor:
+    """``d s / d x = 1 / (k |x| + 1)^2``."""
+    return 1.0 / (k * x.abs() + 1.0) ** 2
+
+
+def _arctan_derivative(x: Tensor, k: float) -> Tensor:
+    """``d s / d x = (k / 2) / (1 + (pi k x / 2)^2)``."""
+    return (k / 2.0) / (1.0 + (math.pi * k * x / 2.0) ** 2)
+
+
+# The surrogate derivatives by name: the one definition the spike's backward, the fused and
+# compiled kernels and the tests use.
+SURROGATE_DERIVATIVES: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "fast_sigmoid": _fast_sigmoid_derivative,
+    "arctan": _arctan_derivative,
+}
+check_registry("surrogate", SURROGATE_DERIVATIVES, SURROGATE_NAMES)
+
+
+class _SurrogateSpike(torch.autograd.Function):
+    """Heaviside forward ``s = H(x)``; backward ``d s / d x`` = the named surrogate derivative."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, slope: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, slope: float, name: str) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
-        ctx.slope = slope
+        ctx.slope, ctx.name = slope, name
         return (x > 0).to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return grad / (ctx.slope * x.abs() + 1.0) ** 2, None
-
-
-class _ArctanSpike(torch.autograd.Function):
-    """Heaviside forward; backward ``d s / d x = (k / 2) / (1 + (pi k x / 2)^2)``."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, slope: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        ctx.slope = slope
-        return (x > 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        k = ctx.slope
-        return grad * (k / 2.0) / (1.0 + (math.pi * k * x / 2.0) ** 2), None
+        return grad * SURROGATE_DERIVATIVES[ctx.name](x, ctx.slope), None, None
 
 
 def fast_sigmoid_spike(x: Tensor, slope: float = 10.0) -> Tensor:
     """Spike ``H(x)`` with the fast-sigmoid surrogate ``1 / (k|x| + 1)^2``."""
-    return _FastSigmoidSpike.apply(x, slope)
+    return _SurrogateSpike.apply(x, slope, "fast_sigmoid")
 
 
 def arctan_spike(x: Tensor, slope: float = 10.0) -> Tensor:
     """Spike ``H(x)`` with the arctan surrogate ``(k/2) / (1 + (pi k x / 2)^2)``."""
-    return _ArctanSpike.apply(x, slope)
+    return _SurrogateSpike.apply(x, slope, "arctan")
 
 
 SURROGATES: dict[str, Callable[[Tensor, float], Tensor]] = {
@@ -104,11 +107,9 @@ check_registry("surrogate", SURROGATES, SURROGATE_NAMES)
 
 def surrogate_derivative(name: str, x: Tensor, slope: float) -> Tensor:
     """The surrogate derivative in closed form (for tests and fused kernels)."""
-    if name == "fast_sigmoid":
-        return 1.0 / (slope * x.abs() + 1.0) ** 2
-    if name == "arctan":
-        return (slope / 2.0) / (1.0 + (math.pi * slope * x / 2.0) ** 2)
-    raise ValueError(f"unknown surrogate {name!r}; known: {sorted(SURROGATES)}")
+    if name not in SURROGATE_DERIVATIVES:
+        raise ValueError(f"unknown surrogate {name!r}; known: {sorted(SURROGATES)}")
+    return SURROGATE_DERIVATIVES[name](x, slope)
 
 
 def lif_initial_state(batch: int, n: int, *, device=None, dtype=torch.float32) -> LIFState:

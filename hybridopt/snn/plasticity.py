@@ -54,7 +54,6 @@ __all__ = [
     "PlasticState",
     "Rule",
     "RuleGrad",
-    "apply_modulation",
     "bcm_threshold",
     "bcm_update",
     "bcm_update_into",
@@ -475,15 +474,6 @@ def clip_state(U: Tensor, h_max: float) -> Tensor:
     if not (U.requires_grad and torch.is_grad_enabled()):
         return H
     return torch.where((U > -h_max) & (U < h_max), U, H.detach())
-
-
-def apply_modulation(
-    mode: str, D: Tensor, H: Tensor, E: Optional[Tensor], M: Optional[Tensor], p: ModulationParams, h_max: float
-) -> tuple[Tensor, Optional[Tensor]]:
-    """Apply the raw update ``D`` to ``H`` under modulation ``mode``; returns ``(H, E)``."""
-    m = MODES[mode]
-    U, E = m.update(D, H, E, m.gain(p, M), M)
-    return clip_state(U, h_max), E
 
 
 # --------------------------------------------------------------------------- a plastic projection

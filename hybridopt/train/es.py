@@ -32,24 +32,18 @@ condition, as ``eval/return/<condition>`` and ``eval/degradation/<condition>``::
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import multiprocessing as mp
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any, Optional
 
 import numpy as np
 import torch
-
-with warnings.catch_warnings():  # evotorch scripts helpers with torch.jit.script, deprecated in torch
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
-    from evotorch import Problem, SolutionBatch
-    from evotorch.algorithms import PGPE, SNES
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from hybridopt.config import Config, ESConfig, network_spec, parse_config
+from hybridopt.evo import PGPE, SNES, Problem, SolutionBatch
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import make_task
 from hybridopt.tasks.locomotion import EVAL_SEED_OFFSET, Locomotion, ObsNormalizer, ObsStats, eval_seeds
@@ -65,7 +59,6 @@ __all__ = [
     "train_es",
 ]
 
-logging.getLogger("evotorch").setLevel(logging.WARNING)
 
 # The last component of a parameter's name -> its search group.
 _PLASTICITY = {"alpha", "eta", "mod_a", "mod_b", "eta_E", "w_M", "b_M"}
