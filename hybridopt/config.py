@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hybridopt.errors import ConfigError
 from hybridopt.snn.catalogue import MODE_NAMES as MODES
-from hybridopt.snn.catalogue import PROJECTIONS
+from hybridopt.snn.catalogue import PROJECTIONS, load_plugins
 from hybridopt.snn.catalogue import RULE_COEFFICIENTS as RULES
 from hybridopt.snn.catalogue import SURROGATE_NAMES as SURROGATES
 
@@ -401,6 +401,7 @@ def parse_config(raw: Any, overrides: Optional[list[str]] = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("config must be a mapping of sections (task, network, plasticity, train, ...)")
     raw = apply_overrides(raw, overrides or [])
+    load_plugins()  # families registered by the user's own modules
     try:
         return Config.model_validate(raw)
     except ValidationError as e:

@@ -1,4 +1,5 @@
-"""Shared helpers: the repository root and a way to run the real CLI in a subprocess."""
+"""Shared helpers: the repository root, a way to run the real CLI in a subprocess, and the
+registered families and modes the generic tests run over."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
+import tests.extra_family  # noqa: F401  (a family registered as a user would: every generic test runs it)
+from hybridopt.snn.plasticity import MODES, RULES
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+
+# What the generic tests run over: every registered family and mode, read from the registries.
+FAMILIES = [r for r in RULES if r != "none"]
+MODULATIONS = list(MODES)
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

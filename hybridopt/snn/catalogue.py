@@ -11,7 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["MODE_NAMES", "PROJECTIONS", "RULE_COEFFICIENTS", "SURROGATE_NAMES", "check_registry"]
+__all__ = [
+    "MODE_NAMES",
+    "PLUGINS_ENV",
+    "PROJECTIONS",
+    "RULE_COEFFICIENTS",
+    "SURROGATE_NAMES",
+    "check_registry",
+    "load_plugins",
+]
+
+# Modules that register rule families of their own (``register_rule``), comma-separated.  They
+# are imported before a config is validated, in the driver and in every worker.
+PLUGINS_ENV = "HYBRIDOPT_PLUGINS"
 
 # The network's three projections: input -> hidden, hidden -> hidden, hidden -> readout.
 PROJECTIONS: tuple[str, ...] = ("input", "recurrent", "readout")
@@ -37,3 +49,24 @@ def check_registry(kind: str, registered: Mapping[str, object] | tuple[str, ...]
     have, want = set(registered), set(catalogue)  # type: ignore[arg-type]
     if have != want:
         raise RuntimeError(f"{kind} registry {sorted(have)} does not match the catalogue {sorted(want)}")
+
+
+_loaded: set[str] = set()
+
+
+def load_plugins() -> None:
+    """Import the modules ``HYBRIDOPT_PLUGINS`` names (once each): they register their families.
+    A module that cannot be imported is a config error, named."""
+    import importlib
+    import os
+
+    from hybridopt.errors import ConfigError
+
+    for name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        if name in _loaded:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"{PLUGINS_ENV}: cannot import {name!r}: {e}") from None
+        _loaded.add(name)

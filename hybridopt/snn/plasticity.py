@@ -47,6 +47,7 @@ from hybridopt.snn.catalogue import MODE_NAMES, RULE_COEFFICIENTS, check_registr
 __all__ = [
     "MODES",
     "RULES",
+    "register_rule",
     "Activity",
     "ModeGrad",
     "ModulationParams",
@@ -331,6 +332,17 @@ RULES: dict[str, Rule] = {
     "stdp": Rule(stdp_update, _C["stdp"], update_into=stdp_update_into, vjp=stdp_vjp),
 }
 check_registry("rule", RULES, RULE_COEFFICIENTS)
+
+
+def register_rule(name: str, rule: Rule) -> None:
+    """Add a rule family: its update ``D`` (and optionally the rest of :class:`Rule`).  That is the
+    whole job: configs accept it, the search can choose it, every kernel runs it (the fused one
+    by autograd per step unless it brings ``update_into`` and ``vjp``).  Put the call in a module
+    named by ``HYBRIDOPT_PLUGINS`` so that the command line and its workers load it."""
+    if name in RULES and RULES[name] != rule:
+        raise ValueError(f"rule family {name!r} is already registered")
+    RULES[name] = rule
+    RULE_COEFFICIENTS[name] = dict(rule.coefficients)
 
 
 # --------------------------------------------------------------------------- modulation modes

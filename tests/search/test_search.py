@@ -419,3 +419,30 @@ def test_without_inheritance_every_candidate_trains_from_scratch(tmp_path: Path,
         assert c.data.metrics["budget_cpu_s"] == pytest.approx(c.data.metrics["cpu_time_s"])
         assert min(x.step for x in client.get_metric_history(c.info.run_id, "train/loss")) == 1
         assert not client.list_artifacts(c.info.run_id)  # no trained state is kept for children
+
+
+def test_a_family_registered_by_a_plugin_module_trains_in_a_search(tmp_path: Path, store: str, ray_tmp: str):
+    # the tests' own family, loaded the way a user loads theirs: the driver and every worker import it
+    import yaml
+
+    cfg = yaml.safe_load(Path(SMOKE).read_text())
+    cfg["search"]["genes"]["plasticity.input.rule"] = {"choices": ["anti_hebbian", "hebbian"]}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(cfg))
+    args = [str(tmp_path / "own.yaml"), "--tracking-uri", store, "--set", "search.generations=1",
+            "--set", f"search.checkpoint={tmp_path}/c"]  # fmt: skip
+    p = search(args, tmp_path, ray_tmp)
+    assert p.returncode == 2 and "unknown rule 'anti_hebbian'" in p.stderr  # not registered without the plugin
+    env = {**_env(ray_tmp), "HYBRIDOPT_PLUGINS": "tests.extra_family"}
+    p = subprocess.run([sys.executable, "-m", "hybridopt", "search", *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    client, _, children = runs_of(store)
+    assert children and all(c.info.status == "FINISHED" for c in children)
+    anti = [c for c in children if c.data.params["plasticity.input.rule"] == "anti_hebbian"]
+    assert anti, "no candidate drew the registered family"
+    for c in anti:  # it trained: its own coefficient is in the state it kept
+        path = client.download_artifacts(c.info.run_id, "state.pt", str(tmp_path / c.info.run_id))
+        import torch
+
+        model = torch.load(path, weights_only=True)["model"]
+        assert "projections.input.coeffs.k" in model and torch.isfinite(model["projections.input.coeffs.k"])

@@ -14,6 +14,7 @@ import torch
 from hybridopt.snn import compiled, fused
 from hybridopt.snn.network import PROJECTIONS, NetworkSpec, PlasticSNN, ProjectionSpec, StepConstants
 from hybridopt.snn.plasticity import MODES, PlasticState
+from tests.conftest import FAMILIES
 
 from .test_fused import H_MAX, N_IN, PLASTIC, STEPS, _input, _run, _spec
 
@@ -22,11 +23,12 @@ pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler for torch.compile"
 )
 
-FAMILIES = ["hebbian", "oja", "bcm", "stdp"]
 COMBOS = [(r, m) for r in FAMILIES for m in MODES]
-# Network i has COMBOS[i] on the input, COMBOS[i + 4] on the recurrent and COMBOS[i + 8] on the
-# readout projection: over the twelve networks every family x mode sits on every projection once.
-LATIN = [{p: COMBOS[(i + 4 * k) % len(COMBOS)] for k, p in enumerate(PROJECTIONS)} for i in range(len(COMBOS))]
+# Network i has COMBOS[i] on the input, COMBOS[i + n] on the recurrent and COMBOS[i + 2n] on the
+# readout projection (n = a third of the combinations; COMBOS has families x 3 modes): over the
+# networks every family x mode sits on every projection once.
+_SHIFT = len(COMBOS) // len(PROJECTIONS)
+LATIN = [{p: COMBOS[(i + _SHIFT * k) % len(COMBOS)] for k, p in enumerate(PROJECTIONS)} for i in range(len(COMBOS))]
 LATIN_IDS = ["_".join(f"{r}-{m}" for r, m in net.values()) for net in LATIN]
 
 
@@ -43,7 +45,7 @@ def test_compiled_matches_reference_for_every_family_mode_and_projection(placeme
     # the example exercises what it should: spikes, active clips, gradients everywhere
     assert 0.02 < s0.mean() < 0.6
     for name in PROJECTIONS:
-        assert (getattr(st0, name).H.abs() == H_MAX).float().mean() > 0.02, name
+        assert (getattr(st0, name).H.abs() == H_MAX).float().mean() > 0.01, name  # hundreds of states
     assert all(g.abs().sum() > 0 for g in g0.values())
     # float64: the same spikes, values to rounding, over all STEPS steps
     assert torch.equal(s1, s0)

@@ -36,9 +36,10 @@ from hybridopt.snn.plasticity import (
     clip_state,
     plasticity_step,
 )
+from tests.conftest import FAMILIES, MODULATIONS
 
-FAMILIES = ["hebbian", "oja", "bcm", "stdp"]
-MODULATIONS = ["plain", "neuromodulated", "retroactive"]
+COEFFS3 = ("tau_phi", "a_plus", "a_minus")  # the built-in families' coefficients, set by hand below
+
 CASES = list(itertools.product(PROJECTIONS, FAMILIES, MODULATIONS))
 IDS = [f"{p}-{r}-{m}" for p, r, m in CASES]
 
@@ -222,9 +223,11 @@ def test_fused_plasticity_gradients_against_finite_differences(rule, mode):
         "mod_b": torch.rand(n_post, generator=gen, dtype=dt) * 0.4 + 0.3,
         "eta_E": torch.tensor(0.55, dtype=dt),
         "M": torch.rand(T, B, generator=gen, dtype=dt) * 1.6 - 0.8,
-        "tau_phi": torch.tensor(2.5, dtype=dt),
-        "a_plus": torch.tensor(1.2, dtype=dt),
-        "a_minus": torch.tensor(0.8, dtype=dt),
+        # the family's coefficients, away from their initial values (BCM's threshold made fast)
+        **{
+            c: torch.tensor({"tau_phi": 2.5}.get(c, 1.3 * v - 0.1), dtype=dt)
+            for c, v in RULES[rule].coefficients.items()
+        },
     }
     if not MODES[mode].has_eligibility:
         del leaves["E"]
@@ -432,6 +435,7 @@ def test_in_place_updates_give_the_reference_bits(rule, mode, gain_shape):
     act = Activity(r(B, n_pre), r(B, n_post), (r(B, n_pre) > 0).float(), r(B, n_post))
     H, E, phi, M = r(B, n_pre, n_post), r(B, n_pre, n_post), r(B, n_post), r(B)
     coeffs = {"tau_phi": torch.tensor(3.0), "a_plus": torch.tensor(0.7), "a_minus": torch.tensor(1.3)}
+    coeffs.update({c: torch.tensor(1.3 * v - 0.1) for c, v in RULES[rule].coefficients.items() if c not in coeffs})
     n = n_post if gain_shape == "per-neuron" else 1
     mod = ModulationParams(eta=r(n), mod_a=r(n), mod_b=r(n), eta_E=torch.tensor(0.4))
     gain = MODES[mode].gain(mod, M)
@@ -484,8 +488,8 @@ def test_one_step_at_the_clip_bound(rule, mode):
         H=H,
         pre_trace=torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 1.5]], dtype=dt),
         post_trace=torch.tensor([[0.0, 1.0, 2.0, 0.0], [0.0, 0.5, 0.0, 3.0]], dtype=dt),
-        E=E0 if mode == "retroactive" else None,
-        phi=torch.rand(B, n_post, generator=gen, dtype=dt) if rule == "bcm" else None,
+        E=E0 if MODES[mode].has_eligibility else None,
+        phi=torch.rand(B, n_post, generator=gen, dtype=dt) if RULES[rule].has_threshold else None,
     )
     leaves = {
         "pre": pre,
@@ -497,6 +501,7 @@ def test_one_step_at_the_clip_bound(rule, mode):
         "eta_E": torch.tensor(0.6, dtype=dt),
         "M": torch.tensor([0.9, -0.7], dtype=dt),
         **{k: torch.tensor(v, dtype=dt) for k, v in {"tau_phi": 2.0, "a_plus": 1.1, "a_minus": 0.9}.items()},
+        **{c: torch.tensor(1.3 * v - 0.1, dtype=dt) for c, v in RULES[rule].coefficients.items() if c not in COEFFS3},
     }
     grads, values = {}, {}
     for kernel in ("reference", "fused"):

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from hybridopt.snn.network import PROJECTIONS, NetworkSpec, PlasticSNN, ProjectionSpec
+from hybridopt.snn.plasticity import RULES
+from tests.conftest import FAMILIES, MODULATIONS
 
-FAMILIES = ["hebbian", "oja", "bcm", "stdp"]
-MODULATIONS = ["plain", "neuromodulated", "retroactive"]
 CASES = list(itertools.product(PROJECTIONS, FAMILIES, MODULATIONS))
 IDS = [f"{p}-{r}-{m}" for p, r, m in CASES]
 
@@ -192,7 +192,7 @@ def _expected_learned(projection: str, rule: str, mode: str) -> set[str]:
         "neuromodulated": {"mod_a", "mod_b", "w_M", "b_M"},
         "retroactive": {"eta_E", "w_M", "b_M"},
     }[mode]
-    names |= {f"coeffs.{c}" for c in {"bcm": ["tau_phi"], "stdp": ["a_plus", "a_minus"]}.get(rule, [])}
+    names |= {f"coeffs.{c}" for c in RULES[rule].coefficients}
     return STATIC_PARAMETERS | {prefix + n for n in names}
 
 

@@ -20,9 +20,7 @@ from hybridopt.snn.plasticity import (
     plastic_initial_state,
     plasticity_step,
 )
-
-FAMILIES = ["hebbian", "oja", "bcm", "stdp"]
-MODULATIONS = ["plain", "neuromodulated", "retroactive"]
+from tests.conftest import FAMILIES, MODULATIONS
 
 
 def T(x) -> torch.Tensor:
@@ -166,6 +164,21 @@ def test_hebbian_retroactive_by_hand():
 
 
 # --------------------------------------------------------------------------- every family x mode vs a plain loop
+# Each family's D_ij in plain floats: (xpre_i, xpost_j, pre spike_i, post spike_j, H_ij, phi_j, coefficients).
+PLAIN_D = {
+    "hebbian": lambda xi, xj, si, sj, h, phi, c: xi * xj,
+    "oja": lambda xi, xj, si, sj, h, phi, c: xj / (1.0 + xj**2) * (xi - h * xj),
+    "bcm": lambda xi, xj, si, sj, h, phi, c: xi * xj * (xj - phi),
+    "stdp": lambda xi, xj, si, sj, h, phi, c: c["a_plus"] * xi * sj - c["a_minus"] * si * xj,
+    "anti_hebbian": lambda xi, xj, si, sj, h, phi, c: -c["k"] * xi * xj,  # the tests' own family
+}
+
+
+def test_every_registered_family_has_its_equation_written_out():
+    # the plain loop below checks each family against its equation: a new family adds one here
+    assert set(PLAIN_D) == set(FAMILIES)
+
+
 def _reference_step(rule, mode, st, pre, post, lam, h_max, coeffs, eta, mod_a, mod_b, eta_E, M):
     """The equations (DESIGN.md; Oja normalised, see oja_update), with Python floats and loops over b, i, j."""
     B, n_pre, n_post = len(st["H"]), len(pre[0]), len(post[0])
@@ -178,14 +191,7 @@ def _reference_step(rule, mode, st, pre, post, lam, h_max, coeffs, eta, mod_a, m
             H_row, E_row = [], []
             for j in range(n_post):
                 h = st["H"][b][i][j]
-                if rule == "hebbian":
-                    d = xpre[i] * xpost[j]
-                elif rule == "oja":
-                    d = xpost[j] / (1.0 + xpost[j] ** 2) * (xpre[i] - h * xpost[j])
-                elif rule == "bcm":
-                    d = xpre[i] * xpost[j] * (xpost[j] - st["phi"][b][j])
-                else:  # stdp
-                    d = coeffs["a_plus"] * xpre[i] * post[b][j] - coeffs["a_minus"] * pre[b][i] * xpost[j]
+                d = PLAIN_D[rule](xpre[i], xpost[j], pre[b][i], post[b][j], h, st["phi"][b][j], coeffs)
                 if mode == "plain":
                     h_new = h + eta[j] * d
                 elif mode == "neuromodulated":
@@ -225,7 +231,7 @@ def test_every_family_and_mode_matches_the_plain_loop(rule, mode, h_max):
     }
     pre = [[1.0, 0.0], [1.0, 1.0]]
     post = [[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]]
-    coeffs = {"tau_phi": 3.0, "a_plus": 0.9, "a_minus": 1.3}
+    coeffs = {"tau_phi": 3.0, "a_plus": 0.9, "a_minus": 1.3, "k": 0.6}
     eta, mod_a, mod_b, eta_E, M = [0.3, -0.2, 0.5], [0.4, 1.0, -0.6], [0.1, -0.05, 0.2], 0.3, [0.7, -0.4]
 
     state = plastic_initial_state(rule, mode, B, n_pre, n_post, dtype=torch.float64)
@@ -429,7 +435,7 @@ def test_modulator_signal_by_hand():
 
 
 def test_registries():
-    assert set(RULES) == {"none", *FAMILIES}
+    assert {"none", "hebbian", "oja", "bcm", "stdp"} <= set(RULES) == {"none", *FAMILIES}
     assert set(MODES) == set(MODULATIONS)
     assert RULES["none"].update is None
     assert dict(RULES["bcm"].coefficients) == {"tau_phi": 20.0} and RULES["bcm"].has_threshold
