@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from hybridopt.snn.plasticity import Rule, RuleGrad, _col_sums, _row_sums, register_rule
+from hybridopt.snn.rules import Rule, RuleGrad, _col_sums, _row_sums, register_rule
 
 NAME = "anti_hebbian"
 
