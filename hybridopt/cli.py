@@ -149,9 +149,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("hybridopt: interrupted; run ended as KILLED", file=sys.stderr)
         return 130
     log_result(tracker, run_id, result, cfg)
-    from hybridopt.search.evolution import log_figures_of
+    from hybridopt.results.report import log_figures_safely
 
-    log_figures_of(tracker, run_id)
+    log_figures_safely(tracker, run_id)
     if result.failed:
         print(f"hybridopt: training failed: {result.reason} (run {run_id})", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ import csv
 import html
 import io
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from hybridopt.results.store import SearchView, TrainView, find
 from hybridopt.search.genome import GenomeSpace
 from hybridopt.snn.catalogue import PROJECTIONS
 
-__all__ = ["figures", "log_figures", "search_table", "summary_html", "write_report"]
+__all__ = ["figures", "log_figures", "log_figures_safely", "search_table", "summary_html", "write_report"]
 
 
 def _fmt(v: Any) -> str:
@@ -187,3 +188,12 @@ def train_summary(view: TrainView) -> dict[str, str]:
     """A train run's closing numbers for the terminal."""
     keys = ("fitness", "eval/accuracy", "eval/return/standard", "cpu_time_s", "train_steps")
     return {k: _fmt(view.metrics[k]) for k in keys if k in view.metrics and math.isfinite(view.metrics[k])}
+
+
+def log_figures_safely(tracker: Any, run_id: str) -> None:
+    """The search's figures and summary page as artifacts of its parent run.  A figure that cannot
+    be drawn costs a warning, never the search's result (already recorded)."""
+    try:
+        log_figures(tracker, run_id)
+    except Exception as e:  # noqa: BLE001 - plotting must not lose a finished search
+        warnings.warn(f"figures of run {run_id} not drawn: {type(e).__name__}: {e}", stacklevel=2)

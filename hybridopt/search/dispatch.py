@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -25,7 +27,16 @@ from hybridopt.config import parse_config
 from hybridopt.errors import RayConnectError
 from hybridopt.train import TrainResult, TrainState, train_candidate
 
-__all__ = ["Pool", "RayConnectError", "check_address", "init_ray", "slots_for", "train_remote"]
+__all__ = [
+    "STOP",
+    "Pool",
+    "RayConnectError",
+    "check_address",
+    "init_ray",
+    "slots_for",
+    "stop_on_signals",
+    "train_remote",
+]
 
 
 def train_remote(config: dict[str, Any], start: Optional[TrainState], cpu_budget_s: Optional[float]) -> TrainResult:
@@ -198,3 +209,20 @@ def init_ray(
     except Exception as e:  # noqa: BLE001 - ray raises ConnectionError, RuntimeError, ...
         where = address or "a local instance"
         raise RayConnectError(f"cannot start or join Ray at {where}: {_first_line(e)}") from None
+
+
+def _stop(signum: int, frame: Any) -> None:
+    STOP.append("interrupted" if signum == signal.SIGINT else f"terminated ({signal.Signals(signum).name})")
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (``kill``, a job manager stopping the driver) end the search the same way:
+    the parent and the candidates under way KILLED, the checkpoint kept for ``--resume``.  The
+    handler only records the request; the search stops at its next wait for a result (within half
+    a second), never in the middle of a write to the store.  Installed after Ray is up (whose
+    own SIGTERM handler would exit the process mid-write)."""
+    if threading.current_thread() is threading.main_thread():
+        STOP.clear()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, _stop)

@@ -28,159 +28,30 @@ the parent and the candidates under way as KILLED.
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, Optional
 
 import torch
 import yaml
 
-from hybridopt.config import Config, SearchConfig
-from hybridopt.evo import CopyingOperator, GaussianMutation, GeneticAlgorithm, OnePointCrossOver, Problem, SolutionBatch
+from hybridopt.config import Config
+from hybridopt.evo import GeneticAlgorithm
+from hybridopt.results.report import log_figures_safely
 from hybridopt.search.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from hybridopt.search.dispatch import STOP, Pool, init_ray, slots_for
+from hybridopt.search.dispatch import Pool, init_ray, slots_for, stop_on_signals
+from hybridopt.search.ga import FAILED_FITNESS, GenomeProblem, make_algorithm
 from hybridopt.search.genome import GenomeSpace
+from hybridopt.search.halving import Job, budget_fraction, decide, quotas
 from hybridopt.search.inherit import inherit
+from hybridopt.search.outcome import CandidateRecord, FinishedCandidate, SearchOutcome
 from hybridopt.search.record import ChildRun, SearchRecord
 from hybridopt.tracking import Tracker, describe, run_params
-from hybridopt.train import TrainResult, TrainState
+from hybridopt.train import TrainState
 from hybridopt.train.weights import weights_bytes
 
-
-def log_figures_of(tracker: Tracker, run_id: str) -> None:
-    """The search's figures and summary page as artifacts of its parent run.  A figure that cannot
-    be drawn costs a warning, never the search's result (already recorded)."""
-    from hybridopt.results.report import log_figures
-
-    try:
-        log_figures(tracker, run_id)
-    except Exception as e:  # noqa: BLE001 - plotting must not lose a finished search
-        warnings.warn(f"figures of run {run_id} not drawn: {type(e).__name__}: {e}", stacklevel=2)
-
-
 __all__ = ["FAILED_FITNESS", "CandidateRecord", "GenomeProblem", "SearchOutcome", "make_algorithm", "run_search"]
-
-# Fitness given to a failed candidate: below any real fitness, but finite for the GA.
-FAILED_FITNESS = -1.0e9
-
-
-@dataclass
-class CandidateRecord:
-    generation: int
-    index: int
-    unit: list[float]
-    values: dict[str, Any]
-    fitness: float
-    status: str
-    reason: Optional[str]
-    run_id: str
-    wall_time: float
-    cpu_s: float = 0.0  # this candidate's own training
-    budget_cpu_s: float = 0.0  # the training behind its state, inherited included
-    rung: int = 0  # the rung where it stopped
-
-
-@dataclass
-class FinishedCandidate:
-    """What the progress display is told when a candidate stops (at its last rung or failed)."""
-
-    generation: int
-    index: int
-    genome: str
-    fitness: Optional[float]
-    status: str
-    reason: Optional[str]
-    rung: int
-    cpu_s: float
-    wall_s: float
-
-
-@dataclass
-class SearchOutcome:
-    parent_run_id: str
-    best_values: dict[str, Any]
-    best_fitness: float
-    records: list[CandidateRecord] = field(default_factory=list)
-    best_history: list[float] = field(default_factory=list)
-
-
-class GenomeProblem(Problem):
-    """Maximise candidate fitness over the unit-encoded genome; evaluation is delegated to
-    the driver's Ray dispatcher (``evaluator(values) -> fitness``)."""
-
-    def __init__(self, n_genes: int, seed: int, evaluator: Callable[[torch.Tensor], torch.Tensor]):
-        self.evaluator = evaluator
-        super().__init__(
-            "max", solution_length=n_genes, initial_bounds=(0.0, 1.0), bounds=(0.0, 1.0), seed=seed, dtype=torch.float32
-        )
-
-    def _evaluate_batch(self, batch: SolutionBatch) -> None:
-        batch.set_evals(self.evaluator(batch.values.clone()))
-
-
-class CategoricalResample(CopyingOperator):
-    """With probability ``p`` per categorical gene, draw its value afresh, uniformly in
-    ``[0, 1]`` (i.e. a uniformly random category): Gaussian steps alone rarely cross
-    several category cells."""
-
-    def __init__(self, problem: Problem, mask: torch.Tensor, p: float):
-        super().__init__(problem)
-        self.mask = mask
-        self.p = float(p)
-
-    @torch.no_grad()
-    def _do(self, batch: SolutionBatch) -> SolutionBatch:
-        from copy import deepcopy
-
-        result = deepcopy(batch)
-        data = result.access_values()
-        hit = (self.problem.make_uniform_shaped_like(data) < self.p) & self.mask.to(data.device)
-        data[hit] = self.problem.make_uniform_shaped_like(data)[hit]
-        return result
-
-
-@dataclass
-class _Job:
-    """One candidate of a generation on its way through the rungs."""
-
-    index: int  # its candidate number in the generation (elites training on come after the new ones)
-    unit: list[float]
-    values: dict[str, Any]
-    cfg: Config
-    start: Optional[TrainState] = None
-    parent: Optional[str] = None  # the run whose state it started from
-    kept: tuple[str, ...] = ()
-    row: Optional[int] = None  # an elite training on: its row in the GA's population
-    run_id: Optional[str] = None
-    fitness: list[float] = field(default_factory=list)  # at each completed rung
-    result: Optional[TrainResult] = None  # of its last rung
-    cpu_s: float = 0.0
-    wall_s: float = 0.0
-    decided: bool = False  # promoted from, or stopped at, its last completed rung
-    done: bool = False
-    stored: Optional[ChildRun] = None  # finished before a resume
-
-    @property
-    def rung(self) -> int:
-        """The last rung it completed (-1: none yet)."""
-        return len(self.fitness) - 1
-
-
-def _budget_fraction(cfg: Config, lo: float, hi: float) -> tuple[Config, float]:
-    """The config and CPU seconds for training from fraction ``lo`` to ``hi`` of a candidate's budget."""
-    if cfg.task.name == "locomotion":
-        es = cfg.es
-        n = max(1, round(hi * es.generations) - round(lo * es.generations))
-        cpu = (hi - lo) * 60.0 * es.cpu_minutes if es.cpu_minutes else math.inf
-        return cfg.model_copy(update={"es": es.model_copy(update={"generations": n})}), cpu
-    tc = cfg.train
-    n = max(1, round(hi * tc.steps) - round(lo * tc.steps))
-    cpu = (hi - lo) * 60.0 * tc.cpu_minutes if tc.cpu_minutes else math.inf
-    return cfg.model_copy(update={"train": tc.model_copy(update={"steps": n})}), cpu
 
 
 class _Driver:
@@ -293,8 +164,8 @@ class _Driver:
         cand = self.space.config_for(self.cfg, values)
         return cand.model_copy(update={"train": cand.train.model_copy(update={"threads": self.threads})})
 
-    def _new_job(self, index: int, u: list[float], values: dict[str, Any]) -> _Job:
-        job = _Job(index, u, values, self._candidate_config(values))
+    def _new_job(self, index: int, u: list[float], values: dict[str, Any]) -> Job:
+        job = Job(index, u, values, self._candidate_config(values))
         if self.inherits and self.members:
             parent = self._parent_of(u, values)
             state = self._trained_state(parent.run_id) if parent is not None else None
@@ -303,7 +174,7 @@ class _Driver:
                 job.start, job.parent, job.kept = start, parent.run_id, tuple(kept)
         return job
 
-    def _elite_jobs(self, first_index: int) -> list[_Job]:
+    def _elite_jobs(self, first_index: int) -> list[Job]:
         """With inheritance, the population's ``elite`` best (they survive this generation) train on."""
         if not self.inherits or self.ga is None or not self.sc.elite:
             return []
@@ -316,7 +187,7 @@ class _Driver:
             state = self._trained_state(m.run_id) if m is not None and m.status == "FINISHED" else None
             if state is None:
                 continue
-            job = _Job(first_index + len(jobs), list(m.unit), dict(m.values), self._candidate_config(m.values))
+            job = Job(first_index + len(jobs), list(m.unit), dict(m.values), self._candidate_config(m.values))
             start, kept = inherit(state, job.cfg, job.cfg)  # its own state: everything, optimiser included
             job.start, job.parent, job.kept, job.row = start, m.run_id, tuple(kept), row
             jobs.append(job)
@@ -347,14 +218,10 @@ class _Driver:
         self._report(jobs)  # the generation's best, once every candidate is recorded
         return fitness
 
-    def _run(self, jobs: list[_Job]) -> None:
+    def _run(self, jobs: list[Job]) -> None:
         """Successive halving over ``jobs``, each promotion made as soon as it is certain."""
-        rungs, keep = self.sc.rungs, self.sc.keep
-        quota = []  # how many go on from each rung (but the last)
-        n = len(jobs)
-        for _ in rungs[:-1]:
-            n = max(1, math.ceil(keep * n))
-            quota.append(n)
+        rungs = self.sc.rungs
+        quota = quotas(len(jobs), rungs, self.sc.keep)
         for job in jobs:  # finished before a resume: their rungs are known
             if job.stored is not None:
                 st = job.stored
@@ -366,7 +233,7 @@ class _Driver:
             if not job.done:
                 self._submit(job, 0)
         while True:
-            self._decide(jobs, quota)
+            decide(jobs, quota, self._submit, self._close)
             if not self.pool.pending:
                 break
             key, result = self.pool.next_result()
@@ -380,32 +247,11 @@ class _Driver:
                 self._close(job)
             self._report(jobs)
 
-    def _report(self, jobs: list[_Job]) -> None:
+    def _report(self, jobs: list[Job]) -> None:
         done = sum(j.done for j in jobs)
         self.progress(generation=self.generation, done=done, total=len(jobs), best=self._best_fitness(), finished=None)
 
-    def _decide(self, jobs: list[_Job], quota: list[int]) -> None:
-        """Promote or stop every job whose place in its rung is certain.
-
-        Rung ``k`` sends on its ``quota[k]`` best.  A job is certainly among them when fewer than
-        ``quota[k]`` others are ahead of it or may still arrive (``pending``), and certainly not
-        when ``quota[k]`` are ahead; once the rung is complete every place is known."""
-        cap = len(jobs)  # at most how many jobs complete rung k
-        for k, m in enumerate(quota):
-            at_k = [j for j in jobs if j.rung >= k]
-            pending = cap - len(at_k)
-            ranked = sorted((j for j in at_k if j.fitness[k] > -math.inf), key=lambda j: (-j.fitness[k], j.index))
-            for place, job in enumerate(ranked):
-                if job.rung == k and not job.decided and (place + pending < m or place >= m or pending == 0):
-                    job.decided = True
-                    if place < m:
-                        self._submit(job, k + 1)
-                    else:
-                        self._close(job)
-            promoted = sum(1 for j in jobs if j.rung > k or (j.rung == k and j.decided and not j.done))
-            cap = promoted if pending == 0 else m
-
-    def _submit(self, job: _Job, rung: int) -> None:
+    def _submit(self, job: Job, rung: int) -> None:
         if job.run_id is None:  # dispatched: its run exists from now on, RUNNING
             desc = GenomeSpace.describe(job.values)
             job.run_id = self.record.open_child(
@@ -420,11 +266,11 @@ class _Driver:
             )
             self.open_runs.add(job.run_id)
         lo = self.sc.rungs[rung - 1] if rung > 0 else 0.0
-        cfg, cpu = _budget_fraction(job.cfg, lo, self.sc.rungs[rung])
+        cfg, cpu = budget_fraction(job.cfg, lo, self.sc.rungs[rung])
         start = job.start if rung == 0 else job.result.state
         self.pool.submit(job.index, cfg.model_dump(mode="json"), start, None if math.isinf(cpu) else cpu)
 
-    def _close(self, job: _Job) -> None:
+    def _close(self, job: Job) -> None:
         """The job stops at its last rung: its child run ends, its state is kept for children."""
         job.decided = job.done = True
         result = job.result
@@ -447,7 +293,7 @@ class _Driver:
         if keep_state and result.state is not None:
             self.trained[job.run_id] = result.state
 
-    def _finish_record(self, g: int, job: _Job) -> CandidateRecord:
+    def _finish_record(self, g: int, job: Job) -> CandidateRecord:
         if job.stored is not None:
             st = job.stored
             fit = st.metrics.get("fitness", FAILED_FITNESS) if st.status == "FINISHED" else FAILED_FITNESS
@@ -548,40 +394,8 @@ class _Driver:
         self.tracker.log_metrics(self.parent, {"fitness": rec.fitness}, step=self.generation)
         describe(self.tracker, self.parent, self._description(self.command, rec))
         self.tracker.end_run(self.parent, "FINISHED")
-        log_figures_of(self.tracker, self.parent)
+        log_figures_safely(self.tracker, self.parent)
         return SearchOutcome(self.parent, rec.values, rec.fitness, self.records, self.best_history)
-
-
-def make_algorithm(problem: GenomeProblem, sc: SearchConfig, space: GenomeSpace) -> GeneticAlgorithm:
-    """The evotorch GA of a search: ``elite`` survivors plus ``population - elite`` children."""
-    return GeneticAlgorithm(
-        problem,
-        popsize=sc.population,
-        elitist=False,  # elitism by count: the best ``elite`` parents survive, children fill the rest
-        re_evaluate=False,  # fitness is a deterministic function of the genome
-        operators=[
-            OnePointCrossOver(problem, tournament_size=sc.tournament, num_children=sc.population - sc.elite),
-            GaussianMutation(problem, stdev=sc.mutation_stdev, mutation_probability=sc.mutation_prob),
-            CategoricalResample(problem, space.categorical_mask, sc.categorical_resample),
-        ],
-    )
-
-
-def _stop(signum: int, frame: Any) -> None:
-    STOP.append("interrupted" if signum == signal.SIGINT else f"terminated ({signal.Signals(signum).name})")
-
-
-def _terminate_as_interrupt() -> None:
-    """Ctrl-C and SIGTERM (``kill``, a job manager stopping the driver) end the search the same way:
-    the parent and the candidates under way KILLED, the checkpoint kept for ``--resume``.  The
-    handler only records the request; the search stops at its next wait for a result (within half
-    a second), never in the middle of a write to the store.  Installed after Ray is up (whose
-    own SIGTERM handler would exit the process mid-write)."""
-    if threading.current_thread() is threading.main_thread():
-        STOP.clear()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                signal.signal(sig, _stop)
 
 
 def run_search(
@@ -603,7 +417,7 @@ def run_search(
     if cfg.search is None:
         raise ValueError("config has no search section")
     init_ray(address or cfg.ray.address, cfg.ray.num_cpus)
-    _terminate_as_interrupt()
+    stop_on_signals()
     driver = _Driver(cfg, tracker, resume, progress, command)
     sc = cfg.search
     try:

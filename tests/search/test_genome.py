@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hybridopt.config import ConfigError, load_config, parse_config
-from hybridopt.search.evolution import GenomeProblem, make_algorithm
+from hybridopt.search.ga import GenomeProblem, make_algorithm
 from hybridopt.search.genome import Gene, GenomeSpace
 from tests.conftest import CONFIGS
 

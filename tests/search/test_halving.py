@@ -5,26 +5,26 @@ import math
 import pytest
 
 from hybridopt.config import ConfigError, load_config
-from hybridopt.search.evolution import _budget_fraction
+from hybridopt.search.halving import budget_fraction
 from tests.conftest import CONFIGS
 
 
 def test_a_rung_trains_its_share_of_the_steps_and_the_cpu_budget():
     cfg = load_config(CONFIGS / "smoke.yaml", ["train.steps=100", "train.cpu_minutes=2"])
-    part, cpu = _budget_fraction(cfg, 0.25, 0.5)
+    part, cpu = budget_fraction(cfg, 0.25, 0.5)
     assert part.train.steps == 25 and cpu == pytest.approx(30.0)
-    part, cpu = _budget_fraction(cfg, 0.0, 0.25)
+    part, cpu = budget_fraction(cfg, 0.0, 0.25)
     assert part.train.steps == 25 and cpu == pytest.approx(30.0)
-    part, cpu = _budget_fraction(cfg, 0.5, 1.0)
+    part, cpu = budget_fraction(cfg, 0.5, 1.0)
     assert part.train.steps == 50 and cpu == pytest.approx(60.0)
     # a share smaller than one step is still one step; without a CPU budget, none per rung
-    small, cpu = _budget_fraction(load_config(CONFIGS / "smoke.yaml", ["train.steps=2"]), 0.25, 0.5)
+    small, cpu = budget_fraction(load_config(CONFIGS / "smoke.yaml", ["train.steps=2"]), 0.25, 0.5)
     assert small.train.steps == 1 and math.isinf(cpu)
 
 
 def test_locomotion_rungs_share_the_generations():
     cfg = load_config(CONFIGS / "smoke_locomotion.yaml", ["es.generations=8", "es.cpu_minutes=1"])
-    part, cpu = _budget_fraction(cfg, 0.5, 1.0)
+    part, cpu = budget_fraction(cfg, 0.5, 1.0)
     assert part.es.generations == 4 and cpu == pytest.approx(30.0)
 
 
