@@ -45,7 +45,9 @@ __all__ = ["STEPS_PER_CALL", "compiled_sequence", "compiled_step", "structure_ke
 
 # Steps per compiled call: the per-call overhead (guards, one autograd node) is paid once per K
 # steps; the compile time grows about linearly with K (benchmarks/train_step.py measures both).
-STEPS_PER_CALL = 8
+# At the cue-association size, CPU ms per training step: K=8 78, K=16 66, K=24 69.  A sequence
+# whose length is not a multiple of K compiles one more variant for its last, shorter call.
+STEPS_PER_CALL = 16
 
 _units: dict[tuple, Callable] = {}
 

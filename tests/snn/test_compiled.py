@@ -70,7 +70,7 @@ def test_compiled_float32_on_the_task_size_with_the_default_unrolling():
     net = PlasticSNN(spec, seed=1)
     gen = torch.Generator().manual_seed(3)
     x = (torch.rand(8, 240, 35, generator=gen) < 0.3).float()
-    assert STEPS % compiled.STEPS_PER_CALL == 0 and 240 % compiled.STEPS_PER_CALL == 0
+    assert 240 % compiled.STEPS_PER_CALL == 0  # whole calls: one compiled variant
     y0, s0, st0, g0 = _run(net, "reference", x)
     y1, s1, st1, g1 = _run(net, "compiled", x)
     assert (st0.input.H.abs() == 0.1).float().mean() > 0.02  # the clip is active
