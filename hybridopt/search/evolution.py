@@ -13,10 +13,12 @@ kept by the parent run).  Inside a generation, successive halving (``search.rung
 made as soon as its place is certain, so slots do not wait for a rung's last candidate while
 promotable work exists; the outcome does not depend on the order results arrive in.
 
-The three rooms: :mod:`~hybridopt.search.dispatch` (Ray: a pool of long-lived actors, the only
-module that imports Ray), :mod:`~hybridopt.search.record` (MLflow: one parent run, one child run
-per candidate, opened when it is dispatched and ended at the rung where it stops; the driver is
-the only writer) and this loop, which calls them.  Inner loops never see either.
+The rooms: :mod:`~hybridopt.search.dispatch` (Ray: a pool of long-lived actors, the only module
+that imports Ray, and the stop on signals), :mod:`~hybridopt.search.record` (MLflow: one parent
+run, one child run per candidate, opened when it is dispatched and ended at the rung where it
+stops; the driver is the only writer), :mod:`~hybridopt.search.ga` (the evotorch GA),
+:mod:`~hybridopt.search.halving` (which candidate goes on) and this loop, which calls them.
+Inner loops never see Ray or MLflow.
 
 Resume from any moment: a checkpoint is written before generation 0 and after each generation;
 ``resume=True`` continues the same parent run from it, takes every child the store holds as
