@@ -115,7 +115,9 @@ class _Driver:
             rc.max_retries,
         )
         self.threads = max(1, int(rc.num_cpus_per_candidate))
-        self.command = command or tracker.client.get_run(self.parent).data.tags.get("hybridopt.command")
+        self.command = command
+        if resume and command is None:  # the command that started it, kept on its parent run
+            self.command = tracker.client.get_run(self.parent).data.tags.get("hybridopt.command")
 
     def _description(self, command: Optional[str], best: Optional[CandidateRecord] = None) -> str:
         sc = self.sc

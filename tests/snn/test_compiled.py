@@ -16,7 +16,7 @@ from hybridopt.snn.network import PROJECTIONS, NetworkSpec, PlasticSNN, Projecti
 from hybridopt.snn.plasticity import MODES, PlasticState
 from tests.conftest import FAMILIES
 
-from .test_fused import H_MAX, N_IN, PLASTIC, STEPS, _input, _run, _spec
+from .test_fused import H_MAX, N_IN, PLASTIC, _input, _run, _spec
 
 # Inductor builds C++ on CPU; CI installs a compiler.
 pytestmark = pytest.mark.skipif(
