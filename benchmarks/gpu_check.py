@@ -58,7 +58,7 @@ def exactness(device: torch.device, B: int, N: int, T: int) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(B, T, 6, generator=gen) < 0.3).float().to(device)
     for projections, label in cases:
-        spec = NetworkSpec(n_in=6, n_hidden=N, n_out=3, input_gain=2.0, recurrent_gain=1.0, **projections)
+        spec = NetworkSpec(n_in=6, hidden=N, n_out=3, input_gain=2.0, recurrent_gain=1.0, **projections)
         net = PlasticSNN(spec, seed=3).to(device)
         y0, s0, st0, g0 = run(net, "reference", x)
         row = {"check": label}
@@ -117,7 +117,7 @@ def timing(device: torch.device, B: int, N: int, T: int, repeats: int) -> list[d
     )
     for variant, kernel, interval, compile_ in variants:
         spec = NetworkSpec(
-            n_in=32, n_hidden=N, n_out=4, input_gain=2.0, recurrent_gain=1.0, kernel=kernel, compile=compile_,
+            n_in=32, hidden=N, n_out=4, input_gain=2.0, recurrent_gain=1.0, kernel=kernel, compile=compile_,
             recurrent=ProjectionSpec(rule="oja"),
         )  # fmt: skip
         net = PlasticSNN(spec, seed=0).to(device)

@@ -79,7 +79,7 @@ def run_worker(B: int, N: int, T: int, variant: str, args: argparse.Namespace) -
     kernel = "reference" if variant == "reference" else "fused"
     compile_ = "never" if variant == "fused-eager" else "auto"
     spec = NetworkSpec(
-        n_in=N_IN, n_hidden=N, n_out=N_OUT, input_gain=2.0, recurrent_gain=1.0, kernel=kernel, compile=compile_,
+        n_in=N_IN, hidden=N, n_out=N_OUT, input_gain=2.0, recurrent_gain=1.0, kernel=kernel, compile=compile_,
         checkpoint_interval=args.checkpoint_interval, **plastic,
     )  # fmt: skip
     net = PlasticSNN(spec, seed=args.seed)

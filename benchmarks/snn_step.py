@@ -25,7 +25,7 @@ FAMILIES = ("hebbian", "oja", "bcm", "stdp")
 
 def configurations(n_in: int, n_hidden: int, n_out: int) -> dict[str, NetworkSpec]:
     """Row label -> network spec: static, then each family on the recurrent and on the input projection."""
-    base = dict(n_in=n_in, n_hidden=n_hidden, n_out=n_out, input_gain=2.0, recurrent_gain=1.0)
+    base = dict(n_in=n_in, hidden=n_hidden, n_out=n_out, input_gain=2.0, recurrent_gain=1.0)
     rows = {"static": NetworkSpec(**base)}
     for rule in FAMILIES:
         for projection in ("recurrent", "input"):

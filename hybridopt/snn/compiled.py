@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import Tensor
 
-from hybridopt.snn.fused import compile_available, mark_compile_broken
+from hybridopt.snn.fused_kernels import compile_available, mark_compile_broken
 
 if TYPE_CHECKING:
     from hybridopt.snn.network import NetworkParams, NetworkSpec, NetworkState, StepConstants

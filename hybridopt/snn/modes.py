@@ -6,7 +6,7 @@ See :mod:`hybridopt.snn.plasticity` for the equations.  :data:`MODES` is the reg
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -14,7 +14,7 @@ from torch import Tensor
 from hybridopt.snn.catalogue import MODE_NAMES, check_registry
 from hybridopt.snn.rules import Activity, Rule, RuleGrad, clamp_coefficient
 
-__all__ = ["MODES", "Mode", "ModeGrad", "ModulationParams"]
+__all__ = ["MODES", "Mode", "ModeGrad", "ModeParam", "ModulationParams"]
 
 
 class ModulationParams(NamedTuple):
@@ -111,6 +111,18 @@ def _eligibility_vjp(rule: Rule, act: Activity, H, phi, coeffs, E, E_new, gain, 
     return ModeGrad(H=gH, E=gX.mul_(1.0 - gain), gain=g_gain, M=g_M, rule=rg)
 
 
+class ModeParam(NamedTuple):
+    """A learned parameter a mode brings to each projection that uses it: its name (a field of
+    :class:`ModulationParams`), its size (``per_post``: one per post-synaptic neuron, or one in
+    all when the projection's ``eta_per_neuron`` is off; else a scalar), its initial value from
+    the projection's spec, and the group evolution strategies scale its search by."""
+
+    name: str
+    per_post: bool
+    init: Callable[[Any], float]
+    group: str = "plasticity"
+
+
 GainFn = Callable[[ModulationParams, Optional[Tensor]], Tensor]
 UpdateFn = Callable[[Tensor, Tensor, Optional[Tensor], Tensor, Optional[Tensor]], tuple[Tensor, Optional[Tensor]]]
 ModeVjp = Callable[..., ModeGrad]
@@ -131,12 +143,24 @@ class Mode(NamedTuple):
     has_eligibility: bool = False
     update_into: Optional[Callable[..., tuple[Tensor, Optional[Tensor]]]] = None
     vjp: Optional[ModeVjp] = None
+    params: tuple[ModeParam, ...] = ()
 
 
 MODES: dict[str, Mode] = {
-    "plain": Mode(_plain_gain, _gain_update, update_into=_gain_update_into, vjp=_gain_vjp),
+    "plain": Mode(
+        _plain_gain,
+        _gain_update,
+        update_into=_gain_update_into,
+        vjp=_gain_vjp,
+        params=(ModeParam("eta", True, lambda spec: spec.eta_init),),
+    ),
     "neuromodulated": Mode(
-        _neuromodulated_gain, _gain_update, needs_modulator=True, update_into=_gain_update_into, vjp=_gain_vjp
+        _neuromodulated_gain,
+        _gain_update,
+        needs_modulator=True,
+        update_into=_gain_update_into,
+        vjp=_gain_vjp,
+        params=(ModeParam("mod_a", True, lambda spec: spec.eta_init), ModeParam("mod_b", True, lambda spec: 0.0)),
     ),
     "retroactive": Mode(
         _retroactive_gain,
@@ -145,6 +169,11 @@ MODES: dict[str, Mode] = {
         has_eligibility=True,
         update_into=_eligibility_update_into,
         vjp=_eligibility_vjp,
+        params=(ModeParam("eta_E", False, lambda spec: spec.eta_E_init),),
     ),
 }
 check_registry("modulation", MODES, MODE_NAMES)
+for _name, _mode in MODES.items():
+    for _p in _mode.params:
+        if _p.name not in ModulationParams._fields:
+            raise RuntimeError(f"mode {_name!r}: parameter {_p.name!r} is not a field of ModulationParams")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
 import torch
@@ -60,6 +59,7 @@ from hybridopt.snn.plasticity import (
     plastic_initial_state,
     plasticity_step,
 )
+from hybridopt.snn.spec import COMPILE, KERNELS, NetworkSpec, ProjectionSpec
 
 __all__ = [
     "COMPILE",
@@ -74,105 +74,6 @@ __all__ = [
     "StepConstants",
     "network_step",
 ]
-
-KERNELS = ("auto", "compiled", "fused", "reference")
-COMPILE = ("auto", "always", "never")
-
-
-@dataclass(frozen=True)
-class ProjectionSpec:
-    """How one projection is plastic.  ``rule='none'`` makes it static.
-
-    ``coefficients`` overrides the initial values of the rule's own learned coefficients
-    (e.g. ``{"tau_phi": 50.0}`` for BCM).
-    """
-
-    rule: str = "none"
-    modulation: str = "plain"
-    alpha_init: float = 0.05
-    eta_init: float = 0.1
-    eta_per_neuron: bool = True
-    eta_E_init: float = 0.1
-    h_max: float = 1.0
-    trace_decay: float = 0.8
-    coefficients: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.rule not in RULES:
-            raise ValueError(f"unknown rule {self.rule!r}; known: {sorted(RULES)}")
-        if self.modulation not in MODES:
-            raise ValueError(f"unknown modulation {self.modulation!r}; known: {sorted(MODES)}")
-        unknown = set(self.coefficients) - set(RULES[self.rule].coefficients)
-        if unknown:
-            raise ValueError(f"rule {self.rule!r} has no coefficient(s) {sorted(unknown)}")
-
-    @property
-    def plastic(self) -> bool:
-        return self.rule != "none"
-
-    @property
-    def modulated(self) -> bool:
-        return self.plastic and MODES[self.modulation].needs_modulator
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    """Sizes, neuron hyper-parameters, the plasticity of each projection and the kernel
-    (``"fused"`` or ``"reference"``, see the module docstring).
-
-    ``checkpoint_interval`` (fused kernel only) trades memory for time: ``k >= 1`` keeps ``H``
-    every ``k`` steps and recomputes the rest in backward; ``None`` (the default) takes
-    ``k = ceil(sqrt(T))``, the least memory; ``0`` keeps every step's pre-clip ``U`` instead (about
-    4 bytes per synapse per sample per step, a few percent faster).  The results are the same.
-
-    ``compile`` (fused kernel only): ``"always"`` runs each plastic step's ``B x I x J`` work
-    through ``torch.compile``-d functions (Inductor fuses its elementwise passes and reductions;
-    the first sequence of each shape pays seconds of compilation, later processes reuse
-    Inductor's on-disk cache), ``"never"`` keeps the eager fused kernel, ``"auto"`` compiles
-    projections whose state has at least ``COMPILE_MIN_ELEMENTS`` elements.  Compiled forward
-    values equal the eager ones up to float rounding (fused multiply-adds); if compilation is
-    not possible here (no C++ compiler, say) the eager kernel runs, with one warning."""
-
-    n_in: int
-    n_hidden: int
-    n_out: int
-    beta: float = 0.9
-    theta: float = 1.0
-    reset: str = "zero"
-    surrogate: str = "fast_sigmoid"
-    slope: float = 10.0
-    readout_decay: float = 0.8
-    input_gain: float = 1.0
-    recurrent_gain: float = 0.5
-    readout_gain: float = 1.0
-    input: ProjectionSpec = field(default_factory=ProjectionSpec)
-    recurrent: ProjectionSpec = field(default_factory=ProjectionSpec)
-    readout: ProjectionSpec = field(default_factory=ProjectionSpec)
-    kernel: str = "auto"
-    checkpoint_interval: Optional[int] = None
-    compile: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.kernel not in KERNELS:
-            raise ValueError(f"unknown kernel {self.kernel!r}; known: {', '.join(KERNELS)}")
-        if self.compile not in COMPILE:
-            raise ValueError(f"unknown compile setting {self.compile!r}; known: {', '.join(COMPILE)}")
-        if self.checkpoint_interval is not None and self.checkpoint_interval < 0:
-            raise ValueError(f"checkpoint_interval must be >= 0, got {self.checkpoint_interval}")
-
-    @property
-    def lif(self) -> LIFParameters:
-        return LIFParameters(self.beta, self.theta, self.reset, self.surrogate, self.slope)
-
-    def projection(self, name: str) -> ProjectionSpec:
-        return getattr(self, name)
-
-    def shape(self, name: str) -> tuple[int, int]:
-        return {
-            "input": (self.n_in, self.n_hidden),
-            "recurrent": (self.n_hidden, self.n_hidden),
-            "readout": (self.n_hidden, self.n_out),
-        }[name]
 
 
 class ProjectionParams(NamedTuple):
@@ -317,7 +218,9 @@ def network_step(
 
 
 class _Projection(nn.Module):
-    """Owns the learned tensors of one projection (see :class:`ProjectionSpec`)."""
+    """Owns the learned tensors of one projection (see :class:`ProjectionSpec`): ``W``; when
+    plastic, ``alpha``, the parameters its mode declares (:class:`~hybridopt.snn.modes.ModeParam`),
+    the modulator's ``w_M``/``b_M`` when modulated, and the rule's own coefficients."""
 
     def __init__(
         self, n_pre: int, n_post: int, n_features: int, spec: ProjectionSpec, gain: float, gen: torch.Generator
@@ -325,22 +228,22 @@ class _Projection(nn.Module):
         super().__init__()
         self.spec = spec
         self.W = nn.Parameter(torch.randn(n_pre, n_post, generator=gen) * (gain / math.sqrt(n_pre)))
+        self.groups = {"W": "weights"}  # parameter name -> what kind of parameter it is
         if not spec.plastic:
             return
         self.alpha = nn.Parameter(torch.full((n_pre, n_post), spec.alpha_init))
+        self.groups["alpha"] = "plasticity"
         n_eta = n_post if spec.eta_per_neuron else 1
-        if spec.modulation == "plain":
-            self.eta = nn.Parameter(torch.full((n_eta,), spec.eta_init))
-        elif spec.modulation == "neuromodulated":
-            self.mod_a = nn.Parameter(torch.full((n_eta,), spec.eta_init))
-            self.mod_b = nn.Parameter(torch.zeros(n_eta))
-        elif spec.modulation == "retroactive":
-            self.eta_E = nn.Parameter(torch.tensor(spec.eta_E_init))
+        for p in MODES[spec.modulation].params:
+            setattr(self, p.name, nn.Parameter(torch.full((n_eta,) if p.per_post else (), float(p.init(spec)))))
+            self.groups[p.name] = p.group
         if spec.modulated:
             self.w_M = nn.Parameter(torch.randn(n_features, generator=gen) / math.sqrt(n_features))
             self.b_M = nn.Parameter(torch.zeros(()))
+            self.groups |= {"w_M": "plasticity", "b_M": "plasticity"}
         initial = {**RULES[spec.rule].coefficients, **spec.coefficients}
         self.coeffs = nn.ParameterDict({k: nn.Parameter(torch.tensor(float(v))) for k, v in initial.items()})
+        self.groups |= {f"coeffs.{k}": "rule" for k in initial}
 
     def params(self) -> ProjectionParams:
         if not self.spec.plastic:
@@ -348,12 +251,7 @@ class _Projection(nn.Module):
         return ProjectionParams(
             W=self.W,
             alpha=self.alpha,
-            mod=ModulationParams(
-                eta=getattr(self, "eta", None),
-                mod_a=getattr(self, "mod_a", None),
-                mod_b=getattr(self, "mod_b", None),
-                eta_E=getattr(self, "eta_E", None),
-            ),
+            mod=ModulationParams(**{f: getattr(self, f, None) for f in ModulationParams._fields}),
             coeffs=dict(self.coeffs.items()),
             w_M=getattr(self, "w_M", None),
             b_M=getattr(self, "b_M", None),
@@ -370,7 +268,7 @@ class PlasticSNN(nn.Module):
         super().__init__()
         self.spec = spec
         gen = torch.Generator().manual_seed(seed)
-        n_features = spec.n_in + spec.n_hidden
+        n_features = spec.n_in + spec.hidden
         gains = {"input": spec.input_gain, "recurrent": spec.recurrent_gain, "readout": spec.readout_gain}
         self.projections = nn.ModuleDict(
             {
@@ -378,7 +276,7 @@ class PlasticSNN(nn.Module):
                 for name in PROJECTIONS
             }
         )
-        self.b_hidden = nn.Parameter(torch.zeros(spec.n_hidden))
+        self.b_hidden = nn.Parameter(torch.zeros(spec.hidden))
         self.b_out = nn.Parameter(torch.zeros(spec.n_out))
 
     def __getstate__(self) -> dict:
@@ -408,6 +306,13 @@ class PlasticSNN(nn.Module):
             return "compiled" if self.spec.kernel == "compiled" else "reference"
         return self.kernel_for(x.shape[0])
 
+    def parameter_groups(self) -> dict[str, str]:
+        """Each parameter's name (as in ``named_parameters``) -> ``"weights"`` (``W``, biases),
+        ``"plasticity"`` (``alpha``, the modes' parameters, ``w_M``/``b_M``) or ``"rule"`` (a rule's
+        own coefficients): what it is, as the projection that made it declares."""
+        groups = {f"projections.{n}.{k}": g for n, proj in self.projections.items() for k, g in proj.groups.items()}
+        return {name: groups.get(name, "weights") for name, _ in self.named_parameters()}
+
     def params(self) -> NetworkParams:
         p = {name: self.projections[name].params() for name in PROJECTIONS}
         return NetworkParams(**p, b_hidden=self.b_hidden, b_out=self.b_out)
@@ -427,7 +332,7 @@ class PlasticSNN(nn.Module):
             for name in PROJECTIONS
         }
         return NetworkState(
-            lif=lif_initial_state(batch, self.spec.n_hidden, device=dev, dtype=dt),
+            lif=lif_initial_state(batch, self.spec.hidden, device=dev, dtype=dt),
             y=torch.zeros(batch, self.spec.n_out, device=dev, dtype=dt),
             **plastic,
         )

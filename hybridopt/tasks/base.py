@@ -12,7 +12,12 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["TASKS", "Batch", "Task", "make_task", "poisson_spikes", "register_task"]
+__all__ = ["EVAL_SEED_OFFSET", "TASKS", "Batch", "Task", "make_task", "poisson_spikes", "register_task"]
+
+# Evaluation draws from seeds at and above this one (a task's held-out batches from a generator
+# seeded ``EVAL_SEED_OFFSET + seed``, a control task's episodes from seeds above it); training
+# stays below it.
+EVAL_SEED_OFFSET = 1_000_003
 
 
 class Batch(NamedTuple):
@@ -24,6 +29,7 @@ class Batch(NamedTuple):
 
 class Task(Protocol):
     name: str
+    kind: str  # the inner loop that trains it: "gradient" (see hybridopt.train.loops)
     n_in: int
     n_out: int
     chance: float
@@ -41,9 +47,12 @@ TASKS: dict[str, Callable[[Any], Task]] = {}
 
 
 def register_task(name: str) -> Callable:
-    """Class decorator: ``@register_task("cue_association")``."""
+    """Class decorator: ``@register_task("cue_association")``.  The class declares its ``kind``,
+    the kind of inner loop that trains it (a key of :data:`hybridopt.train.loops.LOOPS`)."""
 
     def deco(cls):
+        if not isinstance(getattr(cls, "kind", None), str):
+            raise TypeError(f"task {name!r} declares no kind (the inner loop that trains it)")
         TASKS[name] = cls
         return cls
 

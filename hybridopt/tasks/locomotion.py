@@ -41,7 +41,7 @@ import mujoco
 import numpy as np
 import torch
 
-from hybridopt.tasks.base import register_task
+from hybridopt.tasks.base import EVAL_SEED_OFFSET, register_task
 
 __all__ = [
     "CONDITIONS",
@@ -55,9 +55,6 @@ __all__ = [
     "eval_seeds",
     "leg_actuators",
 ]
-
-# Evaluation episodes are seeded from here up; training seeds are drawn below it.
-EVAL_SEED_OFFSET = 1_000_003
 
 # Robot (env id before "-v") -> leg name -> the body at the top of that leg.
 LEGS: dict[str, dict[str, str]] = {
@@ -241,6 +238,7 @@ class Locomotion:
     one list per condition, so a worker builds them once."""
 
     name = "locomotion"
+    kind = "control"  # played in a simulator: no gradient, trained by search gradient
     chance = math.nan  # a return has no chance level
 
     def __init__(self, cfg) -> None:

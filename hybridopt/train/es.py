@@ -36,7 +36,7 @@ import math
 import multiprocessing as mp
 import time
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -45,8 +45,9 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from hybridopt.config import Config, ESConfig, network_spec, parse_config
 from hybridopt.evo import PGPE, SNES, Problem, SolutionBatch
 from hybridopt.snn.network import PlasticSNN
-from hybridopt.tasks import make_task
-from hybridopt.tasks.locomotion import EVAL_SEED_OFFSET, Locomotion, ObsNormalizer, ObsStats, eval_seeds
+from hybridopt.tasks import EVAL_SEED_OFFSET, make_task
+from hybridopt.tasks.locomotion import Locomotion, ObsNormalizer, ObsStats, eval_seeds
+from hybridopt.train.loops import CONTROL, task_kind
 from hybridopt.train.result import ProgressFn, TrainResult, TrainState
 
 __all__ = [
@@ -60,27 +61,18 @@ __all__ = [
 ]
 
 
-# The last component of a parameter's name -> its search group.
-_PLASTICITY = {"alpha", "eta", "mod_a", "mod_b", "eta_E", "w_M", "b_M"}
-
-
-def parameter_group(name: str) -> str:
-    """``"weights"`` (``W``, biases), ``"plasticity"`` (``alpha``, ``eta``, ``mod_a``/``mod_b``,
-    ``eta_E``, ``w_M``/``b_M``) or ``"rule"`` (a rule's own coefficients) for a parameter name
-    of :class:`PlasticSNN`."""
-    parts = name.split(".")
-    if "coeffs" in parts:
-        return "rule"
-    if parts[-1] in _PLASTICITY:
-        return "plasticity"
-    return "weights"
+def parameter_group(net: PlasticSNN, name: str) -> str:
+    """``"weights"`` (``W``, biases), ``"plasticity"`` (``alpha``, the modes' parameters such as
+    ``eta``, ``mod_a``/``mod_b``, ``eta_E``, and ``w_M``/``b_M``) or ``"rule"`` (a rule's own
+    coefficients) for a parameter of ``net``, as the network declares it."""
+    return net.parameter_groups()[name]
 
 
 def search_stdev(net: PlasticSNN, es: ESConfig) -> torch.Tensor:
     """Initial search stdev per coordinate of the flat parameter vector (see the module docstring)."""
-    parts = []
+    parts, groups = [], net.parameter_groups()
     for name, p in net.named_parameters():
-        group = parameter_group(name)
+        group = groups[name]
         if group == "weights":
             s = torch.full((p.numel(),), es.stdev)
         elif group == "plasticity":
@@ -92,7 +84,8 @@ def search_stdev(net: PlasticSNN, es: ESConfig) -> torch.Tensor:
 
 
 def _group_masks(net: PlasticSNN) -> dict[str, torch.Tensor]:
-    groups = [parameter_group(n) for n, p in net.named_parameters() for _ in range(p.numel())]
+    by_name = net.parameter_groups()
+    groups = [by_name[n] for n, p in net.named_parameters() for _ in range(p.numel())]
     return {g: torch.tensor([x == g for x in groups]) for g in ("weights", "plasticity", "rule") if g in groups}
 
 
@@ -117,9 +110,9 @@ def policy_kernel(kernel: str, es: ESConfig) -> str:
 def build_policy(cfg: Config) -> tuple[Locomotion, PlasticSNN]:
     """The task and the initial policy network: readout weights scaled by ``task.readout_scale``
     (at full scale they saturate every action and the control cost dominates)."""
-    task = make_task(cfg.task)
-    if not isinstance(task, Locomotion):
+    if task_kind(cfg.task) != CONTROL:
         raise ValueError(f"the ES inner loop trains control tasks (locomotion), not {cfg.task.name!r}")
+    task = cast(Locomotion, make_task(cfg.task))
     spec = network_spec(cfg, task.n_in, task.n_out)
     net = PlasticSNN(dataclasses.replace(spec, kernel=policy_kernel(spec.kernel, cfg.es)), seed=cfg.seed)
     net.requires_grad_(False)

@@ -18,12 +18,10 @@ import torch
 
 from hybridopt.config import Config, network_spec
 from hybridopt.snn.network import PlasticSNN
-from hybridopt.tasks import Batch, Task, make_task
+from hybridopt.tasks import EVAL_SEED_OFFSET, Batch, Task, make_task
 from hybridopt.train.result import ProgressFn, TrainResult, TrainState
 
 __all__ = ["EVAL_SEED_OFFSET", "build", "evaluate", "resolve_device", "run_kernel", "train_gradient"]
-
-EVAL_SEED_OFFSET = 1_000_003
 
 # ``network.kernel: auto`` compiles whole time steps for a run of at least this many steps and
 # CPU seconds (a compile costs seconds once per structure and process); shorter runs (smoke

@@ -12,7 +12,7 @@ from hybridopt.config import Config, ConfigError, parse_config
 from hybridopt.errors import WeightsError
 from hybridopt.safeload import load_data
 from hybridopt.snn.network import PlasticSNN
-from hybridopt.tasks import Task
+from hybridopt.train.loops import Loaded, inner_loop
 
 __all__ = ["WeightsError", "evaluate_weights", "load_weights", "weights_bytes"]
 
@@ -44,35 +44,23 @@ def _mismatch(path: Union[str, Path], e: Exception) -> WeightsError:
     return WeightsError(f"{path}: weights do not match the stored config: {str(e).splitlines()[0]}")
 
 
-def load_weights(path: Union[str, Path]) -> tuple[Config, Task, PlasticSNN]:
-    """Rebuild ``(config, task, trained network)`` from a weights file of a gradient-trained task."""
-    return _load_network(path, *_read(path))
-
-
-def _load_network(path: Union[str, Path], cfg: Config, state_dict: dict[str, Any]) -> tuple[Config, Task, PlasticSNN]:
-    from hybridopt.train.gradient import build
-
-    task, net = build(cfg)
+def _load(path: Union[str, Path], cfg: Config, state_dict: dict[str, Any]) -> Loaded:
     try:
-        net.load_state_dict(state_dict)
-    except RuntimeError as e:
+        return inner_loop(cfg).load(cfg, state_dict)
+    except (RuntimeError, KeyError) as e:
         raise _mismatch(path, e) from None
-    return cfg, task, net
+
+
+def load_weights(path: Union[str, Path]) -> tuple[Config, Any, PlasticSNN]:
+    """Rebuild ``(config, task, trained network)`` from a weights file (a policy's observation
+    statistics are left out: :func:`evaluate_weights` uses them)."""
+    cfg, state_dict = _read(path)
+    loaded = _load(path, cfg, state_dict)
+    return cfg, loaded.task, loaded.net
 
 
 def evaluate_weights(path: Union[str, Path]) -> dict[str, float]:
-    """Evaluate a weights file the way training evaluated it (held-out episodes; for
-    locomotion, the standard and every novel condition)."""
+    """Evaluate a weights file the way training evaluated it (held-out episodes; for a control
+    task, the standard and every novel condition)."""
     cfg, state_dict = _read(path)
-    if cfg.task.name == "locomotion":
-        from hybridopt.train.es import evaluate_policy, load_policy
-
-        try:
-            task, net, normalizer = load_policy(cfg, state_dict)
-        except (RuntimeError, KeyError) as e:
-            raise _mismatch(path, e) from None
-        return evaluate_policy(task, net, normalizer, cfg.seed)
-    from hybridopt.train.gradient import evaluate
-
-    cfg, task, net = _load_network(path, cfg, state_dict)
-    return evaluate(net, task, cfg)
+    return inner_loop(cfg).evaluate(cfg, _load(path, cfg, state_dict))

@@ -65,7 +65,7 @@ def test_compiled_matches_reference_for_every_family_mode_and_projection(placeme
 def test_compiled_float32_on_the_task_size_with_the_default_unrolling():
     # the shipped cue-association network's shape, neuromodulated STDP on input, 240 steps
     spec = NetworkSpec(
-        n_in=35, n_hidden=64, n_out=4, input=ProjectionSpec(rule="stdp", modulation="neuromodulated", h_max=0.1)
+        n_in=35, hidden=64, n_out=4, input=ProjectionSpec(rule="stdp", modulation="neuromodulated", h_max=0.1)
     )
     net = PlasticSNN(spec, seed=1)
     gen = torch.Generator().manual_seed(3)
@@ -102,11 +102,11 @@ def test_a_structure_compiles_once_for_every_value_of_its_hyper_parameters():
 
 
 def test_auto_compiles_small_states_and_leaves_large_ones_to_the_fused_kernel():
-    spec = NetworkSpec(n_in=N_IN, n_hidden=16, n_out=2, recurrent=ProjectionSpec(rule="hebbian", **PLASTIC))
+    spec = NetworkSpec(n_in=N_IN, hidden=16, n_out=2, recurrent=ProjectionSpec(rule="hebbian", **PLASTIC))
     assert spec.kernel == "auto"
     net = PlasticSNN(spec)
     assert net.kernel_for(4) == "compiled"
-    big = PlasticSNN(dataclasses.replace(spec, n_hidden=256))
+    big = PlasticSNN(dataclasses.replace(spec, hidden=256))
     # B * I * J against the fused kernel's threshold: 16 x 256 x 256 = 2^20 elements is memory-bound
     assert big.kernel_for(15) == "compiled" and big.kernel_for(16) == "fused"
     static = PlasticSNN(dataclasses.replace(spec, recurrent=ProjectionSpec()))
@@ -127,7 +127,7 @@ out = {}
 # compiled time steps, the fused kernel with compiled steps, the eager fused kernel
 for kernel, compile_ in zip(sys.argv[1::2], sys.argv[2::2]):
     oja = ProjectionSpec(rule="oja")
-    net = PlasticSNN(NetworkSpec(n_in=4, n_hidden=8, n_out=2, kernel=kernel, compile=compile_, recurrent=oja))
+    net = PlasticSNN(NetworkSpec(n_in=4, hidden=8, n_out=2, kernel=kernel, compile=compile_, recurrent=oja))
     y, s, _ = net(x)
     y.square().sum().backward()
     out[kernel + compile_] = (y.detach(), net.projections["recurrent"].alpha.grad)

@@ -29,7 +29,6 @@ from hybridopt.snn.plasticity import (
     MODES,
     RULES,
     Activity,
-    Mode,
     ModulationParams,
     PlasticState,
     Rule,
@@ -51,7 +50,7 @@ PLASTIC = dict(h_max=H_MAX, eta_init=0.3, alpha_init=0.3, eta_E_init=0.3, trace_
 
 def _spec(kernel: str = "fused", **projections: ProjectionSpec) -> NetworkSpec:
     return NetworkSpec(
-        n_in=N_IN, n_hidden=N_HIDDEN, n_out=N_OUT, input_gain=2.0, recurrent_gain=1.0, kernel=kernel, **projections
+        n_in=N_IN, hidden=N_HIDDEN, n_out=N_OUT, input_gain=2.0, recurrent_gain=1.0, kernel=kernel, **projections
     )
 
 
@@ -547,7 +546,7 @@ def test_a_family_and_mode_without_vjp_run_fused_by_autograd(monkeypatch):
     # a new family is one function plus one registry line, and it runs fused (by per-step autograd);
     # so does a mode registered without its in-place update and backward
     monkeypatch.setitem(RULES, "anti_hebbian", Rule(_anti_hebbian, {"k": 0.5}))
-    bare = Mode(MODES["neuromodulated"].gain, MODES["neuromodulated"].update, needs_modulator=True)
+    bare = MODES["neuromodulated"]._replace(update_into=None, vjp=None)
     monkeypatch.setitem(MODES, "neuromodulated", bare)
     spec = _spec(
         input=ProjectionSpec(rule="anti_hebbian", modulation="plain", **PLASTIC),
@@ -566,11 +565,11 @@ def test_a_family_and_mode_without_vjp_run_fused_by_autograd(monkeypatch):
 
 # --------------------------------------------------------------------------- configuration
 def test_kernel_is_auto_by_default_and_validated():
-    assert NetworkSpec(n_in=1, n_hidden=2, n_out=1).kernel == "auto"
+    assert NetworkSpec(n_in=1, hidden=2, n_out=1).kernel == "auto"
     with pytest.raises(ValueError, match="kernel"):
-        NetworkSpec(n_in=1, n_hidden=2, n_out=1, kernel="compiled-by-hand")
+        NetworkSpec(n_in=1, hidden=2, n_out=1, kernel="compiled-by-hand")
     with pytest.raises(ValueError, match="checkpoint_interval"):
-        NetworkSpec(n_in=1, n_hidden=2, n_out=1, checkpoint_interval=-1)
+        NetworkSpec(n_in=1, hidden=2, n_out=1, checkpoint_interval=-1)
     zero = PlasticState(torch.zeros(1, 1, 1), torch.zeros(1, 1), torch.zeros(1, 1))
     with pytest.raises(ValueError, match="interval"):
         PlasticTape("hebbian", "plain", 1.0, zero, 0)
@@ -605,7 +604,7 @@ def test_compiled_matches_reference(projections, interval):
 
 
 def test_compile_setting_auto_compiles_only_large_states():
-    spec = NetworkSpec(n_in=32, n_hidden=256, n_out=4, recurrent=ProjectionSpec(rule="oja"))
+    spec = NetworkSpec(n_in=32, hidden=256, n_out=4, recurrent=ProjectionSpec(rule="oja"))
     assert spec.compile == "auto"
     net = PlasticSNN(spec)
     # B * I * J against the threshold: 16 x 256 x 256 = 2^20 compiles, 15 x 256 x 256 does not
@@ -616,7 +615,7 @@ def test_compile_setting_auto_compiles_only_large_states():
         net.spec = dataclasses.replace(spec, compile=setting)
         assert net._compiles(1, "recurrent") is expect and net._compiles(10**6, "recurrent") is expect
     with pytest.raises(ValueError, match="compile"):
-        NetworkSpec(n_in=1, n_hidden=2, n_out=1, compile="sometimes")
+        NetworkSpec(n_in=1, hidden=2, n_out=1, compile="sometimes")
 
 
 # Without a C++ compiler: tests/snn/test_compiled.py runs both compiled paths into the failure.

@@ -25,7 +25,7 @@ def _spec(**projections: ProjectionSpec) -> NetworkSpec:
     # the fused kernel gives the reference's values bit for bit, which the equalities here need
     # (the compiled steps round differently; tests/snn/test_compiled.py checks them to tolerance)
     return NetworkSpec(
-        n_in=N_IN, n_hidden=N_HIDDEN, n_out=N_OUT, input_gain=2.0, recurrent_gain=1.0, kernel="fused", **projections
+        n_in=N_IN, hidden=N_HIDDEN, n_out=N_OUT, input_gain=2.0, recurrent_gain=1.0, kernel="fused", **projections
     )
 
 
@@ -57,7 +57,7 @@ def test_hand_worked_trace_with_recurrent_hebbian():
     #      H = [[1.90625, 2.8125], [1.5625, 1.125]]
     spec = NetworkSpec(
         n_in=1,
-        n_hidden=2,
+        hidden=2,
         n_out=1,
         beta=0.5,
         theta=1.0,
@@ -102,7 +102,7 @@ def test_hand_worked_trace_with_input_and_readout_hebbian():
     #                                                          H_out = [[tanh 1 + 1.5 q], [q]]
     plastic = ProjectionSpec(rule="hebbian", alpha_init=0.5, eta_init=1.0, trace_decay=0.5, h_max=10.0)
     spec = NetworkSpec(
-        n_in=1, n_hidden=2, n_out=1, beta=0.5, theta=1.0, readout_decay=0.5, input=plastic, readout=plastic
+        n_in=1, hidden=2, n_out=1, beta=0.5, theta=1.0, readout_decay=0.5, input=plastic, readout=plastic
     )
     net = PlasticSNN(spec)
     with torch.no_grad():
@@ -306,3 +306,24 @@ def test_spec_validation():
         ProjectionSpec(rule="hebbian", modulation="dopamine")
     with pytest.raises(ValueError, match="coefficient"):
         ProjectionSpec(rule="hebbian", coefficients={"tau_phi": 3.0})
+
+
+@pytest.mark.parametrize("per_neuron", [True, False])
+@pytest.mark.parametrize("mode", MODULATIONS)
+def test_a_projection_has_the_parameters_its_mode_declares(mode: str, per_neuron: bool):
+    from hybridopt.snn.plasticity import MODES
+
+    proj = ProjectionSpec(rule="bcm", modulation=mode, eta_init=0.3, eta_E_init=0.2, eta_per_neuron=per_neuron)
+    net = PlasticSNN(NetworkSpec(n_in=3, hidden=5, n_out=2, recurrent=proj), seed=1)
+    params = dict(net.projections["recurrent"].named_parameters())
+    declared = MODES[mode].params
+    modulator = {"w_M", "b_M"} if MODES[mode].needs_modulator else set()
+    assert set(params) == {"W", "alpha", "coeffs.tau_phi", *(p.name for p in declared), *modulator}
+    groups = net.parameter_groups()
+    for p in declared:
+        assert params[p.name].shape == ((5 if per_neuron else 1,) if p.per_post else ())
+        assert torch.all(params[p.name] == p.init(proj))
+        assert groups[f"projections.recurrent.{p.name}"] == p.group
+    got = net.projections["recurrent"].params().mod
+    assert {f for f in got._fields if getattr(got, f) is not None} == {p.name for p in declared}
+    assert groups["projections.recurrent.coeffs.tau_phi"] == "rule" and groups["b_hidden"] == "weights"

@@ -114,7 +114,7 @@ def test_oja_networks_on_long_traces_have_finite_gradients():
 
     plastic = ProjectionSpec(rule="oja", modulation="plain", trace_decay=0.95, alpha_init=0.3)
     for placement in ("input", "recurrent", "readout"):
-        spec = NetworkSpec(n_in=8, n_hidden=16, n_out=3, input_gain=3.0, **{placement: plastic})
+        spec = NetworkSpec(n_in=8, hidden=16, n_out=3, input_gain=3.0, **{placement: plastic})
         net = PlasticSNN(spec, seed=0)
         x = (torch.rand(4, 240, 8, generator=torch.Generator().manual_seed(1)) < 0.8).float()
         y, s, final = net(x)

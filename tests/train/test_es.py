@@ -37,13 +37,13 @@ def result(cfg):
 def test_parameter_groups_and_their_stdevs():
     spec = NetworkSpec(
         n_in=3,
-        n_hidden=4,
+        hidden=4,
         n_out=2,
         input=ProjectionSpec(rule="bcm", modulation="neuromodulated"),
         recurrent=ProjectionSpec(rule="stdp", modulation="retroactive"),
     )
     net = PlasticSNN(spec)
-    groups = {n: parameter_group(n) for n, _ in net.named_parameters()}
+    groups = {n: parameter_group(net, n) for n, _ in net.named_parameters()}
     assert {n for n, g in groups.items() if g == "weights"} == {
         "projections.input.W",
         "projections.recurrent.W",

@@ -1,0 +1,157 @@
+"""What a network is, defined once: the config file's ``network`` and ``plasticity`` sections
+and the library's :class:`NetworkSpec` are the same validated dataclasses.
+
+Torch-free (a config is validated before torch loads); names are checked against
+:mod:`hybridopt.snn.catalogue`, where the implementations register.  A projection's plasticity
+is :class:`ProjectionSpec`; the network section of a config is :class:`NetworkConfig`; a
+:class:`NetworkSpec` is that plus the task's input/output sizes and the three projections::
+
+    NetworkSpec(n_in=35, n_out=4, hidden=64, input=ProjectionSpec(rule="stdp", modulation="neuromodulated"))
+
+``beta = exp(-dt / tau_mem)`` is the membrane's decay per step, ``readout_decay`` the readout
+integrator's (``kappa``); the gains scale each projection's initial weights by
+``gain / sqrt(n_pre)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Literal, Optional, get_args
+
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+
+from hybridopt.snn.catalogue import MODE_NAMES, PROJECTIONS, RULE_COEFFICIENTS, SURROGATE_NAMES
+
+__all__ = ["COMPILE", "KERNELS", "Compile", "Kernel", "NetworkConfig", "NetworkSpec", "ProjectionSpec"]
+
+# How training differentiates a sequence (see :mod:`hybridopt.snn.network`): whole compiled time
+# steps, the fused plastic-synapse kernel, or plain autograd; auto: compiled steps for small
+# plastic states, fused for large ones.
+Kernel = Literal["auto", "compiled", "fused", "reference"]
+KERNELS: tuple[str, ...] = get_args(Kernel)
+# Whether the fused kernel's steps go through torch.compile: for large plastic states (auto).
+Compile = Literal["auto", "always", "never"]
+COMPILE: tuple[str, ...] = get_args(Compile)
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+def _known(field: str, name: str) -> str:
+    """``name`` if the catalogue lists it for this field (rule, modulation, surrogate)."""
+    known = {"rule": RULE_COEFFICIENTS, "modulation": MODE_NAMES, "surrogate": SURROGATE_NAMES}[field]
+    if name not in known:
+        raise ValueError(f"unknown {field} {name!r}; known: {', '.join(known)}")
+    return name
+
+
+Positive = Annotated[float, Field(gt=0.0)]
+
+
+@dataclass(frozen=True, config=_STRICT)
+class ProjectionSpec:
+    """How one projection is plastic: rule family, modulation mode, initial coefficients.
+    ``rule='none'`` makes it static.  ``coefficients`` overrides the initial values of the rule's
+    own learned coefficients (e.g. ``{"tau_phi": 50.0}`` for BCM)."""
+
+    rule: str = "none"
+    modulation: str = "plain"
+    alpha_init: float = 0.05
+    eta_init: float = 0.1
+    eta_per_neuron: bool = True
+    eta_E_init: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    h_max: Positive = 1.0
+    trace_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.8
+    coefficients: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @field_validator("rule", "modulation")
+    @classmethod
+    def _known_names(cls, v: str, info: ValidationInfo) -> str:
+        return _known(info.field_name, v)
+
+    @model_validator(mode="after")
+    def _known_coefficients(self) -> ProjectionSpec:
+        unknown = set(self.coefficients) - set(RULE_COEFFICIENTS[self.rule])
+        if unknown:
+            raise ValueError(f"rule {self.rule!r} has no coefficient(s) {', '.join(sorted(unknown))}")
+        return self
+
+    @property
+    def plastic(self) -> bool:
+        return self.rule != "none"
+
+    @property
+    def modulated(self) -> bool:
+        """Whether its mode needs the neuromodulator ``M_t`` (the mode registry says)."""
+        from hybridopt.snn.modes import MODES
+
+        return self.plastic and MODES[self.modulation].needs_modulator
+
+
+@dataclass(frozen=True, config=_STRICT)
+class NetworkConfig:
+    """The hidden LIF layer, the readout and how a sequence is differentiated (a config's
+    ``network`` section)."""
+
+    hidden: Annotated[int, Field(ge=1, le=8192)] = 64
+    beta: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+    theta: Positive = 1.0
+    reset: Literal["zero", "subtract"] = "zero"
+    surrogate: str = "fast_sigmoid"
+    slope: Positive = 10.0
+    readout_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.8
+    input_gain: Positive = 1.0
+    recurrent_gain: Annotated[float, Field(ge=0.0)] = 0.5
+    readout_gain: Positive = 1.0
+    kernel: Kernel = "auto"
+    compile: Compile = "auto"
+
+    @field_validator("surrogate")
+    @classmethod
+    def _known_surrogate(cls, v: str, info: ValidationInfo) -> str:
+        return _known(info.field_name, v)
+
+
+@dataclass(frozen=True, config=_STRICT, kw_only=True)
+class NetworkSpec(NetworkConfig):
+    """A network: the config's :class:`NetworkConfig`, the task's sizes and each projection's
+    plasticity.
+
+    ``kernel`` (see :mod:`hybridopt.snn.network`) picks how a sequence is differentiated.
+
+    ``checkpoint_interval`` (fused kernel only) trades memory for time: ``k >= 1`` keeps ``H``
+    every ``k`` steps and recomputes the rest in backward; ``None`` (the default) takes
+    ``k = ceil(sqrt(T))``, the least memory; ``0`` keeps every step's pre-clip ``U`` instead (about
+    4 bytes per synapse per sample per step, a few percent faster).  The results are the same.
+
+    ``compile`` (fused kernel only): ``"always"`` runs each plastic step's ``B x I x J`` work
+    through ``torch.compile``-d functions (Inductor fuses its elementwise passes and reductions;
+    the first sequence of each shape pays seconds of compilation, later processes reuse
+    Inductor's on-disk cache), ``"never"`` keeps the eager fused kernel, ``"auto"`` compiles
+    projections whose state has at least ``COMPILE_MIN_ELEMENTS`` elements.  Compiled forward
+    values equal the eager ones up to float rounding (fused multiply-adds); if compilation is
+    not possible here (no C++ compiler, say) the eager kernel runs, with one warning."""
+
+    n_in: Annotated[int, Field(ge=1)]
+    n_out: Annotated[int, Field(ge=1)]
+    input: ProjectionSpec = dataclasses.field(default_factory=ProjectionSpec)
+    recurrent: ProjectionSpec = dataclasses.field(default_factory=ProjectionSpec)
+    readout: ProjectionSpec = dataclasses.field(default_factory=ProjectionSpec)
+    checkpoint_interval: Optional[Annotated[int, Field(ge=0)]] = None
+
+    @classmethod
+    def of(cls, network: NetworkConfig, plasticity: object, n_in: int, n_out: int) -> NetworkSpec:
+        """The spec of a config's ``network`` and ``plasticity`` sections for a task of these sizes."""
+        projections = {name: getattr(plasticity, name) for name in PROJECTIONS}
+        return cls(**dataclasses.asdict(network) | projections, n_in=n_in, n_out=n_out)
+
+    def projection(self, name: str) -> ProjectionSpec:
+        return getattr(self, name)
+
+    def shape(self, name: str) -> tuple[int, int]:
+        """``(n_pre, n_post)`` of a projection."""
+        return {
+            "input": (self.n_in, self.hidden),
+            "recurrent": (self.hidden, self.hidden),
+            "readout": (self.hidden, self.n_out),
+        }[name]
