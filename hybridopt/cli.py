@@ -10,6 +10,7 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
@@ -20,7 +21,14 @@ from hybridopt.errors import BAD_INPUT, ConfigError, UsageError
 if TYPE_CHECKING:
     from hybridopt.config import Config
 
-__all__ = ["main"]
+__all__ = [
+    "add_config_arguments",
+    "add_restart_arguments",
+    "build_parser",
+    "load_args_config",
+    "main",
+    "search_argv",
+]
 
 EXIT_BAD_INPUT = 2
 
@@ -30,17 +38,68 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config file (see configs/)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a config key, e.g. --set plasticity.input.rule=hebbian (repeatable)",
-    )
-    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+# Help of the arguments ``hybridopt search`` shares with the cluster entry point, by destination.
+_HELP = {
+    "config": "YAML config file (see configs/)",
+    "overrides": "override a config key, e.g. --set plasticity.input.rule=hebbian (repeatable)",
+    "seed": "override the config's seed",
+    "resume": "continue from the search's last checkpoint",
+    "fresh": "start a new search even where a checkpoint exists (it is replaced)",
+}
+
+
+def add_config_arguments(p: argparse.ArgumentParser, help: Optional[Mapping[str, str]] = None) -> list[argparse.Action]:
+    """Declare the config a command runs and how its command line adjusts it: ``config``,
+    ``--set KEY.PATH=VALUE`` (repeatable) and ``--seed``.  ``help`` rewords the help of some, by
+    destination (the cluster entry point's lookup of the config, say)."""
+    text = {**_HELP, **(help or {})}
+    return [
+        p.add_argument("config", help=text["config"]),
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY.PATH=VALUE",
+            help=text["overrides"],
+        ),
+        p.add_argument("--seed", type=int, default=None, help=text["seed"]),
+    ]
+
+
+def add_restart_arguments(
+    p: argparse.ArgumentParser, help: Optional[Mapping[str, str]] = None
+) -> list[argparse.Action]:
+    """Declare what a search does with an earlier checkpoint: ``--resume`` it or start ``--fresh``
+    (at most one of them); ``help`` rewords them, by destination."""
+    text = {**_HELP, **(help or {})}
+    again = p.add_mutually_exclusive_group()
+    return [
+        again.add_argument("--resume", action="store_true", help=text["resume"]),
+        again.add_argument("--fresh", action="store_true", help=text["fresh"]),
+    ]
+
+
+def search_argv(args: argparse.Namespace) -> list[str]:
+    """The ``hybridopt search`` arguments that give ``config``, ``--set``, ``--seed``,
+    ``--resume`` and ``--fresh`` the values they have in ``args`` (parsed by a parser that
+    :func:`add_config_arguments` and :func:`add_restart_arguments` declared them on); the config first."""
+    scratch = argparse.ArgumentParser(add_help=False)
+    argv: list[str] = []
+    for action in [*add_config_arguments(scratch), *add_restart_arguments(scratch)]:
+        value = getattr(args, action.dest)
+        if not action.option_strings:
+            argv.append(str(value))
+        elif action.nargs == 0:  # a switch
+            argv += action.option_strings[:1] if value else []
+        elif isinstance(value, list):
+            argv += [item for v in value for item in (action.option_strings[0], str(v))]
+        elif value is not None:
+            argv += [action.option_strings[0], str(value)]
+    return argv
+
+
+def _tracking_uri(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlflow.db)")
 
 
@@ -48,29 +107,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hybridopt", description="Evolution plus gradient search for plastic spiking networks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p_train = sub.add_parser("train", help="train one configuration (one MLflow run)")
-    _common(p_train)
+    add_config_arguments(p_train)
+    _tracking_uri(p_train)
     p_search = sub.add_parser("search", help="evolve rule families and hyper-parameters (nested MLflow runs)")
-    _common(p_search)
+    add_config_arguments(p_search)
+    _tracking_uri(p_search)
     p_search.add_argument("--address", default=None, help="Ray cluster address ('auto' joins a running cluster)")
-    again = p_search.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true", help="continue from the search's last checkpoint")
-    again.add_argument(
-        "--fresh", action="store_true", help="start a new search even where a checkpoint exists (it is replaced)"
-    )
+    add_restart_arguments(p_search)
     p_eval = sub.add_parser("eval", help="evaluate saved weights on held-out episodes")
     p_eval.add_argument("weights", help="a weights.pt file written by train or search")
     p_report = sub.add_parser("report", help="rank a search's candidates and draw its figures (reads the store only)")
     p_report.add_argument(
         "targets", nargs="+", metavar="EXPERIMENT_OR_RUN", help="experiment names or run ids (several: side by side)"
     )
-    p_report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    _tracking_uri(p_report)
     p_report.add_argument("--out", default="report", help="folder for the figures (default ./report)")
     p_report.add_argument("--csv", default=None, metavar="FILE", help="also write the ranked candidates as CSV")
     p_report.add_argument("--top", type=int, default=20, help="rows of each ranked table shown (default 20)")
+    from hybridopt.service import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
-def _load(args: argparse.Namespace) -> Config:
+def load_args_config(args: argparse.Namespace) -> Config:
+    """The config a command line names, with its ``--set`` overrides and ``--seed`` applied."""
     from hybridopt.config import load_config
 
     overrides = list(args.overrides)
@@ -112,11 +173,11 @@ def _ui_hint(uri: str, experiment: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = _load(args)  # before the heavy imports: a bad config is reported at once
+    cfg = load_args_config(args)  # before the heavy imports: a bad config is reported at once
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hybridopt.tracking import Tracker, log_result, resolve_uri, run_params
-    from hybridopt.train import train_candidate
+    from hybridopt.train import inner_loop, train_candidate
 
     tracker = Tracker(resolve_uri(args.tracking_uri, cfg.tracking.uri), cfg.tracking.experiment or cfg.experiment)
     run_id = tracker.start_run(_run_name(cfg, "train"), "train", params=run_params(cfg))
@@ -129,8 +190,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             TimeElapsedColumn(),
             transient=False,
         ) as bar:
-            # Locomotion trains by ES: its steps are generations, its curves returns.
-            total = cfg.es.generations if cfg.task.name == "locomotion" else cfg.train.steps
+            # The inner loop's steps (ES: generations; its curves are returns).
+            total = inner_loop(cfg).budget.steps_of(cfg)
             job = bar.add_task("train", total=total, info="")
             shown = {
                 "train/loss": "loss",
@@ -186,7 +247,7 @@ def _check_checkpoint(cfg: Config, *, resume: bool, fresh: bool) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from hybridopt.search.genome import GenomeSpace
 
-    cfg = _load(args)  # the config, its genes and the checkpoint are checked before the heavy imports
+    cfg = load_args_config(args)  # the config, its genes and the checkpoint are checked before the heavy imports
     if cfg.search is None:
         raise ConfigError(f"{args.config} has no search section")
     GenomeSpace.from_config(cfg.search).validate(cfg)
@@ -237,11 +298,18 @@ def cmd_search(args: argparse.Namespace) -> int:
                 )
                 return
             best_s = "-" if best != best else f"{best:.4f}"
-            bar.update(job, description=f"generation {generation + 1}/{gens}", completed=done, total=total, best=best_s)
+            what = f"generation {generation + 1}/{gens}" if generation < gens else "final training"
+            bar.update(job, description=what, completed=done, total=total, best=best_s)
 
         try:
             out = run_search(
-                cfg, tracker, resume=args.resume, address=args.address, progress=progress, command=args.command_line
+                cfg,
+                tracker,
+                resume=args.resume,
+                address=args.address,
+                progress=progress,
+                command=args.command_line,
+                announce=lambda line: bar.console.print(line, highlight=False, markup=False, soft_wrap=True),
             )
         except KeyboardInterrupt:
             print("hybridopt: interrupted; search run ended as KILLED (resume with --resume)", file=sys.stderr)
@@ -302,7 +370,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "search": cmd_search, "eval": cmd_eval, "report": cmd_report}
+def _service(name: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from hybridopt import service
+
+        return getattr(service, f"cmd_{name}")(args)
+
+    return run
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "search": cmd_search,
+    "eval": cmd_eval,
+    "report": cmd_report,
+    **{name: _service(name) for name in ("submit", "jobs", "logs", "stop")},
+}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

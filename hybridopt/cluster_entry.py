@@ -26,6 +26,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from hybridopt.cli import add_config_arguments, add_restart_arguments
+
 __all__ = [
     "DEFAULT_PROJECT",
     "DEFAULT_STORE",
@@ -39,6 +41,7 @@ __all__ = [
 
 DEFAULT_PROJECT = "~/hybridopt"  # where cluster/run.yaml's file_mounts put the project
 DEFAULT_STORE = "~/hybridopt-runs"  # MLflow database, artifacts, search checkpoints
+STORE_ENV = "HYBRIDOPT_STORE"  # another default for the store
 DEFAULT_MLFLOW_PORT = 5000
 PORT_ENV = "HYBRIDOPT_MLFLOW_PORT"
 
@@ -47,8 +50,21 @@ _SUPERVISOR_PID = "mlflow-supervisor.pid"
 _GCS_FAILURES_TO_STOP = 3  # consecutive failed probes, one a second
 
 
+# The help of ``hybridopt search``'s arguments as they read here (the command line declares them).
+_SEARCH_HELP = {
+    "config": "search config (absolute, or relative to the working directory or --project)",
+    "overrides": "config override, passed to hybridopt search (repeatable)",
+    "resume": "continue the search from its checkpoint in the store",
+    "fresh": "start anew where the store holds a checkpoint",
+}
+
+
 class ClusterEntryError(RuntimeError):
     """Something the cluster run needs is missing; the message is one line."""
+
+
+def _default_store() -> str:
+    return os.environ.get(STORE_ENV) or DEFAULT_STORE
 
 
 def _default_port() -> int:
@@ -74,6 +90,32 @@ def _reachable(address: str, timeout: float = 2.0) -> bool:
             return True
     except (OSError, ValueError):
         return False
+
+
+# Start argv[2:] in a new session with its output appended to argv[1], print its pid, and exit:
+# the process is then nobody's child but init's.
+_DETACH = (
+    "import subprocess, sys\n"
+    "log = open(sys.argv[1], 'ab')\n"
+    "p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,"
+    " start_new_session=True)\n"
+    "print(p.pid)\n"
+)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` is alive (not exited, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -213,16 +255,22 @@ def ensure_mlflow_server(
         command += ["--watch-gcs", watch_gcs]
     if ray_node:
         command += ["--ray-node", ray_node]
-    with open(store / _SERVER_LOG, "ab") as log:
-        # A new session: the server outlives this process and the SSH session that started it.
-        supervisor = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=store
-        )
+    # Detached twice (a new session, and not our descendant): the server outlives this process, the
+    # SSH session that started it, and a Ray Job's stop, which signals the job's whole process tree.
+    launched = subprocess.run(
+        [sys.executable, "-c", _DETACH, str(store / _SERVER_LOG), *command],
+        cwd=store,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    supervisor = int(launched.stdout.split()[-1])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _healthy(uri):
             return uri
-        if supervisor.poll() is not None:
+        if not _running(supervisor):
             raise ClusterEntryError(
                 f"the MLflow server on port {port} did not start; {store / _SERVER_LOG} ends with:\n"
                 + _log_tail(store / _SERVER_LOG)
@@ -261,6 +309,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     import hybridopt
     from hybridopt.cli import main as cli_main
+    from hybridopt.cli import search_argv
 
     project = Path(args.project).expanduser()
     store = Path(args.store).expanduser().resolve()
@@ -274,16 +323,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"tracking to {uri} (store {store})", flush=True)
     store.mkdir(parents=True, exist_ok=True)
     os.chdir(store)  # the search's relative checkpoint path lands in the store, so --resume finds it
-    argv = ["search", str(config), "--address", args.address, "--tracking-uri", uri]
-    for override in args.overrides:
-        argv += ["--set", override]
-    if args.seed is not None:
-        argv += ["--seed", str(args.seed)]
-    if args.resume:
-        argv.append("--resume")
-    if args.fresh:
-        argv.append("--fresh")
-    return cli_main(argv)
+    _, *options = search_argv(args)  # the config as resolved on this node in place of the one given
+    return cli_main(["search", str(config), "--address", args.address, "--tracking-uri", uri, *options])
 
 
 def cmd_mlflow(args: argparse.Namespace) -> int:
@@ -302,26 +343,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("search", help="join the cluster, ensure the head's MLflow server, run `hybridopt search`")
-    p.add_argument("config", help="search config (absolute, or relative to the working directory or --project)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="config override, passed to hybridopt search (repeatable)",
-    )
-    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true", help="continue the search from its checkpoint in the store")
-    again.add_argument("--fresh", action="store_true", help="start anew where the store holds a checkpoint")
+    add_config_arguments(p, _SEARCH_HELP)
+    add_restart_arguments(p, _SEARCH_HELP)
     p.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS") or "auto",
         help="Ray cluster to join (default: RAY_ADDRESS, else 'auto': the cluster this node runs)",
     )
     p.add_argument("--project", default=DEFAULT_PROJECT, help=f"project copy on this node (default {DEFAULT_PROJECT})")
-    p.add_argument("--store", default=DEFAULT_STORE, help=f"MLflow store and checkpoints (default {DEFAULT_STORE})")
+    p.add_argument(
+        "--store", default=_default_store(), help=f"MLflow store and checkpoints ({STORE_ENV}, default {DEFAULT_STORE})"
+    )
     p.add_argument(
         "--mlflow-port",
         type=int,
@@ -331,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="log to this MLflow server instead of starting one")
     p.set_defaults(func=cmd_search)
     m = sub.add_parser("mlflow", help="ensure the head's MLflow server is running (stops when Ray stops)")
-    m.add_argument("--store", default=DEFAULT_STORE, help=f"MLflow store directory (default {DEFAULT_STORE})")
+    m.add_argument(
+        "--store", default=_default_store(), help=f"MLflow store directory ({STORE_ENV}, default {DEFAULT_STORE})"
+    )
     m.add_argument("--port", type=int, default=_default_port(), help=f"port ({PORT_ENV}, default 5000)")
     m.add_argument("--watch-gcs", default=None, help="with --foreground: stop when Ray's GCS at HOST:PORT stops")
     m.add_argument("--ray-node", default=None, help="with --foreground: the head's Ray node id, recorded")

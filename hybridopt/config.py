@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hybridopt.errors import ConfigError
-from hybridopt.snn.catalogue import MODE_NAMES as MODES
 from hybridopt.snn.catalogue import PROJECTIONS, load_plugins
-from hybridopt.snn.catalogue import RULE_COEFFICIENTS as RULES
-from hybridopt.snn.catalogue import SURROGATE_NAMES as SURROGATES
-
-if TYPE_CHECKING:
-    from hybridopt.snn.network import NetworkSpec
+from hybridopt.snn.spec import NetworkConfig, NetworkSpec, ProjectionSpec
 
 __all__ = [
     "Config",
@@ -45,72 +40,12 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[float, Field(gt=0.0)]
 
 
-class ProjectionConfig(Strict):
-    """Plasticity of one projection: rule family, modulation mode, initial coefficients."""
-
-    rule: str = "none"
-    modulation: str = "plain"
-    alpha_init: float = 0.05
-    eta_init: float = 0.1
-    eta_per_neuron: bool = True
-    eta_E_init: Fraction = 0.1
-    h_max: Positive = 1.0
-    trace_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.8
-    coefficients: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("rule")
-    @classmethod
-    def _known_rule(cls, v: str) -> str:
-        if v not in RULES:
-            raise ValueError(f"unknown rule {v!r}; known: {', '.join(RULES)}")
-        return v
-
-    @field_validator("modulation")
-    @classmethod
-    def _known_mode(cls, v: str) -> str:
-        if v not in MODES:
-            raise ValueError(f"unknown modulation {v!r}; known: {', '.join(MODES)}")
-        return v
-
-    @model_validator(mode="after")
-    def _known_coefficients(self) -> ProjectionConfig:
-        unknown = set(self.coefficients) - set(RULES[self.rule])
-        if unknown:
-            raise ValueError(f"rule {self.rule!r} has no coefficient(s) {', '.join(sorted(unknown))}")
-        return self
-
-
 class PlasticityConfig(Strict):
-    input: ProjectionConfig = ProjectionConfig()
-    recurrent: ProjectionConfig = ProjectionConfig()
-    readout: ProjectionConfig = ProjectionConfig()
+    """Plasticity of each projection (see :class:`~hybridopt.snn.spec.ProjectionSpec`)."""
 
-
-class NetworkConfig(Strict):
-    """Hidden LIF layer and readout.  ``beta = exp(-dt / tau_mem)``."""
-
-    hidden: Annotated[int, Field(ge=1, le=8192)] = 64
-    beta: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
-    theta: Positive = 1.0
-    reset: Literal["zero", "subtract"] = "zero"
-    surrogate: str = "fast_sigmoid"
-    slope: Positive = 10.0
-    readout_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.8
-    input_gain: Positive = 1.0
-    recurrent_gain: Annotated[float, Field(ge=0.0)] = 0.5
-    readout_gain: Positive = 1.0
-    # how training differentiates a sequence: whole compiled time steps, the fused plastic-synapse
-    # kernel, or plain autograd; auto: compiled steps for small plastic states, fused for large ones
-    kernel: Literal["auto", "compiled", "fused", "reference"] = "auto"
-    # whether the fused kernel's steps go through torch.compile: for large plastic states (auto)
-    compile: Literal["auto", "always", "never"] = "auto"
-
-    @field_validator("surrogate")
-    @classmethod
-    def _known_surrogate(cls, v: str) -> str:
-        if v not in SURROGATES:
-            raise ValueError(f"unknown surrogate {v!r}; known: {', '.join(SURROGATES)}")
-        return v
+    input: ProjectionSpec = ProjectionSpec()
+    recurrent: ProjectionSpec = ProjectionSpec()
+    readout: ProjectionSpec = ProjectionSpec()
 
 
 class CueAssociationConfig(Strict):
@@ -292,6 +227,13 @@ class SearchConfig(Strict):
     its place among them is certain.  ``[1.0]`` (the default) trains every candidate to its full
     budget.  With inheritance, the ``elite`` survivors also train on from their own state each
     generation, through the same rungs, and are measured again.
+
+    ``final_budget``: after the last generation the best candidate so far trains on from its own
+    state for ``final_budget`` times a candidate's budget (through the same rungs), so the winner
+    is not a network of one candidate's budget; it needs ``inheritance: lamarckian`` (the state).
+
+    ``max_concurrent`` caps how many of its candidates train at once (default: as many as the
+    cluster's free CPUs allow), so that searches sharing a cluster do not starve each other.
     """
 
     population: Annotated[int, Field(ge=2)] = 8
@@ -305,6 +247,8 @@ class SearchConfig(Strict):
     inheritance: Literal["none", "lamarckian"] = "lamarckian"
     rungs: list[float] = Field(default_factory=lambda: [1.0])
     keep: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    final_budget: Annotated[float, Field(ge=0.0)] = 0.0
+    max_concurrent: Optional[Annotated[int, Field(ge=1)]] = None
     genes: dict[str, GeneConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -317,6 +261,8 @@ class SearchConfig(Strict):
             raise ValueError(f"population - elite must be an even number >= 2 (got {self.population} - {self.elite})")
         if not self.genes:
             raise ValueError("search.genes is empty: declare at least one gene")
+        if self.final_budget > 0 and self.inheritance != "lamarckian":
+            raise ValueError("search.final_budget needs search.inheritance: lamarckian (it trains on a kept state)")
         return self
 
 
@@ -359,7 +305,7 @@ def _format_error(err: ValidationError) -> str:
             loc.pop(1)
         where = ".".join(loc) or "config"
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown key"
         parts.append(f"{where}: {msg}")
     return "; ".join(parts)
@@ -452,25 +398,5 @@ def placement_overrides(name: str) -> list[str]:
 
 
 def network_spec(cfg: Config, n_in: int, n_out: int) -> NetworkSpec:
-    """The :class:`NetworkSpec` a config describes, for a task with these input/output sizes."""
-    from hybridopt.snn.network import NetworkSpec, ProjectionSpec
-
-    n = cfg.network
-    proj = {name: ProjectionSpec(**getattr(cfg.plasticity, name).model_dump()) for name in PROJECTIONS}
-    return NetworkSpec(
-        n_in=n_in,
-        n_hidden=n.hidden,
-        n_out=n_out,
-        beta=n.beta,
-        theta=n.theta,
-        reset=n.reset,
-        surrogate=n.surrogate,
-        slope=n.slope,
-        readout_decay=n.readout_decay,
-        input_gain=n.input_gain,
-        recurrent_gain=n.recurrent_gain,
-        readout_gain=n.readout_gain,
-        kernel=n.kernel,
-        compile=n.compile,
-        **proj,
-    )
+    """The :class:`~hybridopt.snn.spec.NetworkSpec` a config describes, for a task with these input/output sizes."""
+    return NetworkSpec.of(cfg.network, cfg.plasticity, n_in, n_out)

@@ -106,7 +106,7 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str):
         check_reachable(uri)
-        self.uri = uri
+        self.uri, self.experiment = uri, experiment
         try:
             with _store_lock(uri):
                 self.client = MlflowClient(tracking_uri=uri)
@@ -191,9 +191,10 @@ def run_params(cfg: Any, *, search: bool = False) -> dict[str, Any]:
     of static projections, where it is tracked and, but for a search's parent, ``search`` and
     ``ray`` are left out (they are in the run's ``config.yaml``)."""
     from hybridopt.config import flatten
+    from hybridopt.train.loops import inner_loop
 
     data = cfg.model_dump(mode="json")
-    drop = {"tracking", "es" if cfg.task.name != "locomotion" else "train"}
+    drop = {"tracking", *inner_loop(cfg).unused_sections}
     if not search:
         drop |= {"search", "ray"}
     data = {k: v for k, v in data.items() if k not in drop}

@@ -215,3 +215,24 @@ def test_a_bad_set_is_reported_before_torch_ray_or_mlflow_load(argv: list[str], 
     assert p.stdout.strip().splitlines()[-1] == "2 []", p.stdout + p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "config error" in p.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["c.yaml"],
+        ["c.yaml", "--set", "a.b=1", "--set", "c=-2", "--seed", "-3", "--resume"],
+        ["c.yaml", "--fresh", "--seed", "4"],
+    ],
+)
+def test_the_cluster_entry_point_passes_the_search_arguments_on_unchanged(argv: list[str]):
+    # one declaration: what the cluster entry point parses, it hands to `hybridopt search` as it came
+    from hybridopt.cli import build_parser, search_argv
+    from hybridopt.cluster_entry import build_parser as cluster_parser
+
+    shared = ("config", "overrides", "seed", "resume", "fresh")
+    on_cluster = cluster_parser().parse_args(["search", *argv])
+    passed = build_parser().parse_args(["search", *search_argv(on_cluster)])
+    direct = build_parser().parse_args(["search", *argv])
+    assert [getattr(passed, k) for k in shared] == [getattr(on_cluster, k) for k in shared]
+    assert [getattr(direct, k) for k in shared] == [getattr(on_cluster, k) for k in shared]

@@ -72,7 +72,7 @@ def test_network_spec_carries_plasticity_per_projection():
         CONFIGS / "smoke.yaml", ["plasticity.readout.rule=bcm", "plasticity.readout.coefficients={tau_phi: 7}"]
     )
     spec = network_spec(cfg, n_in=5, n_out=2)
-    assert (spec.n_in, spec.n_hidden, spec.n_out) == (5, 16, 2)
+    assert (spec.n_in, spec.hidden, spec.n_out) == (5, 16, 2)
     assert spec.input.rule == "hebbian" and spec.readout.rule == "bcm"
     assert spec.readout.coefficients == {"tau_phi": 7.0}
 
@@ -96,3 +96,14 @@ def test_placement_overrides_make_one_projection_plastic():
     assert load_config(CONFIGS / "smoke.yaml", placement_overrides("static")).plasticity.input.rule == "none"
     with pytest.raises(ConfigError, match="placement"):
         placement_overrides("input-hebbian")
+
+
+def test_final_training_needs_kept_states_and_scales_the_candidate_budget():
+    from hybridopt.search.halving import scaled_budget
+
+    cfg = load_config(CONFIGS / "smoke_search.yaml", ["search.final_budget=2"])
+    with pytest.raises(ConfigError, match=r"final_budget needs search.inheritance: lamarckian"):
+        load_config(CONFIGS / "smoke_search.yaml", ["search.final_budget=2", "search.inheritance=none"])
+    big = scaled_budget(load_config(CONFIGS / "cue_association_search.yaml"), 3.5)
+    assert (big.train.steps, big.train.cpu_minutes) == (350000, 10.5)
+    assert scaled_budget(cfg, 2).train.steps == 8 and scaled_budget(cfg, 2).train.cpu_minutes is None

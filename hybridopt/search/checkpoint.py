@@ -15,11 +15,13 @@ FORMAT = "hybridopt.search-checkpoint/1"
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config that must match to resume: all but the generation budget
-    (a search may be extended) and where it is tracked or run."""
+    """The part of a config that must match to resume: all but the number of generations and
+    the final training (a search may be extended) and where and how widely it is tracked or run."""
     out = {k: v for k, v in config.items() if k not in ("tracking", "ray")}
     search = dict(out.get("search") or {})
     search.pop("generations", None)
+    search.pop("final_budget", None)
+    search.pop("max_concurrent", None)
     out["search"] = search
     return out
 

@@ -45,7 +45,7 @@ from hybridopt.search.checkpoint import CheckpointError, load_checkpoint, save_c
 from hybridopt.search.dispatch import Pool, init_ray, slots_for, stop_on_signals
 from hybridopt.search.ga import FAILED_FITNESS, GenomeProblem, make_algorithm
 from hybridopt.search.genome import GenomeSpace
-from hybridopt.search.halving import Job, budget_fraction, decide, quotas
+from hybridopt.search.halving import Job, budget_fraction, decide, quotas, scaled_budget
 from hybridopt.search.inherit import inherit
 from hybridopt.search.outcome import CandidateRecord, FinishedCandidate, SearchOutcome
 from hybridopt.search.record import ChildRun, SearchRecord
@@ -108,8 +108,9 @@ class _Driver:
             self.record = SearchRecord(tracker, self.parent)
             tracker.log_artifact_bytes(self.parent, "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json")).encode())
         rc = cfg.ray
+        slots = slots_for(rc.num_cpus_per_candidate, rc.num_gpus_per_candidate)
         self.pool = Pool(
-            slots_for(rc.num_cpus_per_candidate, rc.num_gpus_per_candidate),
+            min(slots, self.sc.max_concurrent or slots),
             rc.num_cpus_per_candidate,
             rc.num_gpus_per_candidate,
             rc.max_retries,
@@ -124,7 +125,9 @@ class _Driver:
         genes = ", ".join(f"`{g.path}`" for g in self.space.genes)
         text = (
             f"Search on **{self.cfg.task.name}**: {sc.population} candidates per generation, "
-            f"{sc.generations} generations, inheritance {sc.inheritance}, rungs {list(sc.rungs)}.\n\n"
+            f"{sc.generations} generations, inheritance {sc.inheritance}, rungs {list(sc.rungs)}"
+            + (f", then the best trains on for {sc.final_budget:g}x a candidate's budget" if sc.final_budget else "")
+            + ".\n\n"
             f"Genes: {genes}.\n\n"
         )
         if best is not None:
@@ -326,6 +329,37 @@ class _Driver:
                 self.best = (rec, state_dict)
         return rec
 
+    def final_training(self) -> None:
+        """``search.final_budget``: the best candidate so far trains on from its own state, as a child
+        run of generation ``generations`` (after the last); its measurement joins the records."""
+        if self.sc.final_budget <= 0 or self.best is None:
+            return
+        g = self.generation = self.sc.generations
+        best = self.best[0]
+        state = self._trained_state(best.run_id)
+        if state is None:
+            return
+        cfg = scaled_budget(self._candidate_config(best.values), self.sc.final_budget)
+        job = Job(0, list(best.unit), dict(best.values), cfg)
+        start, kept = inherit(state, cfg, cfg)  # its own state: everything, optimiser included
+        job.start, job.parent, job.kept = start, best.run_id, tuple(kept)
+        stored = self.from_store.pop((g, 0), None)
+        if stored is not None and stored.values == job.values:
+            job.stored = stored
+        elif stored is not None:
+            self.record.delete(stored.run_id)
+        self._run([job])
+        rec = self._finish_record(g, job)
+        self._report([job])
+        metrics = {
+            "best_fitness": self._best_fitness(),
+            "cpu_s": float(sum(r.cpu_s for r in self.records)),
+            "candidates": float(len(self.records)),
+        }
+        if rec.status == "FINISHED":
+            metrics["final_fitness"] = rec.fitness
+        self.record.log_generation(g, {k: v for k, v in metrics.items() if math.isfinite(v)})
+
     def _best_fitness(self) -> float:
         return self.best[0].fitness if self.best else float("nan")
 
@@ -410,12 +444,14 @@ def run_search(
     address: Optional[str] = None,
     progress: Optional[Callable[..., None]] = None,
     command: Optional[str] = None,
+    announce: Optional[Callable[[str], None]] = None,
 ) -> SearchOutcome:
     """Run (or resume) the search a config describes; returns the best genome and fitness.
 
     ``progress(generation=, done=, total=, best=, finished=None)`` is called as a generation's
     candidates advance, and ``progress(generation=, finished=FinishedCandidate)`` as each stops.
     ``command`` (the command line that started it) is kept on the parent run to reproduce it.
+    ``announce`` is told the parent run once it exists (``search run ID (started|resumed) ...``).
     Ctrl-C ends the parent run as KILLED; the last generation checkpoint stays usable.
     """
     if cfg.search is None:
@@ -424,6 +460,9 @@ def run_search(
     stop_on_signals()
     driver = _Driver(cfg, tracker, resume, progress, command)
     sc = cfg.search
+    if announce is not None:
+        how = "resumed" if resume else "started"
+        announce(f"search run {driver.parent} ({how}) in experiment {tracker.experiment!r} at {tracker.uri}")
     try:
         problem = GenomeProblem(len(driver.space), cfg.seed, driver.evaluate_generation)
         ga = make_algorithm(problem, sc, driver.space)
@@ -446,6 +485,7 @@ def run_search(
             driver.generation += 1
             ga.step()
             driver.end_generation(ga, problem)
+        driver.final_training()
     except KeyboardInterrupt as e:
         driver.abandon("KILLED", str(e) or "interrupted")
         raise

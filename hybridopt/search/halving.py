@@ -12,9 +12,9 @@ from typing import Any, Optional
 
 from hybridopt.config import Config
 from hybridopt.search.record import ChildRun
-from hybridopt.train import TrainResult, TrainState
+from hybridopt.train import TrainResult, TrainState, inner_loop
 
-__all__ = ["Job", "budget_fraction", "decide", "quotas"]
+__all__ = ["Job", "budget_fraction", "decide", "quotas", "scaled_budget"]
 
 
 @dataclass
@@ -45,16 +45,22 @@ class Job:
 
 
 def budget_fraction(cfg: Config, lo: float, hi: float) -> tuple[Config, float]:
-    """The config and CPU seconds for training from fraction ``lo`` to ``hi`` of a candidate's budget."""
-    if cfg.task.name == "locomotion":
-        es = cfg.es
-        n = max(1, round(hi * es.generations) - round(lo * es.generations))
-        cpu = (hi - lo) * 60.0 * es.cpu_minutes if es.cpu_minutes else math.inf
-        return cfg.model_copy(update={"es": es.model_copy(update={"generations": n})}), cpu
-    tc = cfg.train
-    n = max(1, round(hi * tc.steps) - round(lo * tc.steps))
-    cpu = (hi - lo) * 60.0 * tc.cpu_minutes if tc.cpu_minutes else math.inf
-    return cfg.model_copy(update={"train": tc.model_copy(update={"steps": n})}), cpu
+    """The config and CPU seconds for training from fraction ``lo`` to ``hi`` of a candidate's
+    budget (its inner loop's: ``train.steps``, ES ``es.generations``, and that section's CPU-minutes)."""
+    budget = inner_loop(cfg).budget
+    steps, minutes = budget.steps_of(cfg), budget.minutes_of(cfg)
+    n = max(1, round(hi * steps) - round(lo * steps))
+    cpu = (hi - lo) * 60.0 * minutes if minutes else math.inf
+    return budget.replace(cfg, steps=n), cpu
+
+
+def scaled_budget(cfg: Config, factor: float) -> Config:
+    """The config with a candidate's budget (CPU-minutes and steps; ES: its generations) times ``factor``."""
+    budget = inner_loop(cfg).budget
+    steps, minutes = budget.steps_of(cfg), budget.minutes_of(cfg)
+    return budget.replace(
+        cfg, steps=max(1, round(steps * factor)), cpu_minutes=minutes * factor if minutes else minutes
+    )
 
 
 def quotas(n: int, rungs: list[float], keep: float) -> list[int]:

@@ -446,3 +446,34 @@ def test_a_family_registered_by_a_plugin_module_trains_in_a_search(tmp_path: Pat
 
         model = torch.load(path, weights_only=True)["model"]
         assert "projections.input.coeffs.k" in model and torch.isfinite(model["projections.input.coeffs.k"])
+
+
+def test_the_best_trains_on_after_the_last_generation_also_when_added_on_resume(
+    tmp_path: Path, store: str, ray_tmp: str
+):
+    base = [SMOKE, "--tracking-uri", store, "--set", "search.generations=1", "--set", f"search.checkpoint={tmp_path}/c"]
+    p = search(base, tmp_path, ray_tmp)
+    assert p.returncode == 0, p.stderr
+    client, _, before = runs_of(store)
+    p = search([*base, "--set", "search.final_budget=2", "--resume"], tmp_path, ray_tmp)
+    assert p.returncode == 0, p.stderr
+    client, parents, children = runs_of(store)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    final = [c for c in children if c.data.tags["hybridopt.generation"] == "1"]
+    assert len(final) == 1 and len(children) == len(before) + 1
+    (f,) = final
+    best = max(
+        (c for c in before if c.info.status == "FINISHED"), key=lambda c: (c.data.metrics["fitness"], c.info.run_id)
+    )
+    assert f.data.tags["hybridopt.inherited_from"] == best.info.run_id
+    assert f.data.tags["hybridopt.rung"] == "2" and f.info.status == "FINISHED"
+    # it goes on from the best's own state for twice a candidate's budget (2 x 4 steps)
+    done = max(x.step for x in client.get_metric_history(best.info.run_id, "train/loss"))
+    steps = sorted(x.step for x in client.get_metric_history(f.info.run_id, "train/loss"))
+    assert steps[0] == done + 1 and steps[-1] == done + 8
+    assert f.data.metrics["budget_cpu_s"] > best.data.metrics["budget_cpu_s"]
+    final_fit = client.get_metric_history(parents[0].info.run_id, "final_fitness")
+    assert [(m.step, m.value) for m in final_fit] == [(1, pytest.approx(f.data.metrics["fitness"]))]
+    cpu = {m.step: m.value for m in client.get_metric_history(parents[0].info.run_id, "cpu_s")}
+    assert cpu[1] == pytest.approx(cpu[0] + f.data.metrics["cpu_time_s"], rel=1e-6)
+    assert "g001 c000" in p.stdout  # its line, as every candidate has
