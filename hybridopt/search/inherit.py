@@ -16,13 +16,16 @@ parent's step); the optimiser starts afresh unless the child's config is the par
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 from hybridopt.config import Config
+from hybridopt.search.genome import Gene
+from hybridopt.search.outcome import CandidateRecord
 from hybridopt.snn.network import PROJECTIONS
 from hybridopt.train import TrainState, initial_model
 
-__all__ = ["inherit", "parameter_owner"]
+__all__ = ["Lineage", "inherit", "parameter_owner"]
 
 
 def parameter_owner(name: str) -> str:
@@ -72,3 +75,46 @@ def inherit(parent: TrainState, parent_cfg: Config, child_cfg: Config) -> tuple[
         rng=parent.rng if identical else None,
     )
     return state, groups
+
+
+class Lineage:
+    """Who a candidate inherits from: the members of the current population (``(row, record)``),
+    their trained states (cached; read back from their runs with ``read_state`` after a resume),
+    and the member a child shares most genes with."""
+
+    def __init__(self, genes: Sequence[Gene], read_state: Callable[[str], Optional[TrainState]]):
+        self.genes = genes
+        self.read_state = read_state
+        self.members: list[tuple[int, CandidateRecord]] = []
+        self.trained: dict[str, TrainState] = {}  # run id -> trained state (the members')
+
+    def set_population(self, records: Sequence[CandidateRecord], population: Any) -> None:
+        """The population's rows and the latest record with each row's genome; states of those
+        no longer in it are dropped (only members can be parents)."""
+        by_unit = {tuple(r.unit): r for r in records}
+        rows = ((i, by_unit.get(tuple(float(x) for x in u))) for i, u in enumerate(population))
+        self.members = [(i, m) for i, m in rows if m is not None]
+        alive = {m.run_id for _, m in self.members}
+        self.trained = {k: v for k, v in self.trained.items() if k in alive}
+
+    def parent_of(self, unit: list[float], values: dict[str, Any]) -> Optional[CandidateRecord]:
+        """The finished member that shares most genes with a child (ties: the nearest in the unit
+        genome, then the first)."""
+        best, key = None, None
+        for _, m in self.members:
+            if m.status != "FINISHED":
+                continue
+            shared = sum(values[g.path] == m.values[g.path] for g in self.genes)
+            k = (-shared, sum(abs(a - b) for a, b in zip(unit, m.unit)))
+            if key is None or k < key:
+                best, key = m, k
+        return best
+
+    def state(self, run_id: str) -> Optional[TrainState]:
+        """A candidate's trained state: cached, or read back from its run."""
+        if run_id not in self.trained:
+            state = self.read_state(run_id)
+            if state is None:
+                return None
+            self.trained[run_id] = state
+        return self.trained[run_id]

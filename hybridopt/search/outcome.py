@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["CandidateRecord", "FinishedCandidate", "SearchOutcome"]
+from hybridopt.config import Config
+from hybridopt.search.genome import GenomeSpace
+
+__all__ = ["CandidateRecord", "FinishedCandidate", "SearchOutcome", "describe_search"]
 
 
 @dataclass
@@ -46,3 +49,25 @@ class SearchOutcome:
     best_fitness: float
     records: list[CandidateRecord] = field(default_factory=list)
     best_history: list[float] = field(default_factory=list)
+
+
+def describe_search(
+    cfg: Config, space: GenomeSpace, command: Optional[str], best: Optional[CandidateRecord] = None
+) -> str:
+    """A search's description in MLflow (markdown): what it searches, its best so far, how to
+    reproduce it."""
+    sc = cfg.search
+    assert sc is not None
+    genes = ", ".join(f"`{g.path}`" for g in space.genes)
+    text = (
+        f"Search on **{cfg.task.name}**: {sc.population} candidates per generation, "
+        f"{sc.generations} generations, inheritance {sc.inheritance}, rungs {list(sc.rungs)}"
+        + (f", then the best trains on for {sc.final_budget:g}x a candidate's budget" if sc.final_budget else "")
+        + ".\n\n"
+        f"Genes: {genes}.\n\n"
+    )
+    if best is not None:
+        text += f"**Best** (fitness {best.fitness:.4f}, run `{best.run_id}`): {GenomeSpace.describe(best.values)}\n\n"
+    if command:
+        text += f"Reproduce: `{command}`\n"
+    return text
