@@ -7,10 +7,11 @@ naming the problem and exit code 2, before anything is written to the store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
@@ -20,6 +21,7 @@ from hybridopt.errors import BAD_INPUT, ConfigError, UsageError
 
 if TYPE_CHECKING:
     from hybridopt.config import Config
+    from hybridopt.train.result import ProgressEvent, ProgressFn
 
 __all__ = [
     "add_config_arguments",
@@ -172,38 +174,59 @@ def _ui_hint(uri: str, experiment: str) -> str:
     return f"results: mlflow ui --backend-store-uri {uri}   (experiment {experiment!r})"
 
 
+# What a progress bar shows of a loop's metrics, by name.
+_SHOWN = {
+    "train/loss": "loss",
+    "train/return_mean": "return",
+    "eval/accuracy": "eval acc",
+    "eval/return/standard": "eval return",
+    "best": "best",
+}
+
+
+@contextlib.contextmanager
+def _progress_display(stage: str) -> Iterator[ProgressFn]:
+    """A progress bar and the function every loop reports to (inner loops and the search alike)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ) as bar:
+        job = bar.add_task(stage, total=None, info="")
+
+        def show(event: ProgressEvent) -> None:
+            if event.line is not None:
+                bar.console.print(event.line, highlight=False, markup=False, soft_wrap=True)
+            if event.done is not None:
+                m = event.metrics
+                info = "  ".join(f"{label} {m[k]:.4f}" for k, label in _SHOWN.items() if k in m and math.isfinite(m[k]))
+                bar.update(job, description=event.stage or stage, completed=event.done, total=event.total, info=info)
+
+        yield show
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_args_config(args)  # before the heavy imports: a bad config is reported at once
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from hybridopt.tracking import Tracker, log_result, resolve_uri, run_params
-    from hybridopt.train import inner_loop, train_candidate
+    from hybridopt.train import train_candidate
 
     tracker = Tracker(resolve_uri(args.tracking_uri, cfg.tracking.uri), cfg.tracking.experiment or cfg.experiment)
     run_id = tracker.start_run(_run_name(cfg, "train"), "train", params=run_params(cfg))
     try:
-        with Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            transient=False,
-        ) as bar:
-            # The inner loop's steps (ES: generations; its curves are returns).
-            total = inner_loop(cfg).budget.steps_of(cfg)
-            job = bar.add_task("train", total=total, info="")
-            shown = {
-                "train/loss": "loss",
-                "train/return_mean": "return",
-                "eval/accuracy": "eval acc",
-                "eval/return/standard": "eval return",
-            }
-
-            def progress(step: int, m: dict[str, float]) -> None:
-                info = "  ".join(f"{label} {m[k]:.3f}" for k, label in shown.items() if k in m)
-                bar.update(job, completed=step, info=info)
-
+        with _progress_display("train") as progress:
             result = train_candidate(cfg, progress)
     except KeyboardInterrupt:
         tracker.end_run(run_id, "KILLED", "interrupted")
@@ -252,18 +275,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config} has no search section")
     GenomeSpace.from_config(cfg.search).validate(cfg)
     _check_checkpoint(cfg, resume=args.resume, fresh=args.fresh)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     from hybridopt.search.dispatch import init_ray
     from hybridopt.search.evolution import run_search
     from hybridopt.tracking import Tracker, check_reachable, resolve_uri
+    from hybridopt.train.result import ProgressEvent
 
     uri = resolve_uri(args.tracking_uri, cfg.tracking.uri)
     # Both ends are checked before anything is written: the store answers, then Ray is joined
@@ -272,35 +288,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     init_ray(args.address or cfg.ray.address, cfg.ray.num_cpus, announce=lambda line: print(line, flush=True))
     experiment = cfg.tracking.experiment or cfg.experiment
     tracker = Tracker(uri, experiment)
-    gens = cfg.search.generations
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("best {task.fields[best]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    ) as bar:
-        job = bar.add_task("generation", total=None, best="-")
-
-        def progress(generation: int, finished: Any = None, done: int = 0, total: int = 0, best: float = math.nan):
-            if finished is not None:  # one line per candidate that stops
-                f = finished
-                fit = "failed" if f.fitness is None else f"{f.fitness:.4f}"
-                why = f" ({f.reason})" if f.reason else ""
-                bar.console.print(
-                    f"g{f.generation:03d} c{f.index:03d}  {fit:>7}  {f.status.lower()}{why}  rung {f.rung}  "
-                    f"{f.cpu_s:5.0f} CPU-s {f.wall_s:5.0f} s  {f.genome}",
-                    highlight=False,
-                    markup=False,
-                    soft_wrap=True,
-                )
-                return
-            best_s = "-" if best != best else f"{best:.4f}"
-            what = f"generation {generation + 1}/{gens}" if generation < gens else "final training"
-            bar.update(job, description=what, completed=done, total=total, best=best_s)
-
+    with _progress_display("generation") as progress:
         try:
             out = run_search(
                 cfg,
@@ -309,7 +297,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 address=args.address,
                 progress=progress,
                 command=args.command_line,
-                announce=lambda line: bar.console.print(line, highlight=False, markup=False, soft_wrap=True),
+                announce=lambda line: progress(ProgressEvent(line=line)),
             )
         except KeyboardInterrupt:
             print("hybridopt: interrupted; search run ended as KILLED (resume with --resume)", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -118,6 +118,10 @@ class LocomotionConfig(Strict):
 
 
 TaskConfig = Annotated[Union[CueAssociationConfig, PatternMemoryConfig, LocomotionConfig], Field(discriminator="name")]
+# The task names, as the union's tags (each task config's ``name`` literal).
+TASK_NAMES: tuple[str, ...] = tuple(
+    get_args(c.model_fields["name"].annotation)[0] for c in get_args(get_args(TaskConfig)[0])
+)
 
 
 class TrainConfig(Strict):
@@ -301,7 +305,7 @@ def _format_error(err: ValidationError) -> str:
     for e in err.errors():
         loc = [str(x) for x in e["loc"]]
         # Drop pydantic's union-tag segment (``task.cue_association.x`` -> ``task.x``).
-        if len(loc) >= 2 and loc[0] == "task" and loc[1] in ("cue_association", "pattern_memory", "locomotion"):
+        if len(loc) >= 2 and loc[0] == "task" and loc[1] in TASK_NAMES:
             loc.pop(1)
         where = ".".join(loc) or "config"
         msg = e["msg"].removeprefix("Value error, ")

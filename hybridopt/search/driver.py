@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Optional
 
@@ -25,6 +24,7 @@ from hybridopt.search.inherit import Lineage, inherit
 from hybridopt.search.outcome import CandidateRecord, FinishedCandidate, SearchOutcome, describe_search
 from hybridopt.search.record import ChildRun, SearchRecord
 from hybridopt.tracking import Tracker, describe, run_params
+from hybridopt.train import ProgressEvent, ProgressFn
 from hybridopt.train.weights import weights_bytes
 
 __all__ = ["Driver"]
@@ -36,14 +36,14 @@ class Driver:
         cfg: Config,
         tracker: Tracker,
         resume: bool,
-        progress: Optional[Callable[..., None]],
+        progress: Optional[ProgressFn],
         command: Optional[str] = None,
     ):
         assert cfg.search is not None
         self.cfg, self.sc, self.tracker = cfg, cfg.search, tracker
         self.space = GenomeSpace.from_config(cfg.search)
         self.space.validate(cfg)
-        self.progress = progress or (lambda **kw: None)
+        self.progress: ProgressFn = progress or (lambda event: None)
         self.records: list[CandidateRecord] = []
         self.best: Optional[tuple[CandidateRecord, dict[str, Any]]] = None  # (record, state_dict)
         self.best_history: list[float] = []
@@ -184,7 +184,9 @@ class Driver:
 
     def _report(self, jobs: list[Job]) -> None:
         done = sum(j.done for j in jobs)
-        self.progress(generation=self.generation, done=done, total=len(jobs), best=self._best_fitness(), finished=None)
+        g, gens = self.generation, self.sc.generations
+        stage = f"generation {g + 1}/{gens}" if g < gens else "final training"
+        self.progress(ProgressEvent(done, len(jobs), {"best": self._best_fitness()}, stage))
 
     def _submit(self, job: Job, rung: int) -> None:
         if job.run_id is None:  # dispatched: its run exists from now on, RUNNING
@@ -224,7 +226,7 @@ class Driver:
             cpu_s=job.cpu_s,
             wall_s=job.wall_s,
         )
-        self.progress(generation=self.generation, finished=done)
+        self.progress(ProgressEvent(line=done.line()))
         if keep_state and result.state is not None:
             self.lineage.trained[job.run_id] = result.state
 

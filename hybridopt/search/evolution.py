@@ -41,6 +41,7 @@ from hybridopt.search.driver import Driver
 from hybridopt.search.ga import FAILED_FITNESS, GenomeProblem, make_algorithm
 from hybridopt.search.outcome import CandidateRecord, SearchOutcome
 from hybridopt.tracking import Tracker
+from hybridopt.train import ProgressFn
 
 __all__ = ["FAILED_FITNESS", "CandidateRecord", "GenomeProblem", "SearchOutcome", "make_algorithm", "run_search"]
 
@@ -51,14 +52,14 @@ def run_search(
     *,
     resume: bool = False,
     address: Optional[str] = None,
-    progress: Optional[Callable[..., None]] = None,
+    progress: Optional[ProgressFn] = None,
     command: Optional[str] = None,
     announce: Optional[Callable[[str], None]] = None,
 ) -> SearchOutcome:
     """Run (or resume) the search a config describes; returns the best genome and fitness.
 
-    ``progress(generation=, done=, total=, best=, finished=None)`` is called as a generation's
-    candidates advance, and ``progress(generation=, finished=FinishedCandidate)`` as each stops.
+    ``progress`` gets a :class:`~hybridopt.train.ProgressEvent` as a generation's candidates advance
+    (``done`` of ``total``, the best fitness so far) and one with its ``line`` as each stops.
     ``command`` (the command line that started it) is kept on the parent run to reproduce it.
     ``announce`` is told the parent run once it exists (``search run ID (started|resumed) ...``).
     Ctrl-C ends the parent run as KILLED; the last generation checkpoint stays usable.

@@ -41,6 +41,15 @@ class FinishedCandidate:
     cpu_s: float
     wall_s: float
 
+    def line(self) -> str:
+        """``g003 c005   0.7312  finished  rung 2    180 CPU-s   281 s  input=stdp/plain ...``"""
+        fit = "failed" if self.fitness is None else f"{self.fitness:.4f}"
+        why = f" ({self.reason})" if self.reason else ""
+        return (
+            f"g{self.generation:03d} c{self.index:03d}  {fit:>7}  {self.status.lower()}{why}  rung {self.rung}  "
+            f"{self.cpu_s:5.0f} CPU-s {self.wall_s:5.0f} s  {self.genome}"
+        )
+
 
 @dataclass
 class SearchOutcome:

@@ -41,6 +41,7 @@ import mujoco
 import numpy as np
 import torch
 
+from hybridopt.snn.catalogue import PROJECTIONS
 from hybridopt.tasks.base import EVAL_SEED_OFFSET, register_task
 
 __all__ = [
@@ -321,7 +322,7 @@ class Locomotion:
 
 def _h_saturation(net, state) -> float:
     fractions = []
-    for name in ("input", "recurrent", "readout"):
+    for name in PROJECTIONS:
         st = getattr(state, name)
         if st is not None:
             h_max = net.spec.projection(name).h_max

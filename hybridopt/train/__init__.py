@@ -7,11 +7,12 @@ from typing import Any, Optional
 
 from hybridopt.config import Config
 from hybridopt.train.loops import LOOPS, InnerLoop, inner_loop
-from hybridopt.train.result import ProgressFn, TrainResult, TrainState
+from hybridopt.train.result import ProgressEvent, ProgressFn, TrainResult, TrainState
 
 __all__ = [
     "LOOPS",
     "InnerLoop",
+    "ProgressEvent",
     "ProgressFn",
     "TrainResult",
     "TrainState",

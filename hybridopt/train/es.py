@@ -48,7 +48,7 @@ from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import EVAL_SEED_OFFSET, make_task
 from hybridopt.tasks.locomotion import Locomotion, ObsNormalizer, ObsStats, eval_seeds
 from hybridopt.train.loops import CONTROL, task_kind
-from hybridopt.train.result import ProgressFn, TrainResult, TrainState
+from hybridopt.train.result import ProgressEvent, ProgressFn, TrainResult, TrainState
 
 __all__ = [
     "build_policy",
@@ -363,7 +363,7 @@ def train_es(
                 episodes += task.cfg.eval_seeds
             history.append((generation, metrics))
             if progress is not None:
-                progress(generation, metrics)
+                progress(ProgressEvent(generation, gen0 + es.generations, metrics))
         vector_to_parameters(center, net.parameters())
         final = evaluate_policy(task, net, normalizer, cfg.seed)
         episodes += task.cfg.eval_seeds * (1 + len(task.cfg.conditions))

@@ -19,7 +19,7 @@ import torch
 from hybridopt.config import Config, network_spec
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import EVAL_SEED_OFFSET, Batch, Task, make_task
-from hybridopt.train.result import ProgressFn, TrainResult, TrainState
+from hybridopt.train.result import ProgressEvent, ProgressFn, TrainResult, TrainState
 
 __all__ = ["EVAL_SEED_OFFSET", "build", "evaluate", "resolve_device", "run_kernel", "train_gradient"]
 
@@ -160,7 +160,7 @@ def train_gradient(
                 metrics.update(evaluate(net, task, cfg))
             history.append((step, metrics))
             if progress is not None:
-                progress(step, metrics)
+                progress(ProgressEvent(step, step0 + tc.steps, metrics))
         if history and history[-1][0] == step and "eval/accuracy" in history[-1][1]:  # evaluated at this step
             final = {k: v for k, v in history[-1][1].items() if k.startswith("eval/")}
         else:

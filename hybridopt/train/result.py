@@ -7,10 +7,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["ProgressFn", "TrainResult", "TrainState"]
+__all__ = ["ProgressEvent", "ProgressFn", "TrainResult", "TrainState"]
 
-# ``progress(step, metrics)``: called by inner loops as they go (tracking stays outside).
-ProgressFn = Callable[[int, dict[str, float]], None]
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """What a loop reports as it goes, inner or outer: ``done`` of ``total`` in its own unit
+    (training steps, ES generations, a generation's candidates), the figures so far, the stage it
+    is in (``"generation 3/9"``), and a ``line`` to show once (a candidate that stopped)."""
+
+    done: Optional[int] = None
+    total: Optional[int] = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    stage: str = ""
+    line: Optional[str] = None
+
+
+# ``progress(event)``: called by every loop as it goes (tracking stays outside).
+ProgressFn = Callable[[ProgressEvent], None]
 
 
 @dataclass
