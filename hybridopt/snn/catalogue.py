@@ -3,7 +3,7 @@
 A config is validated against this catalogue, so a bad config or ``--set`` is reported before
 torch loads (importing torch alone costs ~2 CPU-seconds).  The implementations register under
 the same names (:data:`hybridopt.snn.plasticity.RULES` takes its coefficients from here,
-:data:`~hybridopt.snn.plasticity.MODES` and :data:`~hybridopt.snn.neurons.SURROGATES` are checked
+:data:`~hybridopt.snn.plasticity.MODES` and :data:`~hybridopt.snn.neurons.SURROGATE_DERIVATIVES` are checked
 against it when they load), so a name exists in exactly one list.
 """
 

@@ -127,7 +127,7 @@ def compiled_sequence(
             y, s, state = fn(params, consts, x[:, t : t + STEPS_PER_CALL], state)
             ys.append(y)
             ss.append(s)
-    except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why once
+    except Exception as e:  # noqa: BLE001 - a compiler failure: fall back, say why once (others re-raised)
         mark_compile_broken(e, "compiled time steps unavailable, using the fused kernel")
         return None
     if len(ys) == 1:
@@ -145,7 +145,7 @@ def compiled_step(
         return None
     try:
         y, s, state = _unit(spec)(params, consts, x.unsqueeze(1), state)
-    except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why once
+    except Exception as e:  # noqa: BLE001 - a compiler failure: fall back, say why once (others re-raised)
         mark_compile_broken(e, "compiled time steps unavailable, using the reference step")
         return None
     return y[:, 0], s[:, 0], state

@@ -158,9 +158,23 @@ def compile_available() -> Optional[str]:
     return None
 
 
+def is_compile_failure(e: BaseException) -> bool:
+    """Whether ``e`` says that compiling is not possible here (no or a broken C++ compiler,
+    Dynamo or Inductor refusing the graph), not that the computation itself is wrong: a shape or
+    value error met while tracing is the caller's, and is raised as it is."""
+    from torch._dynamo.exc import TorchDynamoException, TorchRuntimeError
+    from torch._inductor.exc import CppCompileError
+
+    return isinstance(e, (TorchDynamoException, CppCompileError, OSError)) and not isinstance(e, TorchRuntimeError)
+
+
 def mark_compile_broken(e: Exception, what: str) -> None:
-    """Compiling failed here: remember why (every compiled path then steps aside) and warn once."""
+    """Compiling failed here: remember why (every compiled path then steps aside) and warn once;
+    anything but a compile failure (:func:`is_compile_failure`) is raised again."""
     import warnings
+
+    if not is_compile_failure(e):
+        raise e
 
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     _compile_broken.append(f"{type(e).__name__}: {first}")
@@ -175,6 +189,6 @@ def run_compiled(name: str, *args: Any) -> tuple[bool, Any]:
         return False, None
     try:
         return True, _compiled_fn(name)(*args)
-    except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why once
+    except Exception as e:  # noqa: BLE001 - a compiler failure: fall back, say why once (others re-raised)
         mark_compile_broken(e, "compiled plastic step unavailable, using the eager fused kernel")
         return False, None

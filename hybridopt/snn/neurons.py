@@ -28,11 +28,12 @@ from hybridopt.snn.catalogue import SURROGATE_NAMES, check_registry
 __all__ = [
     "LIFParameters",
     "LIFState",
-    "SURROGATES",
+    "SURROGATE_DERIVATIVES",
     "arctan_spike",
     "fast_sigmoid_spike",
     "lif_initial_state",
     "lif_step",
+    "spike",
     "surrogate_derivative",
 ]
 
@@ -88,27 +89,27 @@ class _SurrogateSpike(torch.autograd.Function):
         return grad * SURROGATE_DERIVATIVES[ctx.name](x, ctx.slope), None, None
 
 
+def spike(x: Tensor, slope: float, surrogate: str) -> Tensor:
+    """Spike ``H(x)`` whose backward is the named surrogate derivative (:data:`SURROGATE_DERIVATIVES`)."""
+    if surrogate not in SURROGATE_DERIVATIVES:
+        raise ValueError(f"unknown surrogate {surrogate!r}; known: {sorted(SURROGATE_DERIVATIVES)}")
+    return _SurrogateSpike.apply(x, slope, surrogate)
+
+
 def fast_sigmoid_spike(x: Tensor, slope: float = 10.0) -> Tensor:
     """Spike ``H(x)`` with the fast-sigmoid surrogate ``1 / (k|x| + 1)^2``."""
-    return _SurrogateSpike.apply(x, slope, "fast_sigmoid")
+    return spike(x, slope, "fast_sigmoid")
 
 
 def arctan_spike(x: Tensor, slope: float = 10.0) -> Tensor:
     """Spike ``H(x)`` with the arctan surrogate ``(k/2) / (1 + (pi k x / 2)^2)``."""
-    return _SurrogateSpike.apply(x, slope, "arctan")
-
-
-SURROGATES: dict[str, Callable[[Tensor, float], Tensor]] = {
-    "fast_sigmoid": fast_sigmoid_spike,
-    "arctan": arctan_spike,
-}
-check_registry("surrogate", SURROGATES, SURROGATE_NAMES)
+    return spike(x, slope, "arctan")
 
 
 def surrogate_derivative(name: str, x: Tensor, slope: float) -> Tensor:
     """The surrogate derivative in closed form (for tests and fused kernels)."""
     if name not in SURROGATE_DERIVATIVES:
-        raise ValueError(f"unknown surrogate {name!r}; known: {sorted(SURROGATES)}")
+        raise ValueError(f"unknown surrogate {name!r}; known: {sorted(SURROGATE_DERIVATIVES)}")
     return SURROGATE_DERIVATIVES[name](x, slope)
 
 
@@ -130,9 +131,5 @@ def lif_step(current: Tensor, state: LIFState, p: LIFParameters) -> tuple[Tensor
         v = p.beta * state.v - p.theta * s_prev + current
     else:
         raise ValueError(f"unknown reset mode {p.reset!r}; known: 'zero', 'subtract'")
-    try:
-        spike_fn = SURROGATES[p.surrogate]
-    except KeyError:
-        raise ValueError(f"unknown surrogate {p.surrogate!r}; known: {sorted(SURROGATES)}") from None
-    s = spike_fn(v - p.theta, p.slope)
+    s = spike(v - p.theta, p.slope, p.surrogate)
     return s, LIFState(v=v, s=s)

@@ -154,3 +154,22 @@ def test_without_a_cxx_compiler_the_eager_fused_kernel_runs_with_one_warning(tmp
     assert "same True" in r.stdout  # every path gave the eager fused kernel's values
     assert "reason " in r.stdout and "reason None" not in r.stdout
     assert r.stderr.count("UserWarning:") == 1 and r.stderr.count(f"UserWarning: {warning}") == 1
+
+
+def test_only_a_compile_failure_falls_back_a_wrong_computation_is_raised(monkeypatch):
+    from torch._dynamo.exc import TorchRuntimeError
+    from torch._inductor.exc import CppCompileError
+
+    from hybridopt.snn import fused_kernels
+
+    assert fused_kernels.is_compile_failure(CppCompileError(["g++"], "error: ..."))
+    assert fused_kernels.is_compile_failure(FileNotFoundError("no-such-g++"))
+    assert not fused_kernels.is_compile_failure(TorchRuntimeError("shape mismatch while tracing"))
+    assert not fused_kernels.is_compile_failure(ValueError("bad value"))
+    monkeypatch.setattr(fused_kernels, "_compile_broken", [])
+    with pytest.raises(TorchRuntimeError, match="shape mismatch"):
+        fused_kernels.mark_compile_broken(TorchRuntimeError("shape mismatch"), "compiled steps unavailable")
+    assert fused_kernels.compile_available() is None  # not marked broken: the compiled path stays
+    with pytest.warns(UserWarning, match="compiled steps unavailable"):
+        fused_kernels.mark_compile_broken(FileNotFoundError("no-such-g++"), "compiled steps unavailable")
+    assert "no-such-g++" in fused_kernels.compile_available()
