@@ -186,6 +186,9 @@ def test_searches_submitted_listed_stopped_and_resumed_as_jobs(head: Head, tmp_p
         (row,) = [line for line in listed.stdout.splitlines() if job in line]
         assert "SUCCEEDED" in row and parent_of(head, job) in row and "my_search.yaml" in row
 
+    followed = cli(head, "logs", first, "--follow", "--address", head.address, timeout=120)  # ended: returns
+    assert followed.returncode == 0 and f"search run {parent_of(head, first)}" in followed.stdout
+
     # a third is stopped mid-way: its parent ends KILLED, nothing RUNNING, the checkpoint stays
     longer = [*base, "--seed", "3", "--set", "search.generations=6"]
     third = submitted(cli(head, "submit", *longer))
