@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union, get_args
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -51,6 +51,7 @@ class PlasticityConfig(Strict):
 class CueAssociationConfig(Strict):
     """Meta-learning: which of ``n_cues`` fresh random cues is the target?  See ``tasks.cue_association``."""
 
+    kind: ClassVar[str] = "gradient"  # the inner loop that trains it (hybridopt.train.loops)
     name: Literal["cue_association"]
     n_cues: Annotated[int, Field(ge=2)] = 4
     cue_bits: Annotated[int, Field(ge=2)] = 16
@@ -68,6 +69,7 @@ class CueAssociationConfig(Strict):
 class PatternMemoryConfig(Strict):
     """Store ``n_patterns`` random binary patterns, then complete a half-erased one."""
 
+    kind: ClassVar[str] = "gradient"
     name: Literal["pattern_memory"]
     n_patterns: Annotated[int, Field(ge=1)] = 3
     pattern_bits: Annotated[int, Field(ge=2)] = 16
@@ -92,6 +94,7 @@ class LocomotionConfig(Strict):
     mass by ``torso_mass_scale``.
     """
 
+    kind: ClassVar[str] = "control"  # played in a simulator: no gradient, trained by search gradient
     name: Literal["locomotion"]
     env_id: str = "HalfCheetah-v5"
     env_kwargs: dict[str, Any] = Field(default_factory=dict)

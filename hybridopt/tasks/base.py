@@ -29,7 +29,6 @@ class Batch(NamedTuple):
 
 class Task(Protocol):
     name: str
-    kind: str  # the inner loop that trains it: "gradient" (see hybridopt.train.loops)
     n_in: int
     n_out: int
     chance: float
@@ -47,12 +46,10 @@ TASKS: dict[str, Callable[[Any], Task]] = {}
 
 
 def register_task(name: str) -> Callable:
-    """Class decorator: ``@register_task("cue_association")``.  The class declares its ``kind``,
-    the kind of inner loop that trains it (a key of :data:`hybridopt.train.loops.LOOPS`)."""
+    """Class decorator: ``@register_task("cue_association")``.  Its config section declares the
+    kind of inner loop that trains it (``kind``, a key of :data:`hybridopt.train.loops.LOOPS`)."""
 
     def deco(cls):
-        if not isinstance(getattr(cls, "kind", None), str):
-            raise TypeError(f"task {name!r} declares no kind (the inner loop that trains it)")
         TASKS[name] = cls
         return cls
 

@@ -34,7 +34,6 @@ __all__ = ["CueAssociation"]
 @register_task("cue_association")
 class CueAssociation:
     name = "cue_association"
-    kind = "gradient"
     chance = 0.5
     n_out = 1
 

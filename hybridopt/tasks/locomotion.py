@@ -239,7 +239,6 @@ class Locomotion:
     one list per condition, so a worker builds them once."""
 
     name = "locomotion"
-    kind = "control"  # played in a simulator: no gradient, trained by search gradient
     chance = math.nan  # a return has no chance level
 
     def __init__(self, cfg) -> None:

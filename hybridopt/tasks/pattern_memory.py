@@ -25,7 +25,6 @@ __all__ = ["PatternMemory"]
 @register_task("pattern_memory")
 class PatternMemory:
     name = "pattern_memory"
-    kind = "gradient"
     chance = 0.5
 
     def __init__(self, cfg) -> None:

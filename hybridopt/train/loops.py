@@ -11,7 +11,7 @@ Each budget is cut short after its section's ``cpu_minutes``.  The sections of t
 do not apply to a config (a run does not log them).
 
 This module is torch-free: the kind of a task is looked up by the type of its config section
-(:data:`TASK_KINDS`; each task class declares the same ``kind``), so the command line, tracking
+(each task config declares its ``kind``), so the command line, tracking
 and the search driver ask it without loading torch or a simulator; an entry imports its
 implementation when it trains, builds or evaluates.
 """
@@ -25,14 +25,13 @@ from typing import Any, NamedTuple, Optional
 
 from pydantic import BaseModel
 
-from hybridopt.config import Config, CueAssociationConfig, LocomotionConfig, PatternMemoryConfig
+from hybridopt.config import Config
 from hybridopt.train.result import ProgressFn, TrainResult, TrainState
 
 __all__ = [
     "CONTROL",
     "GRADIENT",
     "LOOPS",
-    "TASK_KINDS",
     "Budget",
     "InnerLoop",
     "Loaded",
@@ -42,14 +41,6 @@ __all__ = [
 
 GRADIENT = "gradient"
 CONTROL = "control"
-
-# The kind of each task, by the type of its config section (the task classes declare the same
-# ``kind``; the tests hold the two together).
-TASK_KINDS: dict[type[BaseModel], str] = {
-    CueAssociationConfig: GRADIENT,
-    PatternMemoryConfig: GRADIENT,
-    LocomotionConfig: CONTROL,
-}
 
 
 @dataclass(frozen=True)
@@ -199,11 +190,11 @@ LOOPS: dict[str, InnerLoop] = {loop.kind: loop for loop in (GradientLoop(), Cont
 
 
 def task_kind(task_cfg: BaseModel) -> str:
-    """The kind of the task a config section describes (a key of :data:`LOOPS`)."""
-    try:
-        return TASK_KINDS[type(task_cfg)]
-    except KeyError:
-        raise ValueError(f"no inner loop for task config {type(task_cfg).__name__}") from None
+    """The kind of the task a config section describes (its ``kind``, a key of :data:`LOOPS`)."""
+    kind = getattr(type(task_cfg), "kind", None)
+    if kind not in LOOPS:
+        raise ValueError(f"no inner loop for task config {type(task_cfg).__name__} (kind {kind!r})")
+    return kind
 
 
 def inner_loop(cfg: Config) -> InnerLoop:
