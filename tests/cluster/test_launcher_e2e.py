@@ -145,6 +145,13 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def skip_unless_ci(why: str) -> None:
+    """Skip for a missing system facility, except in CI (``.ci/run`` provides it): fail there."""
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
 def _pidns_available() -> bool:
     if os.environ.get("HYBRIDOPT_E2E_PIDNS", "1") == "0" or not shutil.which("unshare"):
         return False
@@ -435,9 +442,7 @@ def loopback():
     if missing:
         # CI installs them (.ci/run): there a missing one is a failure, elsewhere the reason to skip
         why = f"the launcher test needs {', '.join(missing)}: apt-get install -y openssh-server openssh-client rsync"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+        skip_unless_ci(why)
     lb = Loopback()
     try:
         lb.start()
