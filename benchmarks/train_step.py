@@ -1,4 +1,4 @@
-"""CPU milliseconds per training step at the tasks' own size: reference, eager fused and the default kernel.
+"""CPU milliseconds per training step at the tasks' own size: reference, eager fused, compiled steps and native.
 
 Each configuration runs in a fresh process on 1 thread: the shipped
 ``configs/cue_association.yaml`` (B = 32, 35 inputs, 64 hidden LIF neurons, 240 time steps per
@@ -7,20 +7,25 @@ a batch of episodes, forward, task loss plus the rate regulariser, backward, Ada
 
 ``reference``  ``network.kernel=reference`` (plain autograd)
 ``fused``      the eager fused plastic-synapse kernel (``kernel=fused``, ``compile=never``)
-``default``    the shipped default (``kernel=auto``): whole time steps compiled at this size
+``compiled``   whole time steps through ``torch.compile`` (``kernel=compiled``; the default before
+               the native kernel)
+``native``     the shipped default (``kernel=auto``, which is the native sequence kernel on CPU)
 
-Warm-up covers the default's compile (its first sequence compiles; two more follow); it is
-reported separately as ``compile_s`` (wall seconds of the warm-up beyond its steps' own time, in
-a fresh Inductor cache, so what a process pays the first time it meets a structure: a Ray worker
-pays it once per structure, later processes find Inductor's on-disk cache) and
-``compile_warm_s`` (the same in a second process with that cache).  Then the median CPU time
-of ``--repeats`` steps.
+Warm-up covers a kernel's build (the compiled steps compile per structure on their first
+sequence; the native library builds once per machine): reported as ``compile_s`` (wall seconds
+of the warm-up beyond its steps' own time, with an empty cache: Inductor's for ``compiled``,
+``HYBRIDOPT_CACHE`` for ``native``) and ``compile_warm_s`` (the same in a second process with
+that cache).  Then the median CPU time of ``--repeats`` steps.
 
 Roofline: bytes the step must move per time step, ``9 * B * I * J * 4`` for each plastic
 projection (the state read and written in forward and backward, as in
 ``benchmarks/plastic_step.py``) plus one read of every weight matrix per pass, over the
 single-core bandwidth measured in a subprocess, once from DRAM (a 256 MiB copy) and once from
-L2 (a 256 KiB copy repeated): ``bound_dram_ms`` and ``bound_l2_ms`` per training step.
+L2 (a 256 KiB copy repeated): ``bound_dram_ms`` and ``bound_l2_ms`` per training step.  The
+arithmetic bound ``bound_flop_ms``: the floating-point operations a step must do per time step
+(:data:`FLOPS_PER_SYNAPSE` per plastic synapse and sample: current, update, its recomputation
+and its backward; ``6 * B * I * J`` per dense projection: forward and two backward products)
+over the single-core rate of a large float32 matrix product measured in a subprocess.
 
 Forward only (``--policy``): the shipped ``configs/halfcheetah_locomotion.yaml`` policy (64
 hidden, neuromodulated Hebbian input) playing HalfCheetah episodes of 500 steps one at a time, as
@@ -32,7 +37,7 @@ Output: one JSON line per (config, variant) with ``config, variant, ms_per_step,
 ms_per_time_step, compile_s`` (and ``compile_warm_s``, the bounds), then a table of ratios;
 with ``--policy``, JSON lines ``config, variant, episodes_per_cpu_s, ms_per_env_step``.
 
-    python -m benchmarks.train_step              # every row (about 15 minutes on 2 cores)
+    python -m benchmarks.train_step              # every row (about 30 minutes on 2 cores)
     python -m benchmarks.train_step --rows stdp-nm-input,static
     python -m benchmarks.train_step --rows '' --policy
 """
@@ -67,8 +72,28 @@ ROWS: dict[str, list[str]] = {
 VARIANTS = {
     "reference": ["network.kernel=reference"],
     "fused": ["network.kernel=fused", "network.compile=never"],
-    "default": [],
+    "compiled": ["network.kernel=compiled"],
+    "native": [],  # the default
 }
+# Per plastic synapse, sample and time step: the plastic current (2), the update D, U, clip (~8),
+# its recomputation in backward (~8) and its backward (clip mask, mode and rule products,
+# reductions, the current's three products: ~22).
+FLOPS_PER_SYNAPSE = 40
+
+
+def flop_rate() -> float:
+    """Single-thread float32 FLOP/s of a 1024^3 matrix product (the machine's practical peak)."""
+    import torch
+
+    torch.set_num_threads(1)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * 1024**3 / best
 
 
 def bandwidth(kib: int, repeats: int) -> float:
@@ -123,16 +148,22 @@ def worker(row: str, variant: str, repeats: int) -> dict:
     B = tc.batch_size
     state_bytes = sum(9 * B * a * b * 4 for p in PROJECTIONS if spec.projection(p).plastic for a, b in [spec.shape(p)])
     weight_bytes = sum(3 * a * b * 4 for p in PROJECTIONS for a, b in [spec.shape(p)])
+    flops = sum(
+        (FLOPS_PER_SYNAPSE if spec.projection(p).plastic else 6) * B * a * b
+        for p in PROJECTIONS
+        for a, b in [spec.shape(p)]
+    )
     return {
         "config": row,
         "variant": variant,
-        "kernel": net._kernel(task.batch(tc.batch_size, gen).x) if variant == "default" else spec.kernel,
+        "kernel": net.kernel_for(B),
         "ms_per_step": 1e3 * statistics.median(r[1] for r in runs),
         "ms_per_time_step": 1e3 * statistics.median(r[1] for r in runs) / T,
         "wall_ms_per_step": 1e3 * wall_med,
-        "compile_s": max(0.0, warm_wall - warm * wall_med) if variant == "default" else 0.0,
+        "compile_s": max(0.0, warm_wall - warm * wall_med) if variant in BUILT else 0.0,
         "first_steps_cpu_s": sum(r[1] for r in warmup),
         "bytes_per_time_step": state_bytes + weight_bytes,
+        "flops_per_time_step": flops,
         "T": T,
     }
 
@@ -145,7 +176,7 @@ def policy_worker(variant: str, episodes: int) -> dict:
     from hybridopt.train.es import build_policy
 
     torch.set_num_threads(1)
-    kernel = {"reference": "reference", "default": "auto"}[variant]
+    kernel = {"reference": "reference", "native": "auto"}[variant]
     cfg = load_config(REPO / "configs" / "halfcheetah_locomotion.yaml", [f"network.kernel={kernel}"])
     task, net = build_policy(cfg)
     params = net.params()
@@ -161,11 +192,15 @@ def policy_worker(variant: str, episodes: int) -> dict:
     return {
         "config": "halfcheetah-policy",
         "variant": variant,
-        "kernel": net.spec.kernel,
+        "kernel": net.kernel_for(1, grad=False, single_step=True),
         "episodes_per_cpu_s": episodes / cpu,
         "ms_per_env_step": 1e3 * cpu / steps,
         "first_episode_s": first,
     }
+
+
+# what each built variant builds, and the cache that keeps it between processes
+BUILT = {"compiled": "TORCHINDUCTOR_CACHE_DIR", "native": "HYBRIDOPT_CACHE"}
 
 
 def _child(argv: list[str], env: dict, timeout: float) -> dict:
@@ -174,8 +209,9 @@ def _child(argv: list[str], env: dict, timeout: float) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = (
-        f"{'config':<26} {'reference':>10} {'fused':>8} {'default':>8} {'ms/time step':>12} "
-        f"{'ref/default':>11} {'fused/default':>13} {'compile s':>9} {'warm s':>7} {'DRAM bound':>10} {'L2 bound':>8}"
+        f"{'config':<26} {'reference':>10} {'fused':>8} {'compiled':>8} {'native':>8} {'ms/time step':>12} "
+        f"{'ref/native':>10} {'compiled/native':>15} {'build s':>7} {'compile s':>9} {'warm s':>7} "
+        f"{'DRAM bound':>10} {'L2 bound':>8} {'FLOP bound':>10}"
     )
     lines = [head, "-" * len(head)]
     for name in dict.fromkeys(r["config"] for r in rows):
@@ -185,16 +221,21 @@ def table(rows: list[dict]) -> str:
         def f(v, spec="8.1f"):
             return format(v, spec) if v is not None else "-"
 
-        d = by.get("default", {})
+        d, c = by.get("native", {}), by.get("compiled", {})
         ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"  # noqa: E731
         lines.append(
-            f"{name:<26} {f(ms['reference'], '10.1f')} {f(ms['fused'])} {f(ms['default'])} "
-            f"{f(d.get('ms_per_time_step'), '12.3f')} {ratio(ms['reference'], ms['default']):>11} "
-            f"{ratio(ms['fused'], ms['default']):>13} {f(d.get('compile_s'), '9.1f')} "
-            f"{f(d.get('compile_warm_s'), '7.1f')} {f(d.get('bound_dram_ms'), '10.2f')} "
-            f"{f(d.get('bound_l2_ms'), '8.2f')}"
+            f"{name:<26} {f(ms['reference'], '10.1f')} {f(ms['fused'])} {f(ms['compiled'])} {f(ms['native'])} "
+            f"{f(d.get('ms_per_time_step'), '12.3f')} {ratio(ms['reference'], ms['native']):>10} "
+            f"{ratio(ms['compiled'], ms['native']):>15} {f(d.get('compile_s'), '7.1f')} "
+            f"{f(c.get('compile_s'), '9.1f')} {f(c.get('compile_warm_s'), '7.1f')} "
+            f"{f(d.get('bound_dram_ms'), '10.2f')} {f(d.get('bound_l2_ms'), '8.2f')} "
+            f"{f(d.get('bound_flop_ms'), '10.2f')}"
         )
-    lines.append("ms: CPU ms per training step (median); bounds: ms per training step at single-core bandwidth")
+    lines.append(
+        "ms: CPU ms per training step (median); build s: the native library's first build (once per machine); "
+        "compile s / warm s: the compiled steps' compile (per structure) with an empty / a filled cache; "
+        "bounds: ms per training step at single-core bandwidth and FLOP rate"
+    )
     return "\n".join(lines)
 
 
@@ -209,9 +250,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--policy-worker", metavar="VARIANT", help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=2, metavar=("ROW", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--bandwidth-worker", type=int, metavar="KIB", help=argparse.SUPPRESS)
+    parser.add_argument("--flops-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bandwidth_worker:
         print(json.dumps({"bandwidth": bandwidth(args.bandwidth_worker, 5)}))
+        return
+    if args.flops_worker:
+        print(json.dumps({"flops": flop_rate()}))
         return
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.repeats)))
@@ -227,14 +272,15 @@ def main(argv: list[str] | None = None) -> None:
     env: dict = {}
     sizes = {"dram": 262144, "l2": 256}  # KiB
     bw = {k: _child(["--bandwidth-worker", str(kib)], env, args.timeout).get("bandwidth") for k, kib in sizes.items()}
+    flops = _child(["--flops-worker"], env, args.timeout).get("flops")
     out = []
     for row in rows:
         for variant in variants:
             argv_ = ["--worker", row, variant, "--repeats", str(args.repeats)]
-            if variant == "default":
-                with tempfile.TemporaryDirectory() as cache:  # a cold Inductor cache, then a warm one
-                    r = _child(argv_, {**env, "TORCHINDUCTOR_CACHE_DIR": cache}, args.timeout)
-                    again = _child(argv_, {**env, "TORCHINDUCTOR_CACHE_DIR": cache}, args.timeout)
+            if variant in BUILT:
+                with tempfile.TemporaryDirectory() as cache:  # a cold cache, then a warm one
+                    r = _child(argv_, {**env, BUILT[variant]: cache}, args.timeout)
+                    again = _child(argv_, {**env, BUILT[variant]: cache}, args.timeout)
                 r["compile_warm_s"] = again.get("compile_s")
             else:
                 r = _child(argv_, env, args.timeout)
@@ -244,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
                 for k in ("dram", "l2"):
                     if bw[k]:
                         r[f"bound_{k}_ms"] = 1e3 * r["bytes_per_time_step"] * r["T"] / bw[k]
+                if flops:
+                    r["bound_flop_ms"] = 1e3 * r["flops_per_time_step"] * r["T"] / flops
             print(json.dumps(r), flush=True)
             out.append(r)
     if out:
@@ -251,11 +299,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.policy:
         pol = {
             v: _child(["--policy-worker", v, "--episodes", str(args.episodes)], env, args.timeout)
-            for v in ("reference", "default")
+            for v in ("reference", "native")
         }
         for r in pol.values():
             print(json.dumps(r), flush=True)
-        a, b = pol["reference"].get("episodes_per_cpu_s"), pol["default"].get("episodes_per_cpu_s")
+        a, b = pol["reference"].get("episodes_per_cpu_s"), pol["native"].get("episodes_per_cpu_s")
         if a and b:
             print(f"HalfCheetah policy: {a:.2f} -> {b:.2f} episodes per CPU second ({b / a:.2f}x)")
 

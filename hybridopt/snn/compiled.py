@@ -2,20 +2,20 @@
 
 At the tasks' own sizes (a plastic state of a few hundred kilobytes, which sits in L2) a time step
 costs what its ~50 small operations cost to dispatch and to record on autograd's tape, not what
-they compute.  Here :func:`~hybridopt.snn.network.network_step` -- LIF update, traces,
+they compute.  Here :func:`~hybridopt.snn.step.network_step` -- LIF update, traces,
 neuromodulator, every projection's current and ``H`` update, readout -- is traced by Dynamo for
 ``K`` consecutive steps (:data:`STEPS_PER_CALL`) and compiled by Inductor into one forward kernel
 and one backward kernel (AOTAutograd, min-cut partition: what backward needs is saved or
 recomputed inside the kernels).  A training sequence of ``T`` steps is then ``ceil(T / K)`` calls
 and as many autograd nodes, instead of ``~50 T`` of each.  The maths is the same function the
-reference runs (:func:`~hybridopt.snn.network.network_step`, the surrogate spike's and
+reference runs (:func:`~hybridopt.snn.step.network_step`, the surrogate spike's and
 :func:`~hybridopt.snn.plasticity.clip_state`'s derivatives included), so values equal the
 reference's up to float rounding (fused multiply-adds, reassociated sums).
 
 What is compiled depends only on the network's structure: the rule and mode of each projection,
 the reset and the surrogate (with its slope).  The float hyper-parameters a step reads (``beta``,
 ``theta``, the readout decay, each projection's trace decay and ``h_max``) go in as 0-d tensors
-(:class:`~hybridopt.snn.network.StepConstants`), so candidates of a search that differ only in
+(:class:`~hybridopt.snn.step.StepConstants`), so candidates of a search that differ only in
 them share one compiled unit.  A unit compiles once per process, per structure, input shape and
 grad mode (seconds); each structure gets its own code object, so Dynamo's cache per structure
 holds only its shapes, and Inductor's on-disk cache makes later processes (a Ray worker's next
@@ -37,9 +37,10 @@ import torch
 from torch import Tensor
 
 from hybridopt.snn.fused_kernels import compile_available, mark_compile_broken
+from hybridopt.snn.step import NetworkParams, NetworkState, StepConstants, network_step
 
 if TYPE_CHECKING:
-    from hybridopt.snn.network import NetworkParams, NetworkSpec, NetworkState, StepConstants
+    from hybridopt.snn.spec import NetworkSpec
 
 __all__ = ["STEPS_PER_CALL", "compiled_sequence", "compiled_step", "structure_key"]
 
@@ -71,7 +72,6 @@ def _unit(spec: NetworkSpec) -> Callable:
     key = structure_key(spec)
     fn = _units.get(key)
     if fn is None:
-        from hybridopt.snn.network import network_step
 
         def steps(params, consts, x, state):
             ys, ss = [], []

@@ -32,34 +32,20 @@ elements, where the compile time pays).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from hybridopt.snn.catalogue import PROJECTIONS
 from hybridopt.snn.compiled import compiled_sequence, compiled_step
-from hybridopt.snn.fused import (
-    COMPILE_MIN_ELEMENTS,
-    BufferPool,
-    PlasticTape,
-    default_interval,
-    fused_plastic_current,
-    fused_plasticity_step,
-)
-from hybridopt.snn.neurons import LIFParameters, LIFState, lif_initial_state, lif_step
-from hybridopt.snn.plasticity import (
-    MODES,
-    RULES,
-    ModulationParams,
-    PlasticState,
-    modulator_signal,
-    plastic_current,
-    plastic_initial_state,
-    plasticity_step,
-)
+from hybridopt.snn.fused import BufferPool, PlasticTape, default_interval
+from hybridopt.snn.kernels import COMPILE_MIN_ELEMENTS, KernelBudget, choose_kernel
+from hybridopt.snn.native import native_sequence
+from hybridopt.snn.neurons import lif_initial_state
+from hybridopt.snn.plasticity import MODES, RULES, ModulationParams, plastic_initial_state
 from hybridopt.snn.spec import COMPILE, KERNELS, NetworkSpec, ProjectionSpec
+from hybridopt.snn.step import NetworkParams, NetworkState, ProjectionParams, StepConstants, network_step
 
 __all__ = [
     "COMPILE",
@@ -74,147 +60,6 @@ __all__ = [
     "StepConstants",
     "network_step",
 ]
-
-
-class ProjectionParams(NamedTuple):
-    """Learned tensors of one projection; plastic-only fields are ``None`` when static."""
-
-    W: Tensor
-    alpha: Optional[Tensor] = None
-    mod: ModulationParams = ModulationParams()
-    coeffs: dict[str, Tensor] = {}
-    w_M: Optional[Tensor] = None
-    b_M: Optional[Tensor] = None
-
-
-class NetworkParams(NamedTuple):
-    input: ProjectionParams
-    recurrent: ProjectionParams
-    readout: ProjectionParams
-    b_hidden: Tensor
-    b_out: Tensor
-
-
-class NetworkState(NamedTuple):
-    """Everything that evolves within an episode; plastic entries are ``None`` when static."""
-
-    lif: LIFState
-    y: Tensor
-    input: Optional[PlasticState]
-    recurrent: Optional[PlasticState]
-    readout: Optional[PlasticState]
-
-
-class StepConstants(NamedTuple):
-    """The float hyper-parameters a step reads, as Python floats or as 0-d tensors (with tensors
-    one compiled step serves every value; see :mod:`hybridopt.snn.compiled`).  ``trace_decay`` and
-    ``h_max`` are per projection, in :data:`PROJECTIONS` order."""
-
-    beta: float | Tensor
-    theta: float | Tensor
-    readout_decay: float | Tensor
-    trace_decay: tuple[float | Tensor, ...]
-    h_max: tuple[float | Tensor, ...]
-
-    @classmethod
-    def of(cls, spec: NetworkSpec, like: Optional[Tensor] = None) -> StepConstants:
-        """The spec's values; as 0-d tensors of ``like``'s dtype and device when given."""
-        as_t = (lambda v: torch.tensor(v, dtype=like.dtype, device=like.device)) if like is not None else float
-        projs = [spec.projection(name) for name in PROJECTIONS]
-        return cls(
-            as_t(spec.beta),
-            as_t(spec.theta),
-            as_t(spec.readout_decay),
-            tuple(as_t(p.trace_decay) for p in projs),
-            tuple(float(p.h_max) for p in projs),  # a constant of the step: it bounds B x I x J work
-        )
-
-
-def _projection_forward(
-    p: ProjectionParams, pre: Tensor, st: Optional[PlasticState], tape: Optional[PlasticTape]
-) -> Tensor:
-    if st is not None and tape is not None:
-        return fused_plastic_current(tape, pre, p.W, p.alpha, st.H)
-    return plastic_current(pre, p.W, p.alpha, st.H if st is not None else None)
-
-
-def _projection_update(
-    spec: ProjectionSpec,
-    p: ProjectionParams,
-    st: Optional[PlasticState],
-    pre: Tensor,
-    post: Tensor,
-    features: Tensor,
-    tape: Optional[PlasticTape],
-    trace_decay: float | Tensor,
-    h_max: float | Tensor,
-) -> Optional[PlasticState]:
-    if st is None:
-        return None
-    M = modulator_signal(features, p.w_M, p.b_M) if spec.modulated else None
-    if tape is not None:
-        return fused_plasticity_step(tape, st, pre, post, trace_decay=trace_decay, coeffs=p.coeffs, mod=p.mod, M=M)
-    return plasticity_step(
-        spec.rule,
-        spec.modulation,
-        st,
-        pre,
-        post,
-        trace_decay=trace_decay,
-        h_max=h_max,
-        coeffs=p.coeffs,
-        mod=p.mod,
-        M=M,
-    )
-
-
-def network_step(
-    params: NetworkParams,
-    spec: NetworkSpec,
-    x: Tensor,
-    state: NetworkState,
-    tapes: Optional[Mapping[str, PlasticTape]] = None,
-    consts: Optional[StepConstants] = None,
-) -> tuple[Tensor, Tensor, NetworkState]:
-    """One time step; returns ``(y_t, s_t, new_state)`` (equations in the module docstring).
-
-    ``tapes`` (projection name -> :class:`~hybridopt.snn.fused.PlasticTape`, one per plastic
-    projection, made for this sequence) routes those projections through the fused kernel;
-    without it the step is plain autograd.  The values are the same either way.  ``consts``
-    (default: the spec's) gives the float hyper-parameters the step reads."""
-    tp = {name: (tapes or {}).get(name) for name in PROJECTIONS}
-    c = consts if consts is not None else StepConstants.of(spec)
-    lif_p = LIFParameters(c.beta, c.theta, spec.reset, spec.surrogate, spec.slope)
-    s_prev = state.lif.s
-    current = (
-        _projection_forward(params.input, x, state.input, tp["input"])
-        + _projection_forward(params.recurrent, s_prev, state.recurrent, tp["recurrent"])
-        + params.b_hidden
-    )
-    s, lif = lif_step(current, state.lif, lif_p)
-    y = c.readout_decay * state.y + _projection_forward(params.readout, s, state.readout, tp["readout"]) + params.b_out
-    features = (
-        torch.cat([x, s], dim=1) if (spec.input.modulated or spec.recurrent.modulated or spec.readout.modulated) else s
-    )
-    pre_post = {
-        "input": (x, s),
-        "recurrent": (s_prev, s),
-        "readout": (s, torch.tanh(y) if state.readout is not None else y),
-    }
-    plastic = {
-        name: _projection_update(
-            spec.projection(name),
-            getattr(params, name),
-            getattr(state, name),
-            *pre_post[name],
-            features,
-            tp[name],
-            c.trace_decay[i],
-            c.h_max[i],
-        )  # fmt: skip
-        for i, name in enumerate(PROJECTIONS)
-    }
-    return y, s, NetworkState(lif=lif, y=y, **plastic)
 
 
 class _Projection(nn.Module):
@@ -290,21 +135,23 @@ class PlasticSNN(nn.Module):
             return batch * n_pre * n_post >= COMPILE_MIN_ELEMENTS
         return self.spec.compile == "always"
 
-    def kernel_for(self, batch: int) -> str:
-        """The kernel a training sequence of ``batch`` episodes runs on: the spec's, where ``"auto"``
-        is ``"compiled"`` when every plastic state has fewer than ``COMPILE_MIN_ELEMENTS`` elements
-        (where the step's cost is per-operation overhead) and ``"fused"`` from there on (where it
-        is memory).  No-grad sequences run the reference maths whatever the kernel."""
-        if self.spec.kernel != "auto":
-            return self.spec.kernel
-        sizes = [batch * math.prod(self.spec.shape(n)) for n in PROJECTIONS if self.spec.projection(n).plastic]
-        return "compiled" if all(n < COMPILE_MIN_ELEMENTS for n in sizes) else "fused"
+    def set_budget(self, budget: Optional[KernelBudget]) -> None:
+        """What the run that trains this network may spend (``None``: nothing declared): the kernel choice
+        (:func:`~hybridopt.snn.kernels.choose_kernel`) never picks a kernel whose compile it cannot pay."""
+        self.__dict__["_budget"] = budget
 
-    def _kernel(self, x: Tensor) -> str:
-        """The kernel this sequence runs on (see :meth:`kernel_for`)."""
-        if not torch.is_grad_enabled():  # no tape: the plain maths, or compiled where asked for
-            return "compiled" if self.spec.kernel == "compiled" else "reference"
-        return self.kernel_for(x.shape[0])
+    def kernel_for(self, batch: int, *, grad: bool = True, single_step: bool = False) -> str:
+        """The kernel a sequence of ``batch`` episodes (or one step) runs on here: the policy's
+        answer (:func:`~hybridopt.snn.kernels.choose_kernel`) for this network, device and budget."""
+        return choose_kernel(
+            self.spec,
+            batch=batch,
+            grad=grad,
+            device=self.b_hidden.device,
+            dtype=self.b_hidden.dtype,
+            budget=self.__dict__.get("_budget"),
+            single_step=single_step,
+        )
 
     def parameter_groups(self) -> dict[str, str]:
         """Each parameter's name (as in ``named_parameters``) -> ``"weights"`` (``W``, biases),
@@ -344,7 +191,7 @@ class PlasticSNN(nn.Module):
         ``kernel="compiled"`` and gradients off the step runs compiled (a policy stepping in its
         environment); the values are the same as :meth:`forward`'s."""
         params = params if params is not None else self.params()
-        if self.spec.kernel == "compiled" and not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and self.kernel_for(x.shape[0], grad=False, single_step=True) == "compiled":
             out = compiled_step(params, self.spec, self._constants(x), x, state)
             if out is not None:
                 return out
@@ -371,7 +218,13 @@ class PlasticSNN(nn.Module):
             state = self.initial_state(x.shape[0])
         params = self.params()
         tapes = None
-        kernel = self._kernel(x)
+        kernel = self.kernel_for(x.shape[0], grad=torch.is_grad_enabled())
+        if kernel == "native":
+            pool = self.__dict__.setdefault("_pool", BufferPool())
+            out = native_sequence(params, self.spec, self._constants(x), x, state, pool)
+            if out is not None:
+                return out
+            kernel = "fused" if torch.is_grad_enabled() else "reference"  # (after one warning)
         if kernel == "compiled":
             out = compiled_sequence(params, self.spec, self._constants(x), x, state)
             if out is not None:

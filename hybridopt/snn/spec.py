@@ -28,7 +28,7 @@ __all__ = ["COMPILE", "KERNELS", "Compile", "Kernel", "NetworkConfig", "NetworkS
 # How training differentiates a sequence (see :mod:`hybridopt.snn.network`): whole compiled time
 # steps, the fused plastic-synapse kernel, or plain autograd; auto: compiled steps for small
 # plastic states, fused for large ones.
-Kernel = Literal["auto", "compiled", "fused", "reference"]
+Kernel = Literal["auto", "native", "compiled", "fused", "reference"]
 KERNELS: tuple[str, ...] = get_args(Kernel)
 # Whether the fused kernel's steps go through torch.compile: for large plastic states (auto).
 Compile = Literal["auto", "always", "never"]

@@ -31,7 +31,6 @@ condition, as ``eval/return/<condition>`` and ``eval/degradation/<condition>``::
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import multiprocessing as mp
 import time
@@ -44,6 +43,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from hybridopt.config import Config, ESConfig, network_spec, parse_config
 from hybridopt.evo import PGPE, SNES, Problem, SolutionBatch
+from hybridopt.snn.kernels import KernelBudget
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import EVAL_SEED_OFFSET, make_task
 from hybridopt.tasks.locomotion import Locomotion, ObsNormalizer, ObsStats, eval_seeds
@@ -89,22 +89,10 @@ def _group_masks(net: PlasticSNN) -> dict[str, torch.Tensor]:
     return {g: torch.tensor([x == g for x in groups]) for g in ("weights", "plasticity", "rule") if g in groups}
 
 
-# ``network.kernel: auto`` steps the policy compiled for a search of at least this many episodes
-# and CPU seconds (a compile costs seconds once per structure and process); shorter runs step it
-# with the reference maths.  Decided from the config, so in-process and spawned players agree.
-COMPILE_MIN_EPISODES = 200
-COMPILE_MIN_CPU_S = 30.0
-
-
-def policy_kernel(kernel: str, es: ESConfig) -> str:
-    """How a policy steps in its environment (no gradients): ``"compiled"`` or ``"reference"``.
-    ``auto`` is compiled for an ES run long enough to pay the compile; ``compiled`` always."""
-    if kernel == "compiled":
-        return kernel
+def policy_budget(es: ESConfig) -> KernelBudget:
+    """What an ES run may spend, as the kernel choice reads it: its episodes and CPU seconds."""
     episodes = es.generations * es.popsize * es.episodes_per_sample
-    budget = 60.0 * es.cpu_minutes if es.cpu_minutes else math.inf
-    long_enough = episodes >= COMPILE_MIN_EPISODES and budget >= COMPILE_MIN_CPU_S
-    return "compiled" if kernel == "auto" and long_enough else "reference"
+    return KernelBudget(steps=episodes, cpu_s=60.0 * es.cpu_minutes if es.cpu_minutes else math.inf)
 
 
 def build_policy(cfg: Config) -> tuple[Locomotion, PlasticSNN]:
@@ -114,7 +102,8 @@ def build_policy(cfg: Config) -> tuple[Locomotion, PlasticSNN]:
         raise ValueError(f"the ES inner loop trains control tasks (locomotion), not {cfg.task.name!r}")
     task = cast(Locomotion, make_task(cfg.task))
     spec = network_spec(cfg, task.n_in, task.n_out)
-    net = PlasticSNN(dataclasses.replace(spec, kernel=policy_kernel(spec.kernel, cfg.es)), seed=cfg.seed)
+    net = PlasticSNN(spec, seed=cfg.seed)
+    net.set_budget(policy_budget(cfg.es))
     net.requires_grad_(False)
     net.projections["readout"].W.mul_(cfg.task.readout_scale)
     return task, net

@@ -16,7 +16,7 @@ from hybridopt.snn.network import PROJECTIONS, NetworkSpec, PlasticSNN, Projecti
 from hybridopt.snn.plasticity import MODES, PlasticState
 from tests.conftest import FAMILIES
 
-from .test_fused import H_MAX, N_IN, PLASTIC, _input, _run, _spec
+from .test_fused import H_MAX, PLASTIC, _input, _run, _spec
 
 # Inductor builds C++ on CPU; CI installs a compiler.
 pytestmark = pytest.mark.skipif(
@@ -99,22 +99,6 @@ def test_a_structure_compiles_once_for_every_value_of_its_hyper_parameters():
     # the floats of a step are graph inputs; h_max bounds B x I x J work and stays a constant
     c = StepConstants.of(spec, like=x)
     assert isinstance(c.beta, torch.Tensor) and c.beta.dim() == 0 and all(isinstance(h, float) for h in c.h_max)
-
-
-def test_auto_compiles_small_states_and_leaves_large_ones_to_the_fused_kernel():
-    spec = NetworkSpec(n_in=N_IN, hidden=16, n_out=2, recurrent=ProjectionSpec(rule="hebbian", **PLASTIC))
-    assert spec.kernel == "auto"
-    net = PlasticSNN(spec)
-    assert net.kernel_for(4) == "compiled"
-    big = PlasticSNN(dataclasses.replace(spec, hidden=256))
-    # B * I * J against the fused kernel's threshold: 16 x 256 x 256 = 2^20 elements is memory-bound
-    assert big.kernel_for(15) == "compiled" and big.kernel_for(16) == "fused"
-    static = PlasticSNN(dataclasses.replace(spec, recurrent=ProjectionSpec()))
-    assert static.kernel_for(10**6) == "compiled"
-    x = _input(batch=2, steps=8)
-    assert net._kernel(x) == "compiled"
-    with torch.no_grad():
-        assert net._kernel(x) == "reference"
 
 
 FALLBACK = """

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hybridopt.config import load_config
-from hybridopt.train.gradient import build, evaluate, run_kernel, train_gradient
+from hybridopt.train.gradient import build, evaluate, train_gradient
 from tests.conftest import CONFIGS
 
 
@@ -113,12 +113,3 @@ def test_a_state_with_a_fresh_optimiser_keeps_its_weights_and_trains_on():
 def test_a_cpu_budget_for_the_call():
     r = train_gradient(smoke("train.steps=1000"), cpu_budget_s=0.0)
     assert r.status == "FINISHED" and r.steps == 0 and r.history[-1][0] == 0  # evaluated, untrained
-
-
-def test_only_runs_long_enough_to_pay_a_compile_compile():
-    # a run's kernel follows from its config alone, not from what its process ran before
-    assert run_kernel("auto", 4000, 1800.0) == "auto"  # compiled steps where the network is small
-    assert run_kernel("auto", 99, math.inf) == "fused"  # a smoke run or a test: no compile to pay
-    assert run_kernel("auto", 10**5, 29.0) == "fused"
-    for explicit in ("compiled", "fused", "reference"):
-        assert run_kernel(explicit, 1, 0.0) == explicit

@@ -1,0 +1,170 @@
+"""One time step of the network, as a pure function: :func:`network_step` over explicit
+:class:`NetworkParams` and :class:`NetworkState` (equations in :mod:`hybridopt.snn.network`).
+
+Every kernel runs (or reproduces) this function: the reference and fused kernels call it per
+step, the compiled kernel traces it, the native kernel is its transcription.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from hybridopt.snn.catalogue import PROJECTIONS
+from hybridopt.snn.fused import fused_plastic_current, fused_plasticity_step
+from hybridopt.snn.neurons import LIFParameters, LIFState, lif_step
+from hybridopt.snn.plasticity import (
+    ModulationParams,
+    PlasticState,
+    modulator_signal,
+    plastic_current,
+    plasticity_step,
+)
+from hybridopt.snn.spec import NetworkSpec, ProjectionSpec
+from hybridopt.snn.tape import PlasticTape
+
+__all__ = ["NetworkParams", "NetworkState", "ProjectionParams", "StepConstants", "network_step"]
+
+
+class ProjectionParams(NamedTuple):
+    """Learned tensors of one projection; plastic-only fields are ``None`` when static."""
+
+    W: Tensor
+    alpha: Optional[Tensor] = None
+    mod: ModulationParams = ModulationParams()
+    coeffs: dict[str, Tensor] = {}
+    w_M: Optional[Tensor] = None
+    b_M: Optional[Tensor] = None
+
+
+class NetworkParams(NamedTuple):
+    input: ProjectionParams
+    recurrent: ProjectionParams
+    readout: ProjectionParams
+    b_hidden: Tensor
+    b_out: Tensor
+
+
+class NetworkState(NamedTuple):
+    """Everything that evolves within an episode; plastic entries are ``None`` when static."""
+
+    lif: LIFState
+    y: Tensor
+    input: Optional[PlasticState]
+    recurrent: Optional[PlasticState]
+    readout: Optional[PlasticState]
+
+
+class StepConstants(NamedTuple):
+    """The float hyper-parameters a step reads, as Python floats or as 0-d tensors (with tensors
+    one compiled step serves every value; see :mod:`hybridopt.snn.compiled`).  ``trace_decay`` and
+    ``h_max`` are per projection, in :data:`PROJECTIONS` order."""
+
+    beta: float | Tensor
+    theta: float | Tensor
+    readout_decay: float | Tensor
+    trace_decay: tuple[float | Tensor, ...]
+    h_max: tuple[float | Tensor, ...]
+
+    @classmethod
+    def of(cls, spec: NetworkSpec, like: Optional[Tensor] = None) -> StepConstants:
+        """The spec's values; as 0-d tensors of ``like``'s dtype and device when given."""
+        as_t = (lambda v: torch.tensor(v, dtype=like.dtype, device=like.device)) if like is not None else float
+        projs = [spec.projection(name) for name in PROJECTIONS]
+        return cls(
+            as_t(spec.beta),
+            as_t(spec.theta),
+            as_t(spec.readout_decay),
+            tuple(as_t(p.trace_decay) for p in projs),
+            tuple(float(p.h_max) for p in projs),  # a constant of the step: it bounds B x I x J work
+        )
+
+
+def _projection_forward(
+    p: ProjectionParams, pre: Tensor, st: Optional[PlasticState], tape: Optional[PlasticTape]
+) -> Tensor:
+    if st is not None and tape is not None:
+        return fused_plastic_current(tape, pre, p.W, p.alpha, st.H)
+    return plastic_current(pre, p.W, p.alpha, st.H if st is not None else None)
+
+
+def _projection_update(
+    spec: ProjectionSpec,
+    p: ProjectionParams,
+    st: Optional[PlasticState],
+    pre: Tensor,
+    post: Tensor,
+    features: Tensor,
+    tape: Optional[PlasticTape],
+    trace_decay: float | Tensor,
+    h_max: float | Tensor,
+) -> Optional[PlasticState]:
+    if st is None:
+        return None
+    M = modulator_signal(features, p.w_M, p.b_M) if spec.modulated else None
+    if tape is not None:
+        return fused_plasticity_step(tape, st, pre, post, trace_decay=trace_decay, coeffs=p.coeffs, mod=p.mod, M=M)
+    return plasticity_step(
+        spec.rule,
+        spec.modulation,
+        st,
+        pre,
+        post,
+        trace_decay=trace_decay,
+        h_max=h_max,
+        coeffs=p.coeffs,
+        mod=p.mod,
+        M=M,
+    )
+
+
+def network_step(
+    params: NetworkParams,
+    spec: NetworkSpec,
+    x: Tensor,
+    state: NetworkState,
+    tapes: Optional[Mapping[str, PlasticTape]] = None,
+    consts: Optional[StepConstants] = None,
+) -> tuple[Tensor, Tensor, NetworkState]:
+    """One time step; returns ``(y_t, s_t, new_state)`` (equations in the module docstring).
+
+    ``tapes`` (projection name -> :class:`~hybridopt.snn.fused.PlasticTape`, one per plastic
+    projection, made for this sequence) routes those projections through the fused kernel;
+    without it the step is plain autograd.  The values are the same either way.  ``consts``
+    (default: the spec's) gives the float hyper-parameters the step reads."""
+    tp = {name: (tapes or {}).get(name) for name in PROJECTIONS}
+    c = consts if consts is not None else StepConstants.of(spec)
+    lif_p = LIFParameters(c.beta, c.theta, spec.reset, spec.surrogate, spec.slope)
+    s_prev = state.lif.s
+    current = (
+        _projection_forward(params.input, x, state.input, tp["input"])
+        + _projection_forward(params.recurrent, s_prev, state.recurrent, tp["recurrent"])
+        + params.b_hidden
+    )
+    s, lif = lif_step(current, state.lif, lif_p)
+    y = c.readout_decay * state.y + _projection_forward(params.readout, s, state.readout, tp["readout"]) + params.b_out
+    features = (
+        torch.cat([x, s], dim=1) if (spec.input.modulated or spec.recurrent.modulated or spec.readout.modulated) else s
+    )
+    pre_post = {
+        "input": (x, s),
+        "recurrent": (s_prev, s),
+        "readout": (s, torch.tanh(y) if state.readout is not None else y),
+    }
+    plastic = {
+        name: _projection_update(
+            spec.projection(name),
+            getattr(params, name),
+            getattr(state, name),
+            *pre_post[name],
+            features,
+            tp[name],
+            c.trace_decay[i],
+            c.h_max[i],
+        )  # fmt: skip
+        for i, name in enumerate(PROJECTIONS)
+    }
+    return y, s, NetworkState(lif=lif, y=y, **plastic)
