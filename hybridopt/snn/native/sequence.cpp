@@ -419,7 +419,9 @@ struct Seq {
     r.g_phi.assign((size_t)B * J, T(0));
     r.g_gain.assign((size_t)B * J, T(0));
     r.g_M.assign((size_t)B, T(0));
-    std::vector<T> gain_v(J), q_v(J), hs_v(J), Y_v(J), Z_v(J), Y2_v(J);
+    std::vector<T> gain_v(J), q_v(J), hs_v(J), Y_v(J), Z_v(J), Y2_v(J), wR_v(J), w2_v(J);
+    T* __restrict__ wR = wR_v.data();
+    T* __restrict__ w2 = w2_v.data();
     T* __restrict__ gain = gain_v.data();
     T* __restrict__ q = q_v.data();
     T* __restrict__ hs = hs_v.data();
@@ -433,10 +435,18 @@ struct Seq {
       const T Mb = M_t ? M_t[b] : T(0);
       post_factors(p, b, yq, phi_t, M_t, gain, q);
       for (int j = 0; j < J; ++j) hs[j] = R == OJA ? gain[j] * -(q[j] * yq[j]) : T(0);  // gain dD/dH
-      std::fill(Y, Y + J, T(0));
+      // Per row only sums of the incoming gradient gX are formed; D is never rebuilt, since
+      // every family's D is a sum of pre x post outer products (Oja's also times H):
+      //   P_j = sum_i gX_ij xpre_i,  Q_j = sum_i gX_ij s_pre_i (STDP),  Z_j = sum_i gX_ij H_ij (Oja),
+      //   sum_i gX_ij D_ij = ypart_j (from P, Q, Z),  d xpre_i = sum_j gX_ij gain_j w_j.
+      for (int j = 0; j < J; ++j) {
+        const T w = R == HEBBIAN ? yq[j] : (R == STDP ? so[j] : q[j]);
+        wR[j] = gain[j] * w;
+        w2[j] = gain[j] * yq[j];
+      }
+      std::fill(Y, Y + J, T(0));  // P
       std::fill(Z, Z + J, T(0));
-      std::fill(Y2, Y2 + J, T(0));
-      T* __restrict__ gg = r.g_gain.data() + (size_t)b * J;
+      std::fill(Y2, Y2 + J, T(0));  // Q
       T gM = 0;
       for (int i = 0; i < I; ++i) {
         const size_t row = ((size_t)b * I + i) * J;
@@ -447,12 +457,12 @@ struct Seq {
         const T* __restrict__ Ep = M == RETRO ? E_prev + row : nullptr;
         const T* __restrict__ En = M == RETRO ? E_new + row : nullptr;
         const T xi = xpre_t[(size_t)b * I + i], si = pre[(size_t)b * I + i];
-        T Rs = 0, R2 = 0, gMi = 0, gci = 0, gAi = 0;
+        T Rs = 0, R2 = 0, gMi = 0, gEi = 0, gAi = 0;
         const T an = F > 0 ? a_next[(size_t)b * I + i] : T(0);
         const T* __restrict__ Al = c(p.alpha) + (size_t)i * J;
         T* __restrict__ gal = m(p.g_alpha) + (size_t)i * J;
         const T* __restrict__ gn = F > 0 ? g_next + (size_t)b * J : nullptr;
-#pragma omp simd reduction(+ : Rs, R2, gMi, gci, gAi)
+#pragma omp simd reduction(+ : Rs, R2, gMi, gEi, gAi)
         for (int j = 0; j < J; ++j) {
           T gin = g[j];
           if constexpr (F > 0) {  // the next step's current
@@ -462,38 +472,26 @@ struct Seq {
             if constexpr (F == 2) gAi += Al[j] * Hn[j] * gn[j];
           }
           const T gU = (Hn[j] > -h && Hn[j] < h) ? gin : T(0);
-          const T D = rule_D<R>(xi, si, yq[j], so[j], Hp[j], q[j], ap, am);
           T gX;
           if constexpr (M == RETRO) {
             gX = ge[j] + Mb * gU;  // the total gradient on the new E
             gMi += gU * En[j];
-            gci += gX * (D - Ep[j]);
+            gEi += gX * Ep[j];
             ge[j] = (T(1) - cc) * gX;
           } else {
             gX = gU;
-            gg[j] += gU * D;
           }
           g[j] = R == OJA ? gU + gX * hs[j] : gU;
-          const T gD = gX * gain[j];
-          if constexpr (R == HEBBIAN) {
-            Rs += gD * yq[j];
-            Y[j] += gD * xi;
-          } else if constexpr (R == OJA) {
-            Rs += gD * q[j];
-            Y[j] += gD * xi;
-            Z[j] += gD * Hp[j];
-          } else if constexpr (R == BCM) {
-            Rs += gD * q[j];
-            Y[j] += gD * xi;
-          } else {  // STDP: Rs ~ xpre, R2 ~ the pre spike, Y ~ the post spike, Y2 ~ xpost
-            Rs += gD * so[j];
-            R2 += gD * yq[j];
-            Y[j] += gD * xi;
-            Y2[j] += gD * si;
+          Y[j] += gX * xi;
+          Rs += gX * wR[j];
+          if constexpr (R == OJA) Z[j] += gX * Hp[j];
+          if constexpr (R == STDP) {
+            Y2[j] += gX * si;
+            R2 += gX * w2[j];
           }
         }
         gM += gMi;
-        g_c += double(gci);
+        g_c -= double(gEi);
         if constexpr (F == 2) ga_next[(size_t)b * I + i] += gAi;
         if constexpr (R == STDP) {
           r.g_pre[(size_t)b * I + i] = ap * Rs;
@@ -502,24 +500,37 @@ struct Seq {
           r.g_pre[(size_t)b * I + i] = Rs;
         }
       }
+      T* gg = r.g_gain.data() + (size_t)b * J;
       T* gpo = r.g_post.data() + (size_t)b * J;
       T* gph = r.g_phi.data() + (size_t)b * J;
       for (int j = 0; j < J; ++j) {
-        const T y = yq[j];
+        const T y = yq[j], P = Y[j], gP = gain[j] * P;
+        T sum_gD;  // sum_i gX_ij D_ij
         if constexpr (R == HEBBIAN) {
-          gpo[j] = Y[j];
+          sum_gD = y * P;
+          gpo[j] = gP;
         } else if constexpr (R == OJA) {
+          sum_gD = q[j] * (P - y * Z[j]);
           const T den = T(1) + y * y;
           const T dp = (T(1) - y * y) / (den * den);
-          gpo[j] = dp * (Y[j] - y * Z[j]) - q[j] * Z[j];
+          const T gZ = gain[j] * Z[j];
+          gpo[j] = dp * (gP - y * gZ) - q[j] * gZ;
         } else if constexpr (R == BCM) {
-          gpo[j] = Y[j] * (T(2) * y - phi_t[(size_t)b * J + j]);
-          gph[j] = -Y[j] * y;
-        } else {  // STDP: the post spike a+ Y, xpost -a- Y2
-          g_ap += double(so[j] * Y[j]);
-          g_am += -double(y * Y2[j]);
-          gpo[j] = -am * Y2[j];
-          Ys_[(size_t)b * J + j] = ap * Y[j];
+          sum_gD = q[j] * P;
+          gpo[j] = gP * (T(2) * y - phi_t[(size_t)b * J + j]);
+          gph[j] = -gP * y;
+        } else {  // STDP: the post spike a+ gain P, xpost -a- gain Q
+          const T gQ = gain[j] * Y2[j];
+          sum_gD = ap * (so[j] * P) - am * (y * Y2[j]);
+          g_ap += double(so[j] * gP);
+          g_am += -double(y * gQ);
+          gpo[j] = -am * gQ;
+          Ys_[(size_t)b * J + j] = ap * gP;
+        }
+        if constexpr (M == RETRO) {
+          g_c += double(sum_gD);
+        } else {
+          gg[j] = sum_gD;
         }
       }
       r.g_M[b] = gM;
