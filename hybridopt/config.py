@@ -137,7 +137,9 @@ class TrainConfig(Strict):
 
     The budget is ``steps`` optimiser steps of ``batch_size`` episodes, cut short after
     ``cpu_minutes`` of this process's CPU time (CPU, not wall time, so that budgets stay
-    comparable when several candidates share a machine).
+    comparable when several candidates share a machine).  At the end the network is measured on
+    ``test_episodes`` fresh episodes from seeds reserved for testing (``test/accuracy``); the
+    evaluation episodes, which a search selects on, are never those.
     """
 
     steps: Annotated[int, Field(ge=1)] = 200
@@ -146,6 +148,7 @@ class TrainConfig(Strict):
     grad_clip: Positive = 1.0
     eval_every: Annotated[int, Field(ge=1)] = 25
     eval_batches: Annotated[int, Field(ge=1)] = 4
+    test_episodes: Annotated[int, Field(ge=0)] = 1024
     rate_reg: Annotated[float, Field(ge=0.0)] = 0.0
     rate_target: Fraction = 0.05
     cpu_minutes: Optional[Positive] = None

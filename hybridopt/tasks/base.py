@@ -12,12 +12,24 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["EVAL_SEED_OFFSET", "TASKS", "Batch", "Task", "make_task", "poisson_spikes", "register_task"]
+__all__ = [
+    "EVAL_SEED_OFFSET",
+    "TASKS",
+    "TEST_SEED_OFFSET",
+    "Batch",
+    "Task",
+    "make_task",
+    "poisson_spikes",
+    "register_task",
+]
 
 # Evaluation draws from seeds at and above this one (a task's held-out batches from a generator
 # seeded ``EVAL_SEED_OFFSET + seed``, a control task's episodes from seeds above it); training
 # stays below it.
 EVAL_SEED_OFFSET = 1_000_003
+# Test episodes (a finished network measured once, on episodes no evaluation or selection saw)
+# come from generators seeded ``TEST_SEED_OFFSET + seed``, far above both.
+TEST_SEED_OFFSET = 10**12
 
 
 class Batch(NamedTuple):

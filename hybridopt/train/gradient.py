@@ -19,10 +19,18 @@ import torch
 from hybridopt.config import Config, network_spec
 from hybridopt.snn.kernels import KernelBudget
 from hybridopt.snn.network import PlasticSNN
-from hybridopt.tasks import EVAL_SEED_OFFSET, Batch, Task, make_task
+from hybridopt.tasks import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Batch, Task, make_task
 from hybridopt.train.result import ProgressEvent, ProgressFn, TrainResult, TrainState
 
-__all__ = ["EVAL_SEED_OFFSET", "build", "evaluate", "prepare_kernel", "resolve_device", "train_gradient"]
+__all__ = [
+    "EVAL_SEED_OFFSET",
+    "build",
+    "evaluate",
+    "prepare_kernel",
+    "resolve_device",
+    "test_accuracy",
+    "train_gradient",
+]
 
 
 def _cpu_with_children() -> float:
@@ -84,6 +92,25 @@ def evaluate(net: PlasticSNN, task: Task, cfg: Config) -> dict[str, float]:
         rate.append(s.mean().item())
     n = len(fit)
     return {"eval/accuracy": sum(fit) / n, "eval/loss": sum(loss) / n, "eval/firing_rate": sum(rate) / n}
+
+
+@torch.no_grad()
+def test_accuracy(net: PlasticSNN, task: Task, cfg: Config, episodes: int) -> dict[str, float]:
+    """The network's fitness on ``episodes`` fresh episodes from the seeds reserved for testing
+    (``TEST_SEED_OFFSET + seed``): ``test/accuracy``, its standard error ``sd / sqrt(n)`` over the
+    episodes, and ``test/episodes``.  No evaluation or selection ever sees these episodes."""
+    gen = torch.Generator().manual_seed(TEST_SEED_OFFSET + cfg.seed)
+    device = net.b_hidden.device
+    fits = []
+    left = episodes
+    while left > 0:
+        batch = _to(task.batch(min(left, 256), gen), device)
+        y, _, _ = net(batch.x)
+        fits.append(task.fitness(y, batch).double().cpu())
+        left -= batch.x.shape[0]
+    f = torch.cat(fits)
+    se = f.std().item() / math.sqrt(len(f)) if len(f) > 1 else float("nan")
+    return {"test/accuracy": f.mean().item(), "test/accuracy_se": se, "test/episodes": float(len(f))}
 
 
 def _cpu_state(obj: Any) -> Any:
@@ -179,6 +206,8 @@ def train_gradient(
             history.append((step, final))
         if not math.isfinite(final["eval/loss"]):
             raise FloatingPointError("non-finite evaluation loss")
+        if tc.test_episodes:
+            final.update(test_accuracy(net, task, cfg, tc.test_episodes))
     except Exception as e:  # a candidate must not take its caller down
         return TrainResult.failure(
             f"{type(e).__name__}: {e}", history=history, steps=step, wall_time=time.perf_counter() - t0

@@ -113,3 +113,31 @@ def test_a_state_with_a_fresh_optimiser_keeps_its_weights_and_trains_on():
 def test_a_cpu_budget_for_the_call():
     r = train_gradient(smoke("train.steps=1000"), cpu_budget_s=0.0)
     assert r.status == "FINISHED" and r.steps == 0 and r.history[-1][0] == 0  # evaluated, untrained
+
+
+def test_the_trained_network_is_measured_on_reserved_test_episodes():
+    from hybridopt.tasks import EVAL_SEED_OFFSET, TEST_SEED_OFFSET
+    from hybridopt.train.gradient import test_accuracy
+
+    cfg = smoke("train.test_episodes=300")
+    r = train_gradient(cfg)
+    m = r.final_metrics
+    assert m["test/episodes"] == 300 and 0.0 <= m["test/accuracy"] <= 1.0
+    task, net = build(cfg)
+    net.load_state_dict(r.state_dict)
+    again = test_accuracy(net, task, cfg, 300)
+    assert again["test/accuracy"] == m["test/accuracy"]  # seeded: the same episodes
+    # the standard error of a mean of per-episode fitness, by hand
+    gen = torch.Generator().manual_seed(TEST_SEED_OFFSET + cfg.seed)
+    fits = []
+    for n in (256, 44):
+        batch = task.batch(n, gen)
+        with torch.no_grad():
+            fits.append(task.fitness(net(batch.x)[0], batch).double())
+    f = torch.cat(fits)
+    assert math.isclose(again["test/accuracy_se"], f.std().item() / math.sqrt(300), rel_tol=1e-9)
+    # test episodes are none of the evaluation episodes
+    ev = task.batch(cfg.train.batch_size, torch.Generator().manual_seed(EVAL_SEED_OFFSET + cfg.seed))
+    te = task.batch(cfg.train.batch_size, torch.Generator().manual_seed(TEST_SEED_OFFSET + cfg.seed))
+    assert not torch.equal(ev.x, te.x)
+    assert "test/accuracy" not in train_gradient(smoke("train.test_episodes=0")).final_metrics
