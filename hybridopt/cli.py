@@ -277,7 +277,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     _check_checkpoint(cfg, resume=args.resume, fresh=args.fresh)
 
     from hybridopt.search.dispatch import init_ray
-    from hybridopt.search.evolution import run_search
+    from hybridopt.search.driver import run_search
     from hybridopt.tracking import Tracker, check_reachable, resolve_uri
     from hybridopt.train.result import ProgressEvent
 
@@ -305,6 +305,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not out.best_values:
         print(f"hybridopt: every candidate failed (run {out.parent_run_id})", file=sys.stderr)
         return 1
+    from hybridopt.results.report import log_figures_safely
+
+    log_figures_safely(tracker, out.parent_run_id)
     _print_metrics(f"best candidate: fitness {out.best_fitness:.4f}", out.best_values, heading="gene")
     print(f"search run {out.parent_run_id} ({len(out.records)} candidates) in {tracker.uri}")
     print(_ui_hint(tracker.uri, experiment))
