@@ -242,7 +242,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print_metrics("final metrics", {"fitness": result.fitness, **result.final_metrics})
     print(f"run {run_id} in {tracker.uri}")
     print(_ui_hint(tracker.uri, cfg.tracking.experiment or cfg.experiment))
-    artifacts = tracker.client.get_run(run_id).info.artifact_uri
+    artifacts = tracker.artifact_uri(run_id)
     if artifacts.startswith("file://"):
         weights = Path(artifacts.removeprefix("file://")) / "weights.pt"
         print(f"weights: {weights}\nevaluate again: hybridopt eval {weights}")

@@ -184,21 +184,18 @@ def wait_for_parent(client: JobSubmissionClient, job: str, timeout: float) -> tu
 def list_searches(client: JobSubmissionClient, tracking_uri: Optional[str]) -> list[dict[str, str]]:
     """The cluster's search jobs, newest first: id, status, config, submit time, parent run and
     the best fitness so far (read from the MLflow server at ``tracking_uri`` when given)."""
+    from hybridopt.results.store import best_fitness_of
+
     rows = []
     jobs = [j for j in client.list_jobs() if (j.metadata or {}).get("hybridopt.kind") == KIND]
-    mlflow_client = None
-    if tracking_uri:
-        from mlflow.tracking import MlflowClient
-
-        mlflow_client = MlflowClient(tracking_uri)
     for j in sorted(jobs, key=lambda j: j.start_time or 0, reverse=True):
         job_id = j.submission_id or j.job_id
         parent = parent_run_of(client, job_id)
         best = "-"
-        if parent and mlflow_client is not None:
+        if parent and tracking_uri:
             try:
-                metrics = mlflow_client.get_run(parent).data.metrics
-                best = f"{metrics['best_fitness']:.4f}" if "best_fitness" in metrics else "-"
+                fitness = best_fitness_of(tracking_uri, parent)
+                best = f"{fitness:.4f}" if fitness is not None else "-"
             except Exception:  # noqa: BLE001 - a run the server does not (yet) hold
                 best = "?"
         submitted = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((j.start_time or 0) / 1000))

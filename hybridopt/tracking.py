@@ -56,6 +56,7 @@ __all__ = [
     "log_result",
     "resolve_uri",
     "run_params",
+    "store_client",
 ]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -110,6 +111,11 @@ def _store_lock(uri: str):
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def store_client(uri: str) -> MlflowClient:
+    """MLflow's client of the store at ``uri``, for reading it (the results store)."""
+    return MlflowClient(tracking_uri=uri)
 
 
 class Tracker:
