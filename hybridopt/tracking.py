@@ -27,6 +27,7 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 
 from hybridopt.errors import TrackingError
 from hybridopt.stored_names import (
@@ -53,6 +54,7 @@ __all__ = [
     "check_reachable",
     "describe",
     "final_metrics",
+    "flatten",
     "log_result",
     "resolve_uri",
     "run_params",
@@ -239,12 +241,25 @@ class Tracker:
         self.client.delete_run(run_id)
 
 
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (the params of a run)."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def run_params(cfg: Any, *, search: bool = False) -> dict[str, Any]:
     """The flattened config a run logs as params: only what applies to it.  The inner loop that
     does not train this task (``es`` for gradient tasks, ``train`` for control), the coefficients
     of static projections, where it is tracked and, but for a search's parent, ``search`` and
     ``ray`` are left out (they are in the run's ``config.yaml``)."""
-    from hybridopt.config import flatten
     from hybridopt.train.loops import inner_loop
 
     data = cfg.model_dump(mode="json")
