@@ -26,7 +26,7 @@ import torch
 
 from hybridopt.config import load_config
 from hybridopt.search.dispatch import init_ray
-from hybridopt.search.evolution import run_search
+from hybridopt.search.driver import run_search
 from hybridopt.search.ga import GenomeProblem, make_algorithm
 from hybridopt.search.genome import GenomeSpace
 from hybridopt.tracking import Tracker

@@ -25,7 +25,7 @@ def main() -> int:
     here = os.path.dirname(os.path.realpath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != here]
     try:
-        from hybridopt.cluster_entry import main as entry
+        from hybridopt.entry.cluster import main as entry
     except ImportError as e:
         print(
             f"submit_search: hybridopt is not importable by {sys.executable} ({e}); "

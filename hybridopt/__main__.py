@@ -1,5 +1,5 @@
 import sys
 
-from hybridopt.cli import main
+from hybridopt.entry.cli import main
 
 sys.exit(main())

@@ -24,7 +24,6 @@ __all__ = [
     "ConfigError",
     "apply_overrides",
     "set_path",
-    "flatten",
     "load_config",
     "network_spec",
     "parse_config",
@@ -376,20 +375,6 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"invalid YAML in {p}{where}: {getattr(e, 'problem', e)}") from None
     return parse_config(raw, overrides)
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for MLflow params)."""
-    if isinstance(data, BaseModel):
-        data = data.model_dump(mode="json")
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def placement_overrides(name: str) -> list[str]:

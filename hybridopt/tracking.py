@@ -27,8 +27,20 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 
 from hybridopt.errors import TrackingError
+from hybridopt.stored_names import (
+    ARTIFACT_CONFIG,
+    ARTIFACT_WEIGHTS,
+    METRIC_CPU_TIME_S,
+    METRIC_FITNESS,
+    METRIC_WALL_TIME_S,
+    TAG_FAILURE,
+    TAG_KIND,
+    TAG_NOTE,
+    TAG_PARENT,
+)
 
 # After the import: importing mlflow configures its loggers (INFO), which would print "Creating
 # initial MLflow database tables..." and the like on every new store.
@@ -42,9 +54,11 @@ __all__ = [
     "check_reachable",
     "describe",
     "final_metrics",
+    "flatten",
     "log_result",
     "resolve_uri",
     "run_params",
+    "store_client",
 ]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -101,6 +115,11 @@ def _store_lock(uri: str):
         os.close(fd)  # closing releases the lock
 
 
+def store_client(uri: str) -> MlflowClient:
+    """MLflow's client of the store at ``uri``, for reading it (the results store)."""
+    return MlflowClient(tracking_uri=uri)
+
+
 class Tracker:
     """Records runs in one MLflow experiment."""
 
@@ -117,7 +136,7 @@ class Tracker:
                         experiment,
                         artifact_location=where,
                         tags={
-                            "mlflow.note.content": "hybridopt runs: each search is a parent run with one nested "
+                            TAG_NOTE: "hybridopt runs: each search is a parent run with one nested "
                             "run per candidate (tags hybridopt.generation, hybridopt.genome; metric fitness); "
                             "train runs stand alone.  `hybridopt report " + experiment + "` tables and plots them."
                         },
@@ -137,9 +156,9 @@ class Tracker:
         parent_run_id: Optional[str] = None,
     ) -> str:
         """Create a run tagged ``hybridopt.kind=<kind>`` (a child when ``parent_run_id``)."""
-        all_tags = {"hybridopt.kind": kind, **(tags or {})}
+        all_tags = {TAG_KIND: kind, **(tags or {})}
         if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+            all_tags[TAG_PARENT] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         if params:
             self.log_params(run.info.run_id, params)
@@ -181,8 +200,59 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED", reason: Optional[str] = None) -> None:
         """End a run as FINISHED, FAILED or KILLED; a reason is kept as tag ``hybridopt.failure``."""
         if reason:
-            self.set_tags(run_id, {"hybridopt.failure": reason})
+            self.set_tags(run_id, {TAG_FAILURE: reason})
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
+
+    # ------------------------------------------------------------------ reading back (resume)
+    def run_tags(self, run_id: str) -> Optional[dict[str, str]]:
+        """A run's tags; ``None`` when the store holds no such run."""
+        try:
+            return dict(self.client.get_run(run_id).data.tags)
+        except Exception:  # noqa: BLE001 - MLflow raises its own kinds for an unknown id
+            return None
+
+    def mark_running(self, run_id: str) -> None:
+        """A run under way again (a resumed search's parent)."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def artifact_uri(self, run_id: str) -> str:
+        """Where a run's artifacts are kept (``file://...`` for a local store)."""
+        return self.client.get_run(run_id).info.artifact_uri
+
+    def read_artifact(self, run_id: str, name: str) -> Optional[bytes]:
+        """An artifact's bytes; ``None`` when the run has no such artifact."""
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                return Path(self.client.download_artifacts(run_id, name, tmp)).read_bytes()
+        except Exception:  # noqa: BLE001 - a run without it (failed, or a search that kept no states)
+            return None
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """A metric's ``(step, value)`` pairs, by step."""
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
+    def children(self, parent_run_id: str) -> list[Any]:
+        """The (not deleted) child runs of a run, as MLflow ``Run`` objects."""
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.{TAG_PARENT} = '{parent_run_id}'", max_results=50000
+        )
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (the params of a run)."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def run_params(cfg: Any, *, search: bool = False) -> dict[str, Any]:
@@ -190,7 +260,6 @@ def run_params(cfg: Any, *, search: bool = False) -> dict[str, Any]:
     does not train this task (``es`` for gradient tasks, ``train`` for control), the coefficients
     of static projections, where it is tracked and, but for a search's parent, ``search`` and
     ``ray`` are left out (they are in the run's ``config.yaml``)."""
-    from hybridopt.config import flatten
     from hybridopt.train.loops import inner_loop
 
     data = cfg.model_dump(mode="json")
@@ -206,16 +275,17 @@ def run_params(cfg: Any, *, search: bool = False) -> dict[str, Any]:
 
 def describe(tracker: Tracker, run_id: str, text: str) -> None:
     """The run's description (shown on its page in the MLflow UI; markdown)."""
-    tracker.set_tags(run_id, {"mlflow.note.content": text})
+    tracker.set_tags(run_id, {TAG_NOTE: text})
 
 
 def final_metrics(result: Any, wall_s: float, cpu_s: float, **extra: float) -> dict[str, float]:
     """A run's closing metrics at its last step: the final evaluation and ``fitness`` (when it
     finished), its cost and size, and ``extra``; less what its curves already logged at that step."""
     final = {**result.final_metrics, **extra} if not result.failed else {}
-    final.update({"wall_time_s": wall_s, "cpu_time_s": cpu_s, "train_steps": result.steps, "episodes": result.episodes})
+    final.update({METRIC_WALL_TIME_S: wall_s, METRIC_CPU_TIME_S: cpu_s, "train_steps": result.steps})
+    final["episodes"] = result.episodes
     if not result.failed:
-        final["fitness"] = result.fitness
+        final[METRIC_FITNESS] = result.fitness
     if result.history and result.history[-1][0] == result.steps:  # logged with the curves already
         final = {k: v for k, v in final.items() if k not in result.history[-1][1]}
     return final
@@ -232,7 +302,7 @@ def log_result(tracker: Tracker, run_id: str, result: Any, config: Any, *, artif
     tracker.log_history(run_id, result.history)
     tracker.log_history(run_id, [(result.steps, final_metrics(result, result.wall_time, result.cpu_time))])
     if artifacts:
-        tracker.log_artifact_bytes(run_id, "config.yaml", yaml.safe_dump(config.model_dump(mode="json")).encode())
+        tracker.log_artifact_bytes(run_id, ARTIFACT_CONFIG, yaml.safe_dump(config.model_dump(mode="json")).encode())
     if artifacts and not result.failed:
-        tracker.log_artifact_bytes(run_id, "weights.pt", weights_bytes(config, result.state_dict))
+        tracker.log_artifact_bytes(run_id, ARTIFACT_WEIGHTS, weights_bytes(config, result.state_dict))
     tracker.end_run(run_id, result.status, result.reason)

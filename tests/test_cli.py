@@ -182,7 +182,7 @@ def test_help_loads_none_of_torch_ray_or_mlflow(tmp_path: Path):
     # what makes --help and argument errors answer at once, even on a busy machine
     code = (
         "import sys\n"
-        "from hybridopt.cli import main\n"
+        "from hybridopt.entry.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
         "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))\n"
     )
@@ -207,7 +207,7 @@ def test_a_bad_set_is_reported_before_torch_ray_or_mlflow_load(argv: list[str], 
     argv = [argv[0], str(CONFIGS / argv[1]), *argv[2:], "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
     code = (
         "import sys\n"
-        "from hybridopt.cli import main\n"
+        "from hybridopt.entry.cli import main\n"
         f"rc = main({argv!r})\n"
         "print(rc, sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))\n"
     )
@@ -227,8 +227,9 @@ def test_a_bad_set_is_reported_before_torch_ray_or_mlflow_load(argv: list[str], 
 )
 def test_the_cluster_entry_point_passes_the_search_arguments_on_unchanged(argv: list[str]):
     # one declaration: what the cluster entry point parses, it hands to `hybridopt search` as it came
-    from hybridopt.cli import build_parser, search_argv
-    from hybridopt.cluster_entry import build_parser as cluster_parser
+    from hybridopt.entry.arguments import search_argv
+    from hybridopt.entry.cli import build_parser
+    from hybridopt.entry.cluster import build_parser as cluster_parser
 
     shared = ("config", "overrides", "seed", "resume", "fresh")
     on_cluster = cluster_parser().parse_args(["search", *argv])

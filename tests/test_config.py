@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from hybridopt.config import ConfigError, flatten, load_config, network_spec, parse_config
+from hybridopt.config import ConfigError, load_config, network_spec, parse_config
+from hybridopt.tracking import flatten
 from tests.conftest import CONFIGS
 
 

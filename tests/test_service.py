@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hybridopt.config import load_config
+from hybridopt.entry.service import checkpoint_path, connect, entrypoint, jobs_address
 from hybridopt.errors import RayConnectError, UsageError
-from hybridopt.service import checkpoint_path, connect, entrypoint, jobs_address
 from tests.cluster.test_launcher_e2e import _free_ports
 from tests.conftest import CONFIGS
 
@@ -42,5 +42,5 @@ def test_a_search_keeps_its_checkpoint_across_what_a_resume_may_change():
 
 
 def test_the_job_runs_the_cluster_entry_point_on_the_shipped_config():
-    assert entrypoint(False, False) == "python -m hybridopt.cluster_entry search search.yaml"
+    assert entrypoint(False, False) == "python -m hybridopt.entry.cluster search search.yaml"
     assert entrypoint(True, False).endswith(" --resume") and entrypoint(False, True).endswith(" --fresh")

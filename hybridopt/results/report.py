@@ -24,6 +24,7 @@ from hybridopt.results import plots
 from hybridopt.results.store import SearchView, TrainView, find
 from hybridopt.search.genome import GenomeSpace
 from hybridopt.snn.catalogue import PROJECTIONS
+from hybridopt.stored_names import ARTIFACT_SUMMARY, TAG_COMMAND
 
 __all__ = ["figures", "log_figures", "log_figures_safely", "search_table", "summary_html", "write_report"]
 
@@ -87,7 +88,7 @@ def summary_html(view: SearchView, figs: dict[str, Figure]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
     genome = GenomeSpace.describe(best.genome) if best else "none finished"
     fitness = f"{best.fitness:.4f}" if best and best.fitness is not None else "-"
-    command = view.tags.get("hybridopt.command", "")
+    command = view.tags.get(TAG_COMMAND, "")
     genes = html.escape(", ".join(view.genes))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(view.name)}</title>
 <style>body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse;font-size:13px}}
@@ -117,8 +118,8 @@ def log_figures(tracker: Any, run_id: str) -> list[str]:
         tracker.log_artifact_bytes(run_id, name, buf.getvalue())
         out.append(name)
     if isinstance(view, SearchView):
-        tracker.log_artifact_bytes(run_id, "summary.html", summary_html(view, figs).encode())
-        out.append("summary.html")
+        tracker.log_artifact_bytes(run_id, ARTIFACT_SUMMARY, summary_html(view, figs).encode())
+        out.append(ARTIFACT_SUMMARY)
     return out
 
 

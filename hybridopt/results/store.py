@@ -1,38 +1,32 @@
-"""Searches and train runs as the tracking store holds them (read only)."""
+"""Searches and train runs as the tracking store holds them (read only).
+
+A search's candidates come back as :class:`~hybridopt.stored_names.CandidateRecord`, decoded
+from their tags and metrics by :func:`~hybridopt.stored_names.decode_candidate`, the codec the
+search's record writes them with."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
-from mlflow.entities import Run, ViewType
-from mlflow.tracking import MlflowClient
+from hybridopt.stored_names import (
+    GENERATION_METRICS,
+    KIND_CANDIDATE,
+    KIND_SEARCH,
+    KIND_TRAIN,
+    METRIC_BEST_FITNESS,
+    TAG_KIND,
+    TAG_PARENT,
+    CandidateRecord,
+    decode_candidate,
+)
+from hybridopt.tracking import store_client
 
-__all__ = ["Candidate", "SearchView", "TrainView", "find", "load_search", "load_train"]
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
-
-@dataclass
-class Candidate:
-    """One child run of a search."""
-
-    run_id: str
-    name: str
-    generation: int
-    index: int
-    genome: dict[str, Any]
-    status: str
-    fitness: Optional[float]
-    rung: int
-    inherited_from: Optional[str]
-    wall_s: float
-    cpu_s: float
-    budget_cpu_s: float
-
-    @property
-    def label(self) -> str:
-        """``g002-c005``: generation and candidate number."""
-        return f"g{self.generation:03d}-c{self.index:03d}"
+__all__ = ["SearchView", "TrainView", "best_fitness_of", "find", "load_search", "load_train"]
 
 
 @dataclass
@@ -50,7 +44,7 @@ class SearchView(_RunView):
 
     tags: dict[str, str]
     generations: dict[str, list[tuple[int, float]]]  # metric -> [(generation, value)]
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[CandidateRecord] = field(default_factory=list)
 
     @property
     def genes(self) -> list[str]:
@@ -60,12 +54,12 @@ class SearchView(_RunView):
             out += [g for g in c.genome if g not in out]
         return out
 
-    def ranked(self) -> list[Candidate]:
+    def ranked(self) -> list[CandidateRecord]:
         """Finished candidates best first, then the rest."""
         return sorted(self.candidates, key=lambda c: (c.fitness is None, -(c.fitness or 0.0), c.generation, c.index))
 
     @property
-    def best(self) -> Optional[Candidate]:
+    def best(self) -> Optional[CandidateRecord]:
         ranked = [c for c in self.ranked() if c.fitness is not None]
         return ranked[0] if ranked else None
 
@@ -76,10 +70,6 @@ class TrainView(_RunView):
 
     metrics: dict[str, float]
     curves: dict[str, list[tuple[int, float]]]
-
-
-def _client(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri)
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -93,34 +83,21 @@ def _seconds(run: Run) -> float:
 
 def load_search(client: MlflowClient, run: Run) -> SearchView:
     exp = client.get_experiment(run.info.experiment_id)
-    keys = ("best_fitness", "mean_fitness", "cpu_s", "failed", "candidates_in_generation")
-    gens = {k: _history(client, run.info.run_id, k) for k in keys if k in run.data.metrics}
+    gens = {k: _history(client, run.info.run_id, k) for k in GENERATION_METRICS if k in run.data.metrics}
     children = client.search_runs(
-        [run.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
-        run_view_type=ViewType.ACTIVE_ONLY,
-        max_results=50000,
+        [run.info.experiment_id], filter_string=f"tags.{TAG_PARENT} = '{run.info.run_id}'", max_results=50000
     )
-    cands = []
-    for ch in children:
-        t, m = ch.data.tags, ch.data.metrics
-        finished = ch.info.status == "FINISHED" and "fitness" in m
-        cands.append(
-            Candidate(
-                run_id=ch.info.run_id,
-                name=ch.info.run_name or ch.info.run_id,
-                generation=int(t.get("hybridopt.generation", 0)),
-                index=int(t.get("hybridopt.candidate", 0)),
-                genome=json.loads(t.get("hybridopt.genome", "{}")),
-                status=ch.info.status,
-                fitness=float(m["fitness"]) if finished else None,
-                rung=int(t.get("hybridopt.rung", 0)),
-                inherited_from=t.get("hybridopt.inherited_from"),
-                wall_s=float(m.get("wall_time_s", _seconds(ch))),
-                cpu_s=float(m.get("cpu_time_s", 0.0)),
-                budget_cpu_s=float(m.get("budget_cpu_s", m.get("cpu_time_s", 0.0))),
-            )
+    cands = [
+        decode_candidate(
+            ch.info.run_id,
+            ch.info.status,
+            ch.data.tags,
+            ch.data.metrics,
+            name=ch.info.run_name or ch.info.run_id,
+            wall_s=_seconds(ch),
         )
+        for ch in children
+    ]
     cands.sort(key=lambda c: (c.generation, c.index))
     return SearchView(
         run.info.run_id, run.info.run_name or run.info.run_id, exp.name, run.info.status,
@@ -140,17 +117,14 @@ def load_train(client: MlflowClient, run: Run) -> TrainView:
 def find(uri: str, target: str) -> list[SearchView | TrainView]:
     """The searches and train runs ``target`` names: an experiment (all its searches and train
     runs, oldest first) or one run id.  Raises ``LookupError`` when the store has neither."""
-    client = _client(uri)
+    client = store_client(uri)
     exp = client.get_experiment_by_name(target)
     if exp is not None:
         runs = [
             run
-            for kind in ("search", "train")
+            for kind in (KIND_SEARCH, KIND_TRAIN)
             for run in client.search_runs(
-                [exp.experiment_id],
-                filter_string=f"tags.`hybridopt.kind` = '{kind}'",
-                run_view_type=ViewType.ACTIVE_ONLY,
-                max_results=5000,
+                [exp.experiment_id], filter_string=f"tags.`{TAG_KIND}` = '{kind}'", max_results=5000
             )
         ]
         runs.sort(key=lambda r: r.info.start_time)
@@ -161,13 +135,20 @@ def find(uri: str, target: str) -> list[SearchView | TrainView]:
             raise LookupError(f"no experiment or run named {target!r} in {uri}") from None
     out: list[SearchView | TrainView] = []
     for run in runs:
-        kind = run.data.tags.get("hybridopt.kind")
-        if kind == "search":
+        kind = run.data.tags.get(TAG_KIND)
+        if kind == KIND_SEARCH:
             out.append(load_search(client, run))
-        elif kind == "train":
+        elif kind == KIND_TRAIN:
             out.append(load_train(client, run))
-        elif kind == "candidate":  # a child: its own curves
+        elif kind == KIND_CANDIDATE:  # a child: its own curves
             out.append(load_train(client, run))
     if not out:
         raise LookupError(f"{target!r} in {uri} has no search or train runs")
     return out
+
+
+def best_fitness_of(uri: str, run_id: str) -> Optional[float]:
+    """A search's best fitness so far, as its parent run in the store at ``uri`` has it (``None``:
+    not yet logged)."""
+    metrics = store_client(uri).get_run(run_id).data.metrics
+    return metrics.get(METRIC_BEST_FITNESS)

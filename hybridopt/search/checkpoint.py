@@ -1,17 +1,37 @@
-"""Generation checkpoints: written atomically after each generation, read by ``--resume``."""
+"""Generation checkpoints: written atomically before generation 0 and after each generation,
+read by ``--resume``.
+
+On disk (format ``hybridopt.search-checkpoint/1``, a ``torch.save`` of plain data and tensors):
+``config`` (the search's config as JSON data), ``generation`` (the last one complete; ``-1``:
+none yet), ``population`` (the GA's unit genomes, one row each), ``evals`` (their fitness, or
+``None`` before generation 0 is measured), ``generator`` (the GA's random state),
+``parent_run_id``, ``records`` (every candidate recorded so far), ``best`` (``{"record",
+"state_dict"}`` of the best finished candidate, or ``None``) and ``best_history`` (the best
+fitness after each generation).  A record is kept with the keys it has always had:
+``generation, index, unit, values, fitness, status, reason, run_id, wall_time, cpu_s,
+budget_cpu_s, rung`` (``fitness`` of one that did not finish: ``FAILED_FITNESS``).
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from hybridopt.errors import CheckpointError
 from hybridopt.safeload import load_data
+from hybridopt.stored_names import CandidateRecord
 
-__all__ = ["CheckpointError", "comparable_config", "load_checkpoint", "save_checkpoint"]
+if TYPE_CHECKING:  # torch itself is imported when a checkpoint is written: `--help` and bad input stay instant
+    import torch
+
+__all__ = ["FAILED_FITNESS", "CheckpointError", "SearchCheckpoint", "comparable_config", "load_checkpoint"]
 
 FORMAT = "hybridopt.search-checkpoint/1"
+
+# Fitness of a candidate that failed, for the GA: below any real fitness, but finite.
+FAILED_FITNESS = -1.0e9
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -26,11 +46,11 @@ def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save_checkpoint(path: Union[str, Path], state: dict[str, Any]) -> None:
+def _save_atomically(path: Union[str, Path], state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
-    p = Path(path)
     import torch
 
+    p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -50,7 +70,7 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def load_checkpoint(path: Union[str, Path], config: dict[str, Any]) -> dict[str, Any]:
-    """Read a checkpoint and check it belongs to this search's config."""
+    """Read a checkpoint's data and check it belongs to this search's config."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"no checkpoint to resume from at {p}")
@@ -61,3 +81,92 @@ def load_checkpoint(path: Union[str, Path], config: dict[str, Any]) -> dict[str,
     if diff:
         raise CheckpointError(f"checkpoint {p} was written for another config (differs at: {', '.join(diff[:5])})")
     return state
+
+
+def encode_record(r: CandidateRecord) -> dict[str, Any]:
+    """A candidate as a checkpoint keeps it (the keys of format 1)."""
+    return {
+        "generation": r.generation,
+        "index": r.index,
+        "unit": list(r.unit),
+        "values": dict(r.genome),
+        "fitness": FAILED_FITNESS if r.fitness is None else r.fitness,
+        "status": r.status,
+        "reason": r.reason,
+        "run_id": r.run_id,
+        "wall_time": r.wall_s,
+        "cpu_s": r.cpu_s,
+        "budget_cpu_s": r.budget_cpu_s,
+        "rung": r.rung,
+    }
+
+
+def decode_record(d: dict[str, Any]) -> CandidateRecord:
+    """A candidate read from a checkpoint."""
+    finished = d["status"] == "FINISHED" and d["fitness"] > FAILED_FITNESS
+    return CandidateRecord(
+        run_id=d["run_id"],
+        generation=d["generation"],
+        index=d["index"],
+        unit=list(d["unit"]),
+        genome=dict(d["values"]),
+        status=d["status"],
+        fitness=float(d["fitness"]) if finished else None,
+        reason=d["reason"],
+        rung=d.get("rung", 0),
+        wall_s=d["wall_time"],
+        cpu_s=d.get("cpu_s", 0.0),
+        budget_cpu_s=d.get("budget_cpu_s", 0.0),
+    )
+
+
+@dataclass
+class SearchCheckpoint:
+    """Where a search stands after a generation: what ``--resume`` continues from (see the
+    module's docstring for each field)."""
+
+    config: dict[str, Any]
+    parent_run_id: str
+    generation: int
+    population: torch.Tensor
+    generator: torch.Tensor
+    evals: Optional[torch.Tensor] = None
+    records: list[CandidateRecord] = field(default_factory=list)
+    best: Optional[tuple[CandidateRecord, dict[str, Any]]] = None  # (record, its weights' state_dict)
+    best_history: list[float] = field(default_factory=list)
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Write it to ``path`` atomically, in format 1."""
+        best = None if self.best is None else {"record": encode_record(self.best[0]), "state_dict": self.best[1]}
+        _save_atomically(
+            path,
+            {
+                "config": self.config,
+                "generation": self.generation,
+                "population": self.population.clone(),
+                "evals": self.evals,
+                "generator": self.generator,
+                "parent_run_id": self.parent_run_id,
+                "records": [encode_record(r) for r in self.records],
+                "best": best,
+                "best_history": list(self.best_history),
+            },
+        )
+
+    @classmethod
+    def load(cls, path: Union[str, Path], config: dict[str, Any]) -> SearchCheckpoint:
+        """Read the checkpoint at ``path``, refusing one of another search (``config``: this
+        search's, as JSON data)."""
+        d = load_checkpoint(path, config)
+        best = d["best"]
+        return cls(
+            config=d["config"],
+            parent_run_id=d["parent_run_id"],
+            generation=d["generation"],
+            population=d["population"],
+            generator=d["generator"],
+            evals=d["evals"],
+            records=[decode_record(r) for r in d["records"]],
+            best=None if best is None else (decode_record(best["record"]), best["state_dict"]),
+            best_history=list(d["best_history"]),
+        )

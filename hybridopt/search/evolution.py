@@ -1,105 +1,76 @@
-"""The outer loop: an evotorch genetic algorithm over genomes whose candidates keep their training.
+"""The outer loop's evolution: an evotorch genetic algorithm over genomes, and its population's
+fitness.
 
 Generation 0 is the initial population (``population`` random genomes); every later
 generation keeps the ``elite`` best and adds ``population - elite`` children (tournament
-selection, one-point cross-over, Gaussian mutation, categorical resampling).
-
-Training is not thrown away.  With ``search.inheritance: lamarckian`` (the default) a child
-starts from the trained state of the previous population's member that shares most of its
-genes (:func:`~hybridopt.search.inherit.inherit` keeps what still means the same) and the
-``elite`` survivors train on from their own state, measured again (the best fitness so far is
-kept by the parent run).  Inside a generation, successive halving (``search.rungs``,
-``search.keep``) trains every candidate to the first rung and only the best on, each promotion
-made as soon as its place is certain, so slots do not wait for a rung's last candidate while
-promotable work exists; the outcome does not depend on the order results arrive in.
-
-The rooms: :mod:`~hybridopt.search.dispatch` (Ray: a pool of long-lived actors, the only module
-that imports Ray, and the stop on signals), :mod:`~hybridopt.search.record` (MLflow: one parent
-run, one child run per candidate, opened when it is dispatched and ended at the rung where it
-stops; the driver is the only writer), :mod:`~hybridopt.search.ga` (the evotorch GA),
-:mod:`~hybridopt.search.halving` (which candidate goes on), :mod:`~hybridopt.search.inherit`
-(what a child inherits, and from whom), :mod:`~hybridopt.search.driver` (a generation's
-training, records and checkpoint, and the winner's final training) and this loop, which runs
-the GA around the driver.  Inner loops never see Ray or MLflow.
-
-Resume from any moment: a checkpoint is written before generation 0 and after each generation;
-``resume=True`` continues the same parent run from it, takes every child the store holds as
-finished (its rungs, fitness and trained state ``state.pt``) without re-running or re-logging
-it, deletes the runs a killed driver left RUNNING and runs those candidates again.  Ctrl-C ends
-the parent and the candidates under way as KILLED.  With ``search.final_budget`` the best
-candidate then trains on from its own state (a resume of a finished search runs only that).
+selection, one-point cross-over, Gaussian mutation, categorical resampling).  A generation's
+candidates are measured by ``measure(genomes) -> fitness`` (the driver's training); elites that
+train on are measured again, and their new fitness written into the population with
+:meth:`Evolution.set_fitness`.  A candidate that failed has fitness
+:data:`~hybridopt.search.checkpoint.FAILED_FITNESS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Optional
 
-from hybridopt.config import Config
-from hybridopt.search.dispatch import init_ray, stop_on_signals
-from hybridopt.search.driver import Driver
-from hybridopt.search.ga import FAILED_FITNESS, GenomeProblem, make_algorithm
-from hybridopt.search.outcome import CandidateRecord, SearchOutcome
-from hybridopt.tracking import Tracker
-from hybridopt.train import ProgressFn
+import torch
 
-__all__ = ["FAILED_FITNESS", "CandidateRecord", "GenomeProblem", "SearchOutcome", "make_algorithm", "run_search"]
+from hybridopt.config import SearchConfig
+from hybridopt.search.checkpoint import SearchCheckpoint
+from hybridopt.search.ga import GenomeProblem, make_algorithm
+from hybridopt.search.genome import GenomeSpace
+
+__all__ = ["Evolution"]
 
 
-def run_search(
-    cfg: Config,
-    tracker: Tracker,
-    *,
-    resume: bool = False,
-    address: Optional[str] = None,
-    progress: Optional[ProgressFn] = None,
-    command: Optional[str] = None,
-    announce: Optional[Callable[[str], None]] = None,
-) -> SearchOutcome:
-    """Run (or resume) the search a config describes; returns the best genome and fitness.
+class Evolution:
+    """The GA of a search (seeded with ``seed``) and its population's fitness."""
 
-    ``progress`` gets a :class:`~hybridopt.train.ProgressEvent` as a generation's candidates advance
-    (``done`` of ``total``, the best fitness so far) and one with its ``line`` as each stops.
-    ``command`` (the command line that started it) is kept on the parent run to reproduce it.
-    ``announce`` is told the parent run once it exists (``search run ID (started|resumed) ...``).
-    Ctrl-C ends the parent run as KILLED; the last generation checkpoint stays usable.
-    """
-    if cfg.search is None:
-        raise ValueError("config has no search section")
-    init_ray(address or cfg.ray.address, cfg.ray.num_cpus)
-    stop_on_signals()
-    driver = Driver(cfg, tracker, resume, progress, command)
-    sc = cfg.search
-    if announce is not None:
-        how = "resumed" if resume else "started"
-        announce(f"search run {driver.parent} ({how}) in experiment {tracker.experiment!r} at {tracker.uri}")
-    try:
-        problem = GenomeProblem(len(driver.space), cfg.seed, driver.evaluate_generation)
-        ga = make_algorithm(problem, sc, driver.space)
-        driver.ga = ga
-        st = driver.state
-        if st is not None:
-            ga.population.set_values(st["population"])
-            problem.generator.set_state(st["generator"])
-            driver.generation = max(st["generation"], 0)
-        if st is None or st["generation"] < 0:
-            if st is None:  # a checkpoint before anything trains: a driver killed in generation 0 resumes
-                driver.checkpoint(-1, ga.population.values, None, problem.generator)
-            problem.evaluate(ga.population)  # generation 0
-            driver.end_generation(ga, problem)
-        else:
-            ga.population.set_evals(st["evals"])
-        # The initial population is evaluated above, so the GA must not evaluate it again.
-        ga._first_iter = False
-        while driver.generation + 1 < sc.generations:
-            driver.generation += 1
-            ga.step()
-            driver.end_generation(ga, problem)
-        driver.final_training()
-    except KeyboardInterrupt as e:
-        driver.abandon("KILLED", str(e) or "interrupted")
-        raise
-    except BaseException as e:
-        driver.abandon("FAILED", f"{type(e).__name__}: {e}")
-        raise
-    return driver.finish()
+    def __init__(
+        self, space: GenomeSpace, sc: SearchConfig, seed: int, measure: Callable[[torch.Tensor], torch.Tensor]
+    ):
+        self.problem = GenomeProblem(len(space), seed, measure)
+        self.ga = make_algorithm(self.problem, sc, space)
+
+    @property
+    def population(self) -> torch.Tensor:
+        """The current population's unit genomes, one row each."""
+        return self.ga.population.values
+
+    @property
+    def fitness(self) -> torch.Tensor:
+        """The current population's fitness, one per row."""
+        return self.ga.population.evals[:, 0]
+
+    @property
+    def generator_state(self) -> torch.Tensor:
+        """The GA's random state (what a checkpoint keeps)."""
+        return self.problem.generator.get_state()
+
+    def restore(self, checkpoint: SearchCheckpoint) -> None:
+        """Population and random state as the checkpoint has them, and their fitness when the
+        checkpoint has measured them (after generation 0)."""
+        self.ga.population.set_values(checkpoint.population)
+        self.problem.generator.set_state(checkpoint.generator)
+        if checkpoint.generation >= 0:
+            self.ga.population.set_evals(checkpoint.evals)
+            self.ga.population_measured()
+
+    def measure_initial(self) -> None:
+        """Generation 0: the initial population trained and measured."""
+        self.problem.evaluate(self.ga.population)
+        self.ga.population_measured()
+
+    def step(self) -> None:
+        """The next generation: children bred and measured, the population renewed."""
+        self.ga.step()
+
+    def best_rows(self, n: int) -> list[int]:
+        """The rows of the population's ``n`` fittest (ties: the lower row first)."""
+        fitness = self.fitness
+        return sorted(range(len(fitness)), key=lambda r: (-float(fitness[r]), r))[:n]
+
+    def set_fitness(self, row: int, fitness: float) -> None:
+        """A member measured again (an elite that trained on)."""
+        self.ga.population.access_evals()[row, 0] = fitness

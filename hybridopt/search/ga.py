@@ -10,15 +10,12 @@ from hybridopt.config import SearchConfig
 from hybridopt.evo import CopyingOperator, GaussianMutation, GeneticAlgorithm, OnePointCrossOver, Problem, SolutionBatch
 from hybridopt.search.genome import GenomeSpace
 
-__all__ = ["FAILED_FITNESS", "CategoricalResample", "GenomeProblem", "make_algorithm"]
-
-# Fitness given to a failed candidate: below any real fitness, but finite for the GA.
-FAILED_FITNESS = -1.0e9
+__all__ = ["CategoricalResample", "GenomeProblem", "SearchGA", "make_algorithm"]
 
 
 class GenomeProblem(Problem):
     """Maximise candidate fitness over the unit-encoded genome; evaluation is delegated to
-    the driver's Ray dispatcher (``evaluator(values) -> fitness``)."""
+    ``evaluator(values) -> fitness`` (a generation's training)."""
 
     def __init__(self, n_genes: int, seed: int, evaluator: Callable[[torch.Tensor], torch.Tensor]):
         self.evaluator = evaluator
@@ -51,9 +48,18 @@ class CategoricalResample(CopyingOperator):
         return result
 
 
-def make_algorithm(problem: GenomeProblem, sc: SearchConfig, space: GenomeSpace) -> GeneticAlgorithm:
+class SearchGA(GeneticAlgorithm):
+    """evotorch's GA, told when its population was measured outside it."""
+
+    def population_measured(self) -> None:
+        """The current population's fitness is set (generation 0 evaluated, or restored from a
+        checkpoint): the first :meth:`step` breeds from it instead of evaluating it again."""
+        self._first_iter = False
+
+
+def make_algorithm(problem: GenomeProblem, sc: SearchConfig, space: GenomeSpace) -> SearchGA:
     """The evotorch GA of a search: ``elite`` survivors plus ``population - elite`` children."""
-    return GeneticAlgorithm(
+    return SearchGA(
         problem,
         popsize=sc.population,
         elitist=False,  # elitism by count: the best ``elite`` parents survive, children fill the rest

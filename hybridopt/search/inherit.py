@@ -21,8 +21,9 @@ from typing import Any, Optional
 
 from hybridopt.config import Config
 from hybridopt.search.genome import Gene
-from hybridopt.search.outcome import CandidateRecord
-from hybridopt.snn.network import PROJECTIONS
+from hybridopt.search.halving import Job
+from hybridopt.snn.catalogue import PROJECTIONS
+from hybridopt.stored_names import CandidateRecord
 from hybridopt.train import TrainState, initial_model
 
 __all__ = ["Lineage", "inherit", "parameter_owner"]
@@ -97,14 +98,14 @@ class Lineage:
         alive = {m.run_id for _, m in self.members}
         self.trained = {k: v for k, v in self.trained.items() if k in alive}
 
-    def parent_of(self, unit: list[float], values: dict[str, Any]) -> Optional[CandidateRecord]:
+    def parent_of(self, unit: list[float], genome: dict[str, Any]) -> Optional[CandidateRecord]:
         """The finished member that shares most genes with a child (ties: the nearest in the unit
         genome, then the first)."""
         best, key = None, None
         for _, m in self.members:
             if m.status != "FINISHED":
                 continue
-            shared = sum(values[g.path] == m.values[g.path] for g in self.genes)
+            shared = sum(genome[g.path] == m.genome[g.path] for g in self.genes)
             k = (-shared, sum(abs(a - b) for a, b in zip(unit, m.unit)))
             if key is None or k < key:
                 best, key = m, k
@@ -118,3 +119,39 @@ class Lineage:
                 return None
             self.trained[run_id] = state
         return self.trained[run_id]
+
+    def child(self, job: Job, config_for: Callable[[dict[str, Any]], Config]) -> Job:
+        """``job`` set to start from the trained state of the member it shares most genes with
+        (``config_for(genome)``: a member's config); unchanged when there is none."""
+        parent = self.parent_of(job.unit, job.genome)
+        state = self.state(parent.run_id) if parent is not None else None
+        if parent is not None and state is not None:
+            job.start, kept = inherit(state, config_for(parent.genome), job.cfg)
+            job.inherited_from, job.inherited = parent.run_id, tuple(kept)
+        return job
+
+    def training_on(
+        self, rows: Sequence[int], first_index: int, config_for: Callable[[dict[str, Any]], Config]
+    ) -> list[Job]:
+        """Jobs for the members in population ``rows`` (the elites) to train on from their own
+        state, everything kept (optimiser included), numbered from ``first_index``; a member
+        whose state is not kept is left out."""
+        by_row = dict(self.members)
+        jobs: list[Job] = []
+        for row in rows:
+            m = by_row.get(row)
+            state = self.state(m.run_id) if m is not None and m.status == "FINISHED" else None
+            if m is None or state is None:
+                continue
+            jobs.append(self.continued(m, state, first_index + len(jobs), config_for(m.genome), row))
+        return jobs
+
+    @staticmethod
+    def continued(
+        member: CandidateRecord, state: TrainState, index: int, cfg: Config, row: Optional[int] = None
+    ) -> Job:
+        """A job for ``member`` to train on from its own ``state`` under ``cfg``."""
+        job = Job(index, list(member.unit), dict(member.genome), cfg, row=row)
+        start, kept = inherit(state, cfg, cfg)  # its own state: everything, optimiser included
+        job.start, job.inherited_from, job.inherited = start, member.run_id, tuple(kept)
+        return job

@@ -1,58 +1,88 @@
-"""What a search records of its candidates, tells its progress display, and returns."""
+"""Where a search stands (its candidates, the best so far), and what it returns."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hybridopt.config import Config
 from hybridopt.search.genome import GenomeSpace
+from hybridopt.stored_names import METRIC_BEST_FITNESS, METRIC_FINAL_FITNESS, CandidateRecord
 
-__all__ = ["CandidateRecord", "FinishedCandidate", "SearchOutcome", "describe_search"]
-
-
-@dataclass
-class CandidateRecord:
-    generation: int
-    index: int
-    unit: list[float]
-    values: dict[str, Any]
-    fitness: float
-    status: str
-    reason: Optional[str]
-    run_id: str
-    wall_time: float
-    cpu_s: float = 0.0  # this candidate's own training
-    budget_cpu_s: float = 0.0  # the training behind its state, inherited included
-    rung: int = 0  # the rung where it stopped
+__all__ = ["SearchOutcome", "Standings", "describe_search"]
 
 
-@dataclass
-class FinishedCandidate:
-    """What the progress display is told when a candidate stops (at its last rung or failed)."""
+class Standings:
+    """Every candidate a search has recorded, the best finished one with its weights, and the
+    best fitness after each generation (what the parent run's metrics and the checkpoint say)."""
 
-    generation: int
-    index: int
-    genome: str
-    fitness: Optional[float]
-    status: str
-    reason: Optional[str]
-    rung: int
-    cpu_s: float
-    wall_s: float
+    def __init__(
+        self,
+        records: Optional[list[CandidateRecord]] = None,
+        best: Optional[tuple[CandidateRecord, dict[str, Any]]] = None,
+        best_history: Optional[list[float]] = None,
+    ):
+        self.records: list[CandidateRecord] = list(records or [])
+        self.best = best  # (record, its weights' state_dict)
+        self.best_history: list[float] = list(best_history or [])
 
-    def line(self) -> str:
-        """``g003 c005   0.7312  finished  rung 2    180 CPU-s   281 s  input=stdp/plain ...``"""
-        fit = "failed" if self.fitness is None else f"{self.fitness:.4f}"
-        why = f" ({self.reason})" if self.reason else ""
-        return (
-            f"g{self.generation:03d} c{self.index:03d}  {fit:>7}  {self.status.lower()}{why}  rung {self.rung}  "
-            f"{self.cpu_s:5.0f} CPU-s {self.wall_s:5.0f} s  {self.genome}"
-        )
+    @property
+    def best_fitness(self) -> float:
+        """The best fitness so far (NaN: none finished yet)."""
+        if self.best is None:
+            return float("nan")
+        fitness = self.best[0].fitness
+        assert fitness is not None, "only a finished candidate is the best"
+        return fitness
+
+    def add(self, record: CandidateRecord, weights: Callable[[], Optional[dict[str, Any]]]) -> None:
+        """Record a candidate; one better than the best so far becomes the best, with its weights
+        (``weights()``, only asked for then; ``None``: none kept, it cannot be the best)."""
+        self.records.append(record)
+        if record.fitness is None or record.status != "FINISHED":
+            return
+        if self.best is None or record.fitness > self.best_fitness:
+            state_dict = weights()
+            if state_dict is not None:
+                self.best = (record, state_dict)
+
+    def end_generation(self, generation: int, population_best: float) -> dict[str, float]:
+        """Close a generation whose population's best fitness is ``population_best``: its metrics
+        (those that are finite).  An elite that trained on may measure lower: the best so far stays."""
+        best = max(population_best, self.best_history[-1]) if self.best_history else population_best
+        self.best_history.append(best)
+        this_gen = [r for r in self.records if r.generation == generation]
+        finished = [r.fitness for r in this_gen if r.fitness is not None and r.status == "FINISHED"]
+        metrics = {
+            METRIC_BEST_FITNESS: best,
+            "mean_fitness": sum(finished) / len(finished) if finished else float("nan"),
+            "failed": float(sum(r.status != "FINISHED" for r in this_gen)),
+            "cpu_s": self.cpu_s,  # training CPU spent so far, all candidates
+            "candidates": float(len(self.records)),  # evaluated so far, every generation
+            "candidates_in_generation": float(len(this_gen)),
+        }
+        return {k: v for k, v in metrics.items() if math.isfinite(v)}
+
+    def final_metrics(self, final: CandidateRecord) -> dict[str, float]:
+        """The metrics of the winner's further training, ``final`` (those that are finite)."""
+        metrics = {METRIC_BEST_FITNESS: self.best_fitness, "cpu_s": self.cpu_s, "candidates": float(len(self.records))}
+        if final.fitness is not None:
+            metrics[METRIC_FINAL_FITNESS] = final.fitness
+        return {k: v for k, v in metrics.items() if math.isfinite(v)}
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds of training of every candidate recorded."""
+        return float(sum(r.cpu_s for r in self.records))
 
 
 @dataclass
 class SearchOutcome:
+    """What a search returns: its parent run, the best genome and fitness, every candidate, and
+    the best fitness after each generation."""
+
     parent_run_id: str
     best_values: dict[str, Any]
     best_fitness: float
@@ -76,7 +106,7 @@ def describe_search(
         f"Genes: {genes}.\n\n"
     )
     if best is not None:
-        text += f"**Best** (fitness {best.fitness:.4f}, run `{best.run_id}`): {GenomeSpace.describe(best.values)}\n\n"
+        text += f"**Best** (fitness {best.fitness:.4f}, run `{best.run_id}`): {GenomeSpace.describe(best.genome)}\n\n"
     if command:
         text += f"Reproduce: `{command}`\n"
     return text

@@ -1,14 +1,18 @@
-"""The task protocol and registry.
+"""The task protocols and registry.
 
 A task draws batches from a ``torch.Generator`` (same seed, same batch), turns the
-network's readout into a loss and a fitness, and knows its chance level.
+network's readout into a loss and a fitness, and knows its chance level.  A control task
+(:class:`ControlTask`) is played instead, episode by episode in a simulator that gives no
+gradient, with observations normalised by running statistics (:class:`ObsNormalizer`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -17,7 +21,12 @@ __all__ = [
     "TASKS",
     "TEST_SEED_OFFSET",
     "Batch",
+    "ControlTask",
+    "ObsNormalizer",
+    "ObsStats",
+    "Rollout",
     "Task",
+    "eval_seeds",
     "make_task",
     "poisson_spikes",
     "register_task",
@@ -83,3 +92,106 @@ def poisson_spikes(rate: Tensor, noise: float, generator: torch.Generator) -> Te
     if noise > 0:
         s = s | (torch.rand(rate.shape, generator=generator) < noise)
     return s.float()
+
+
+# --------------------------------------------------------------------------- control tasks
+def eval_seeds(n: int, seed: int = 0) -> list[int]:
+    """The ``n`` episode seeds of an evaluation (the same for every candidate of a search)."""
+    return [EVAL_SEED_OFFSET + 1000 * seed + i for i in range(n)]
+
+
+# --------------------------------------------------------------------------- observation normaliser
+@dataclass
+class ObsStats:
+    """Sums of observations (float64) gathered while playing; merged into the normaliser later."""
+
+    count: float
+    total: np.ndarray
+    total_sq: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> ObsStats:
+        return cls(0.0, np.zeros(n), np.zeros(n))
+
+    def add(self, obs: np.ndarray) -> None:
+        """Add a ``B x n`` batch of observations."""
+        self.count += obs.shape[0]
+        self.total += obs.sum(0)
+        self.total_sq += np.square(obs).sum(0)
+
+
+@dataclass(frozen=True)
+class ObsNormalizer:
+    """Running mean and variance of observations (Chan et al.'s parallel merge); immutable:
+    :meth:`merged` returns an updated copy, so a policy under evaluation sees frozen statistics."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    count: float = 0.0
+
+    @classmethod
+    def identity(cls, n: int) -> ObsNormalizer:
+        return cls(np.zeros(n), np.ones(n), 0.0)
+
+    def merged(self, stats: ObsStats) -> ObsNormalizer:
+        if stats.count == 0:
+            return self
+        n_b = stats.count
+        mean_b = stats.total / n_b
+        m2_b = np.maximum(stats.total_sq - n_b * np.square(mean_b), 0.0)
+        if self.count == 0:
+            return ObsNormalizer(mean_b, m2_b / n_b, n_b)
+        n_a, n = self.count, self.count + n_b
+        delta = mean_b - self.mean
+        m2 = self.var * n_a + m2_b + np.square(delta) * n_a * n_b / n
+        return ObsNormalizer(self.mean + delta * n_b / n, m2 / n, n)
+
+    def normalize(self, obs: np.ndarray, clip: float) -> np.ndarray:
+        return np.clip((obs - self.mean) / np.sqrt(self.var + 1e-8), -clip, clip)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """For a weights file: ``obs_norm.mean``, ``obs_norm.var``, ``obs_norm.count``."""
+        return {
+            "obs_norm.mean": torch.from_numpy(self.mean.copy()),
+            "obs_norm.var": torch.from_numpy(self.var.copy()),
+            "obs_norm.count": torch.tensor(float(self.count), dtype=torch.float64),
+        }
+
+    @classmethod
+    def from_tensors(cls, d: dict[str, torch.Tensor]) -> ObsNormalizer:
+        return cls(d["obs_norm.mean"].numpy().copy(), d["obs_norm.var"].numpy().copy(), float(d["obs_norm.count"]))
+
+
+class Rollout(NamedTuple):
+    """Returns (``B``), environment steps played, and the fraction of plastic entries of ``H``
+    at their clip at the end (``nan`` for a static network)."""
+
+    returns: np.ndarray
+    steps: int
+    h_saturation: float
+
+
+@runtime_checkable
+class ControlTask(Protocol):
+    """A task played in a simulator: ``n_in`` observations in, ``n_out`` actions out.  ``cfg``
+    is its config section: ``conditions`` (the novel ones an evaluation adds to ``"standard"``),
+    ``eval_seeds`` (episodes per condition in an evaluation) and ``readout_scale``."""
+
+    name: str
+    n_in: int
+    n_out: int
+    cfg: Any
+
+    def rollout(
+        self,
+        net: Any,
+        params: Any,
+        seeds: Sequence[int],
+        normalizer: ObsNormalizer,
+        *,
+        condition: str = "standard",
+        stats: Optional[ObsStats] = None,
+    ) -> Rollout:
+        """Play ``len(seeds)`` episodes side by side under ``condition`` with the network's
+        parameters ``params``; with ``stats``, the observations seen are added to it."""
+        ...

@@ -33,8 +33,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import gymnasium as gym
 import mujoco
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 
 from hybridopt.snn.catalogue import PROJECTIONS
-from hybridopt.tasks.base import EVAL_SEED_OFFSET, register_task
+from hybridopt.tasks.base import EVAL_SEED_OFFSET, ObsNormalizer, ObsStats, Rollout, eval_seeds, register_task
 
 __all__ = [
     "CONDITIONS",
@@ -81,73 +80,6 @@ def check_env_and_leg(env_id: str, leg: str) -> None:
     legs = LEGS.get(_robot(env_id))
     if legs is not None and leg not in legs:
         raise ValueError(f"crippled_leg {leg!r} is not a leg of {_robot(env_id)}; known: {', '.join(legs)}")
-
-
-def eval_seeds(n: int, seed: int = 0) -> list[int]:
-    """The ``n`` episode seeds of an evaluation (the same for every candidate of a search)."""
-    return [EVAL_SEED_OFFSET + 1000 * seed + i for i in range(n)]
-
-
-# --------------------------------------------------------------------------- observation normaliser
-@dataclass
-class ObsStats:
-    """Sums of observations (float64) gathered while playing; merged into the normaliser later."""
-
-    count: float
-    total: np.ndarray
-    total_sq: np.ndarray
-
-    @classmethod
-    def empty(cls, n: int) -> ObsStats:
-        return cls(0.0, np.zeros(n), np.zeros(n))
-
-    def add(self, obs: np.ndarray) -> None:
-        """Add a ``B x n`` batch of observations."""
-        self.count += obs.shape[0]
-        self.total += obs.sum(0)
-        self.total_sq += np.square(obs).sum(0)
-
-
-@dataclass(frozen=True)
-class ObsNormalizer:
-    """Running mean and variance of observations (Chan et al.'s parallel merge); immutable:
-    :meth:`merged` returns an updated copy, so a policy under evaluation sees frozen statistics."""
-
-    mean: np.ndarray
-    var: np.ndarray
-    count: float = 0.0
-
-    @classmethod
-    def identity(cls, n: int) -> ObsNormalizer:
-        return cls(np.zeros(n), np.ones(n), 0.0)
-
-    def merged(self, stats: ObsStats) -> ObsNormalizer:
-        if stats.count == 0:
-            return self
-        n_b = stats.count
-        mean_b = stats.total / n_b
-        m2_b = np.maximum(stats.total_sq - n_b * np.square(mean_b), 0.0)
-        if self.count == 0:
-            return ObsNormalizer(mean_b, m2_b / n_b, n_b)
-        n_a, n = self.count, self.count + n_b
-        delta = mean_b - self.mean
-        m2 = self.var * n_a + m2_b + np.square(delta) * n_a * n_b / n
-        return ObsNormalizer(self.mean + delta * n_b / n, m2 / n, n)
-
-    def normalize(self, obs: np.ndarray, clip: float) -> np.ndarray:
-        return np.clip((obs - self.mean) / np.sqrt(self.var + 1e-8), -clip, clip)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """For a weights file: ``obs_norm.mean``, ``obs_norm.var``, ``obs_norm.count``."""
-        return {
-            "obs_norm.mean": torch.from_numpy(self.mean.copy()),
-            "obs_norm.var": torch.from_numpy(self.var.copy()),
-            "obs_norm.count": torch.tensor(float(self.count), dtype=torch.float64),
-        }
-
-    @classmethod
-    def from_tensors(cls, d: dict[str, torch.Tensor]) -> ObsNormalizer:
-        return cls(d["obs_norm.mean"].numpy().copy(), d["obs_norm.var"].numpy().copy(), float(d["obs_norm.count"]))
 
 
 # --------------------------------------------------------------------------- conditions
@@ -224,15 +156,6 @@ def _compiler_warnings_as_python_warnings() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- episodes
-class Rollout(NamedTuple):
-    """Returns (``B``), environment steps played, and the fraction of plastic entries of ``H``
-    at their clip at the end (``nan`` for a static network)."""
-
-    returns: np.ndarray
-    steps: int
-    h_saturation: float
-
-
 @register_task("locomotion")
 class Locomotion:
     """The locomotion task (see the module docstring); environments are made lazily and kept,

@@ -11,14 +11,8 @@ rule coefficients) follows a search-gradient estimate.  PGPE samples antithetic 
 then moves ``mu`` with ClipUp (normalised step ``center_lr``, momentum, speed limit) and
 ``sigma`` by ``stdev_lr`` (at most 20 % per generation).
 
-``sigma`` starts per parameter group (:func:`parameter_group`): weights and biases at
-``es.stdev``; plasticity coefficients at the much smaller ``es.plastic_stdev``, rule
-coefficients (``tau_phi``, ``a_plus``, ...) at ``es.plastic_stdev`` times their magnitude.
-A coefficient that scales every plastic synapse (``eta``, ``alpha``) has a far larger effect
-per unit than one weight: perturbed as much as the weights, it drives ``H`` to its clip within
-a few steps.  Because ``g_mu ∝ sigma``, the smaller scale also makes the centre move less
-along those coordinates.  (SNES has no antithetic pairs; its natural-gradient ``center_lr``
-is usually 1.)
+``sigma`` starts per parameter group (:mod:`hybridopt.train.search_scale`).  (SNES has no
+antithetic pairs; its natural-gradient ``center_lr`` is usually 1.)
 
 Each generation plays every sample on the same ``episodes_per_sample`` training seeds
 (common random numbers) with the observation normaliser frozen; the observations it saw
@@ -35,7 +29,7 @@ import math
 import multiprocessing as mp
 import time
 from collections.abc import Callable
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -46,47 +40,17 @@ from hybridopt.evo import PGPE, SNES, Problem, SolutionBatch
 from hybridopt.snn.kernels import KernelBudget
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import EVAL_SEED_OFFSET, make_task
-from hybridopt.tasks.locomotion import Locomotion, ObsNormalizer, ObsStats, eval_seeds
-from hybridopt.train.loops import CONTROL, task_kind
+from hybridopt.tasks.base import ControlTask, ObsNormalizer, ObsStats, eval_seeds
 from hybridopt.train.result import ProgressEvent, ProgressFn, TrainResult, TrainState
+from hybridopt.train.search_scale import group_masks, search_stdev
 
 __all__ = [
     "build_policy",
     "evaluate_policy",
     "load_policy",
-    "parameter_group",
     "policy_state_dict",
-    "search_stdev",
     "train_es",
 ]
-
-
-def parameter_group(net: PlasticSNN, name: str) -> str:
-    """``"weights"`` (``W``, biases), ``"plasticity"`` (``alpha``, the modes' parameters such as
-    ``eta``, ``mod_a``/``mod_b``, ``eta_E``, and ``w_M``/``b_M``) or ``"rule"`` (a rule's own
-    coefficients) for a parameter of ``net``, as the network declares it."""
-    return net.parameter_groups()[name]
-
-
-def search_stdev(net: PlasticSNN, es: ESConfig) -> torch.Tensor:
-    """Initial search stdev per coordinate of the flat parameter vector (see the module docstring)."""
-    parts, groups = [], net.parameter_groups()
-    for name, p in net.named_parameters():
-        group = groups[name]
-        if group == "weights":
-            s = torch.full((p.numel(),), es.stdev)
-        elif group == "plasticity":
-            s = torch.full((p.numel(),), es.plastic_stdev)
-        else:
-            s = es.plastic_stdev * p.detach().abs().reshape(-1).clamp(min=1.0)
-        parts.append(s)
-    return torch.cat(parts).float()
-
-
-def _group_masks(net: PlasticSNN) -> dict[str, torch.Tensor]:
-    by_name = net.parameter_groups()
-    groups = [by_name[n] for n, p in net.named_parameters() for _ in range(p.numel())]
-    return {g: torch.tensor([x == g for x in groups]) for g in ("weights", "plasticity", "rule") if g in groups}
 
 
 def policy_budget(es: ESConfig) -> KernelBudget:
@@ -95,12 +59,12 @@ def policy_budget(es: ESConfig) -> KernelBudget:
     return KernelBudget(steps=episodes, cpu_s=60.0 * es.cpu_minutes if es.cpu_minutes else math.inf)
 
 
-def build_policy(cfg: Config) -> tuple[Locomotion, PlasticSNN]:
+def build_policy(cfg: Config) -> tuple[ControlTask, PlasticSNN]:
     """The task and the initial policy network: readout weights scaled by ``task.readout_scale``
     (at full scale they saturate every action and the control cost dominates)."""
-    if task_kind(cfg.task) != CONTROL:
-        raise ValueError(f"the ES inner loop trains control tasks (locomotion), not {cfg.task.name!r}")
-    task = cast(Locomotion, make_task(cfg.task))
+    task = make_task(cfg.task)
+    if not isinstance(task, ControlTask):
+        raise ValueError(f"the ES inner loop trains control tasks (played in a simulator), not {cfg.task.name!r}")
     spec = network_spec(cfg, task.n_in, task.n_out)
     net = PlasticSNN(spec, seed=cfg.seed)
     net.set_budget(policy_budget(cfg.es))
@@ -116,7 +80,7 @@ def policy_state_dict(net: PlasticSNN, normalizer: ObsNormalizer) -> dict[str, t
     return out
 
 
-def load_policy(cfg: Config, state_dict: dict[str, torch.Tensor]) -> tuple[Locomotion, PlasticSNN, ObsNormalizer]:
+def load_policy(cfg: Config, state_dict: dict[str, torch.Tensor]) -> tuple[ControlTask, PlasticSNN, ObsNormalizer]:
     """Rebuild ``(task, network, normaliser)`` from :func:`policy_state_dict`'s output."""
     task, net = build_policy(cfg)
     weights = {k: v for k, v in state_dict.items() if not k.startswith("obs_norm.")}
@@ -125,7 +89,7 @@ def load_policy(cfg: Config, state_dict: dict[str, torch.Tensor]) -> tuple[Locom
 
 
 def evaluate_policy(
-    task: Locomotion, net: PlasticSNN, normalizer: ObsNormalizer, seed: int, conditions: Optional[list[str]] = None
+    task: ControlTask, net: PlasticSNN, normalizer: ObsNormalizer, seed: int, conditions: Optional[list[str]] = None
 ) -> dict[str, float]:
     """Mean (and std) return over the evaluation seeds in the standard condition and each novel
     one, and the degradation of each relative to the standard return."""
@@ -152,7 +116,7 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
 
 
 def _play(
-    task: Locomotion, net: PlasticSNN, solution: torch.Tensor, seeds: list[int], normalizer: ObsNormalizer
+    task: ControlTask, net: PlasticSNN, solution: torch.Tensor, seeds: list[int], normalizer: ObsNormalizer
 ) -> tuple[float, ObsStats]:
     """Mean return of one sample over ``seeds``, and the observations it saw."""
     vector_to_parameters(solution, net.parameters())
@@ -162,7 +126,7 @@ def _play(
 
 
 # Inside an episode-worker process only: its own task and network, built once.
-_WORKER_POLICY: dict[str, tuple[Locomotion, PlasticSNN]] = {}
+_WORKER_POLICY: dict[str, tuple[ControlTask, PlasticSNN]] = {}
 
 
 def _worker_init(config: dict[str, Any]) -> None:
@@ -184,7 +148,7 @@ class _Players:
     spawned processes (the CPUs a candidate declares).  Results come back in sample order, so
     the outcome does not depend on the number of workers; ``worker_cpu`` adds up their CPU time."""
 
-    def __init__(self, cfg: Config, task: Locomotion, net: PlasticSNN, workers: int):
+    def __init__(self, cfg: Config, task: ControlTask, net: PlasticSNN, workers: int):
         self.task, self.net = task, net
         self.worker_cpu = 0.0
         self.pool = None
@@ -295,7 +259,7 @@ def train_es(
         stdev = search_stdev(net, es)
         if start is not None and start.optimizer is not None:
             stdev = start.optimizer["stdev"].clone()
-        masks = _group_masks(net)
+        masks = group_masks(net)
         rng = np.random.default_rng(cfg.seed + 7919 * gen0)
         if start is not None and start.rng is not None:
             rng.bit_generator.state = start.rng

@@ -168,7 +168,7 @@ class ControlLoop(InnerLoop):
         return train_es
 
     def initial_model(self, cfg: Config) -> dict[str, Any]:
-        from hybridopt.tasks.locomotion import ObsNormalizer
+        from hybridopt.tasks.base import ObsNormalizer
         from hybridopt.train.es import build_policy, policy_state_dict
 
         task, net = build_policy(cfg)

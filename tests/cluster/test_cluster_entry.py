@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridopt.cluster_entry import ClusterEntryError, ensure_mlflow_server, main, resolve_config
+from hybridopt.entry.cluster import ClusterEntryError, ensure_mlflow_server, main, resolve_config
 
 REPO = Path(__file__).resolve().parents[2]
 SUBMIT = REPO / "cluster" / "submit_search.py"

@@ -11,7 +11,7 @@ import yaml
 from jsonschema import ValidationError
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from hybridopt.cluster_entry import DEFAULT_PROJECT
+from hybridopt.entry.cluster import DEFAULT_PROJECT
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = ["run.yaml", "aws.yaml"]
@@ -87,7 +87,7 @@ def test_project_environment_and_start_commands_agree_with_the_entry_point(name:
     # The head starts Ray, then the MLflow server; workers join the head's GCS port.
     head = config["head_start_ray_commands"]
     (start,) = [k for k, c in enumerate(head) if "ray start --head" in c]
-    (mlflow,) = [k for k, c in enumerate(head) if "python -m hybridopt.cluster_entry mlflow" in c]
+    (mlflow,) = [k for k, c in enumerate(head) if "python -m hybridopt.entry.cluster mlflow" in c]
     assert head[0] == "ray stop" and start < mlflow
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head[start]
     port = next(a for a in head[start].split() if a.startswith("--port=")).split("=")[1]

@@ -53,7 +53,7 @@ class Head:
         script = (
             f"ray start --head --port={gcs} --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 "
             f"--dashboard-port={dashboard} --num-cpus=2 --disable-usage-stats >/dev/null && "
-            "python -m hybridopt.cluster_entry mlflow && exec sleep infinity"
+            "python -m hybridopt.entry.cluster mlflow && exec sleep infinity"
         )
         self.log = open(self.root / "head.log", "wb")  # noqa: SIM115 - closed in stop()
         ns = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
@@ -123,7 +123,7 @@ def submitted(p: subprocess.CompletedProcess) -> str:
 
 
 def status(head: Head, job: str) -> str:
-    from hybridopt.service import connect
+    from hybridopt.entry.service import connect
 
     return str(connect(head.address)[0].get_job_status(job).value)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybridopt.cluster_entry import build_parser
+from hybridopt.entry.cluster import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hybridopt.config import ConfigError, load_config, parse_config
-from hybridopt.search.ga import GenomeProblem, make_algorithm
+from hybridopt.search.checkpoint import SearchCheckpoint
+from hybridopt.search.evolution import Evolution
 from hybridopt.search.genome import Gene, GenomeSpace
 from tests.conftest import CONFIGS
 
@@ -80,13 +81,11 @@ def _genomes(seed: int, gens: int = 3):
         seen.append(v.clone())
         return -(v - 0.3).pow(2).sum(1)
 
-    problem = GenomeProblem(len(space), seed, fitness)
-    ga = make_algorithm(problem, cfg.search, space)
-    problem.evaluate(ga.population)
-    ga._first_iter = False
+    evolution = Evolution(space, cfg.search, seed, fitness)
+    evolution.measure_initial()
     for _ in range(gens):
-        ga.step()
-        best.append(float(ga.population.evals.max()))
+        evolution.step()
+        best.append(float(evolution.fitness.max()))
     return torch.cat(seen), best
 
 
@@ -118,3 +117,27 @@ def test_validate_tries_every_value_a_gene_can_take():
     probes = cont.probes()
     assert len(probes) == 9 and probes[0] == pytest.approx(1e-3) and probes[-1] == pytest.approx(1e-1)
     assert all(a < b for a, b in zip(probes, probes[1:]))
+
+
+def test_an_evolution_restored_from_its_checkpoint_breeds_what_the_uninterrupted_one_breeds(tmp_path):
+    """Restored after generation 0, the GA neither measures the population again nor draws other
+    children than the one that went on."""
+    cfg = load_config(CONFIGS / "smoke_search.yaml")
+    space = GenomeSpace.from_config(cfg.search)
+    measured: list[torch.Tensor] = []
+
+    def fitness(v):
+        measured.append(v.clone())
+        return -(v - 0.3).pow(2).sum(1)
+
+    first = Evolution(space, cfg.search, 7, fitness)
+    first.measure_initial()
+    ck = SearchCheckpoint({}, "parent", 0, first.population, first.generator_state, first.fitness.clone())
+    ck.save(tmp_path / "c.ckpt")
+    first.step()
+    children, measured[:] = measured[1], []
+    again = Evolution(space, cfg.search, 7, fitness)
+    again.restore(SearchCheckpoint.load(tmp_path / "c.ckpt", {}))
+    again.step()
+    assert len(measured) == 1 and torch.equal(measured[0], children)  # only the children were measured
+    assert torch.equal(again.population, first.population) and torch.equal(again.fitness, first.fitness)

@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from hybridopt.config import load_config, parse_config
 from hybridopt.snn.network import NetworkSpec, PlasticSNN, ProjectionSpec
 from hybridopt.train import train_candidate
-from hybridopt.train.es import build_policy, evaluate_policy, load_policy, parameter_group, search_stdev
+from hybridopt.train.es import build_policy, evaluate_policy, load_policy
+from hybridopt.train.search_scale import parameter_group, search_stdev
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke_locomotion.yaml"

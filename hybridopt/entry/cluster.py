@@ -1,7 +1,7 @@
 """Running a search on a Ray cluster: the head's MLflow server and the cluster entry point.
 
 ``cluster/submit_search.py`` (what ``ray submit`` copies to the head node) calls
-``main(["search", ...])``; the head's start commands call ``python -m hybridopt.cluster_entry
+``main(["search", ...])``; the head's start commands call ``python -m hybridopt.entry.cluster
 mlflow`` so the tracking UI is up as soon as ``ray up`` returns.
 
 The head runs one MLflow tracking server (SQLite backend and artifact directory in the run
@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from hybridopt.cli import add_config_arguments, add_restart_arguments
+from hybridopt.entry.arguments import add_config_arguments, add_restart_arguments, search_argv
 
 __all__ = [
     "DEFAULT_PROJECT",
@@ -134,7 +134,7 @@ def _supervisor(store: Path) -> Optional[dict]:
         return None
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            alive = b"hybridopt.cluster_entry" in f.read()
+            alive = b"hybridopt.entry.cluster" in f.read()
     except FileNotFoundError:
         alive = False
     except OSError:  # no /proc: trust the pid
@@ -243,7 +243,7 @@ def ensure_mlflow_server(
     command = [
         sys.executable,
         "-m",
-        "hybridopt.cluster_entry",
+        "hybridopt.entry.cluster",
         "mlflow",
         "--foreground",
         "--store",
@@ -308,8 +308,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     import ray
 
     import hybridopt
-    from hybridopt.cli import main as cli_main
-    from hybridopt.cli import search_argv
+    from hybridopt.entry.cli import main as cli_main
 
     project = Path(args.project).expanduser()
     store = Path(args.store).expanduser().resolve()
@@ -338,7 +337,7 @@ def cmd_mlflow(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m hybridopt.cluster_entry",
+        prog="python -m hybridopt.entry.cluster",
         description="Run a hybridopt search on the Ray cluster this node belongs to.",
     )
     sub = parser.add_subparsers(dest="command", required=True)

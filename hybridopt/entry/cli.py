@@ -1,4 +1,5 @@
-"""Command line: ``hybridopt train|search|eval``.
+"""Command line: ``hybridopt train|search|eval|report``, and ``submit|jobs|logs|stop`` from
+:mod:`~hybridopt.entry.service`.
 
 Bad input (config, argument, weights file, tracking store) ends with one line on stderr
 naming the problem and exit code 2, before anything is written to the store.
@@ -11,109 +12,39 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 # Only light imports here: arguments are read, and bad ones reported, before torch, Ray or
 # MLflow load (each command imports what it needs).
+from hybridopt.entry import service
+from hybridopt.entry.arguments import (
+    EXIT_BAD_INPUT,
+    OneLineParser,
+    add_config_arguments,
+    add_restart_arguments,
+    add_tracking_uri,
+    load_args_config,
+)
 from hybridopt.errors import BAD_INPUT, ConfigError, UsageError
 
 if TYPE_CHECKING:
     from hybridopt.config import Config
     from hybridopt.train.result import ProgressEvent, ProgressFn
 
-__all__ = [
-    "add_config_arguments",
-    "add_restart_arguments",
-    "build_parser",
-    "load_args_config",
-    "main",
-    "search_argv",
-]
-
-EXIT_BAD_INPUT = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, no usage dump
-        raise UsageError(message)
-
-
-# Help of the arguments ``hybridopt search`` shares with the cluster entry point, by destination.
-_HELP = {
-    "config": "YAML config file (see configs/)",
-    "overrides": "override a config key, e.g. --set plasticity.input.rule=hebbian (repeatable)",
-    "seed": "override the config's seed",
-    "resume": "continue from the search's last checkpoint",
-    "fresh": "start a new search even where a checkpoint exists (it is replaced)",
-}
-
-
-def add_config_arguments(p: argparse.ArgumentParser, help: Optional[Mapping[str, str]] = None) -> list[argparse.Action]:
-    """Declare the config a command runs and how its command line adjusts it: ``config``,
-    ``--set KEY.PATH=VALUE`` (repeatable) and ``--seed``.  ``help`` rewords the help of some, by
-    destination (the cluster entry point's lookup of the config, say)."""
-    text = {**_HELP, **(help or {})}
-    return [
-        p.add_argument("config", help=text["config"]),
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY.PATH=VALUE",
-            help=text["overrides"],
-        ),
-        p.add_argument("--seed", type=int, default=None, help=text["seed"]),
-    ]
-
-
-def add_restart_arguments(
-    p: argparse.ArgumentParser, help: Optional[Mapping[str, str]] = None
-) -> list[argparse.Action]:
-    """Declare what a search does with an earlier checkpoint: ``--resume`` it or start ``--fresh``
-    (at most one of them); ``help`` rewords them, by destination."""
-    text = {**_HELP, **(help or {})}
-    again = p.add_mutually_exclusive_group()
-    return [
-        again.add_argument("--resume", action="store_true", help=text["resume"]),
-        again.add_argument("--fresh", action="store_true", help=text["fresh"]),
-    ]
-
-
-def search_argv(args: argparse.Namespace) -> list[str]:
-    """The ``hybridopt search`` arguments that give ``config``, ``--set``, ``--seed``,
-    ``--resume`` and ``--fresh`` the values they have in ``args`` (parsed by a parser that
-    :func:`add_config_arguments` and :func:`add_restart_arguments` declared them on); the config first."""
-    scratch = argparse.ArgumentParser(add_help=False)
-    argv: list[str] = []
-    for action in [*add_config_arguments(scratch), *add_restart_arguments(scratch)]:
-        value = getattr(args, action.dest)
-        if not action.option_strings:
-            argv.append(str(value))
-        elif action.nargs == 0:  # a switch
-            argv += action.option_strings[:1] if value else []
-        elif isinstance(value, list):
-            argv += [item for v in value for item in (action.option_strings[0], str(v))]
-        elif value is not None:
-            argv += [action.option_strings[0], str(value)]
-    return argv
-
-
-def _tracking_uri(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlflow.db)")
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hybridopt", description="Evolution plus gradient search for plastic spiking networks.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="hybridopt", description="Evolution plus gradient search for plastic spiking networks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     p_train = sub.add_parser("train", help="train one configuration (one MLflow run)")
     add_config_arguments(p_train)
-    _tracking_uri(p_train)
+    add_tracking_uri(p_train)
     p_search = sub.add_parser("search", help="evolve rule families and hyper-parameters (nested MLflow runs)")
     add_config_arguments(p_search)
-    _tracking_uri(p_search)
+    add_tracking_uri(p_search)
     p_search.add_argument("--address", default=None, help="Ray cluster address ('auto' joins a running cluster)")
     add_restart_arguments(p_search)
     p_eval = sub.add_parser("eval", help="evaluate saved weights on held-out episodes")
@@ -122,24 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument(
         "targets", nargs="+", metavar="EXPERIMENT_OR_RUN", help="experiment names or run ids (several: side by side)"
     )
-    _tracking_uri(p_report)
+    add_tracking_uri(p_report)
     p_report.add_argument("--out", default="report", help="folder for the figures (default ./report)")
     p_report.add_argument("--csv", default=None, metavar="FILE", help="also write the ranked candidates as CSV")
     p_report.add_argument("--top", type=int, default=20, help="rows of each ranked table shown (default 20)")
-    from hybridopt.service import add_parsers
-
-    add_parsers(sub)
+    service.add_parsers(sub)
     return parser
-
-
-def load_args_config(args: argparse.Namespace) -> Config:
-    """The config a command line names, with its ``--set`` overrides and ``--seed`` applied."""
-    from hybridopt.config import load_config
-
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    return load_config(args.config, overrides)
 
 
 def _run_name(cfg: Config, kind: str) -> str:
@@ -242,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print_metrics("final metrics", {"fitness": result.fitness, **result.final_metrics})
     print(f"run {run_id} in {tracker.uri}")
     print(_ui_hint(tracker.uri, cfg.tracking.experiment or cfg.experiment))
-    artifacts = tracker.client.get_run(run_id).info.artifact_uri
+    artifacts = tracker.artifact_uri(run_id)
     if artifacts.startswith("file://"):
         weights = Path(artifacts.removeprefix("file://")) / "weights.pt"
         print(f"weights: {weights}\nevaluate again: hybridopt eval {weights}")
@@ -277,7 +196,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     _check_checkpoint(cfg, resume=args.resume, fresh=args.fresh)
 
     from hybridopt.search.dispatch import init_ray
-    from hybridopt.search.evolution import run_search
+    from hybridopt.search.driver import run_search
     from hybridopt.tracking import Tracker, check_reachable, resolve_uri
     from hybridopt.train.result import ProgressEvent
 
@@ -305,6 +224,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not out.best_values:
         print(f"hybridopt: every candidate failed (run {out.parent_run_id})", file=sys.stderr)
         return 1
+    from hybridopt.results.report import log_figures_safely
+
+    log_figures_safely(tracker, out.parent_run_id)
     _print_metrics(f"best candidate: fitness {out.best_fitness:.4f}", out.best_values, heading="gene")
     print(f"search run {out.parent_run_id} ({len(out.records)} candidates) in {tracker.uri}")
     print(_ui_hint(tracker.uri, experiment))
@@ -358,21 +280,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _service(name: str) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        from hybridopt import service
-
-        return getattr(service, f"cmd_{name}")(args)
-
-    return run
-
-
 COMMANDS = {
     "train": cmd_train,
     "search": cmd_search,
     "eval": cmd_eval,
     "report": cmd_report,
-    **{name: _service(name) for name in ("submit", "jobs", "logs", "stop")},
+    "submit": service.cmd_submit,
+    "jobs": service.cmd_jobs,
+    "logs": service.cmd_logs,
+    "stop": service.cmd_stop,
 }
 
 

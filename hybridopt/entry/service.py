@@ -2,7 +2,7 @@
 
 A lab shares one long-running cluster and its head's MLflow server.  Each search is a Ray Job
 (the Jobs API behind the dashboard port, 8265): its driver runs on the head as
-``python -m hybridopt.cluster_entry search search.yaml``, which joins the cluster, logs to the
+``python -m hybridopt.entry.cluster search search.yaml``, which joins the cluster, logs to the
 head's MLflow server and runs ``hybridopt search`` there.
 
 - **The config travels with the job.**  The config is validated here, with its overrides and
@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from hybridopt.entry.arguments import add_config_arguments, add_restart_arguments, load_args_config
 from hybridopt.errors import RayConnectError, UsageError
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def _slug(name: str) -> str:
 def entrypoint(resume: bool, fresh: bool) -> str:
     """The command a search job runs on the head, in its working directory."""
     again = " --resume" if resume else " --fresh" if fresh else ""
-    return f"python -m hybridopt.cluster_entry search {CONFIG_NAME}{again}"
+    return f"python -m hybridopt.entry.cluster search {CONFIG_NAME}{again}"
 
 
 def submit(
@@ -184,21 +185,18 @@ def wait_for_parent(client: JobSubmissionClient, job: str, timeout: float) -> tu
 def list_searches(client: JobSubmissionClient, tracking_uri: Optional[str]) -> list[dict[str, str]]:
     """The cluster's search jobs, newest first: id, status, config, submit time, parent run and
     the best fitness so far (read from the MLflow server at ``tracking_uri`` when given)."""
+    from hybridopt.results.store import best_fitness_of
+
     rows = []
     jobs = [j for j in client.list_jobs() if (j.metadata or {}).get("hybridopt.kind") == KIND]
-    mlflow_client = None
-    if tracking_uri:
-        from mlflow.tracking import MlflowClient
-
-        mlflow_client = MlflowClient(tracking_uri)
     for j in sorted(jobs, key=lambda j: j.start_time or 0, reverse=True):
         job_id = j.submission_id or j.job_id
         parent = parent_run_of(client, job_id)
         best = "-"
-        if parent and mlflow_client is not None:
+        if parent and tracking_uri:
             try:
-                metrics = mlflow_client.get_run(parent).data.metrics
-                best = f"{metrics['best_fitness']:.4f}" if "best_fitness" in metrics else "-"
+                fitness = best_fitness_of(tracking_uri, parent)
+                best = f"{fitness:.4f}" if fitness is not None else "-"
             except Exception:  # noqa: BLE001 - a run the server does not (yet) hold
                 best = "?"
         submitted = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((j.start_time or 0) / 1000))
@@ -234,8 +232,6 @@ def stop(client: JobSubmissionClient, job: str, address: str, timeout: float = S
 # --------------------------------------------------------------------------- the commands
 def add_parsers(sub: Any) -> None:
     """The command line's ``submit``, ``jobs``, ``logs`` and ``stop`` (on ``hybridopt``'s subparsers)."""
-    from hybridopt.cli import add_config_arguments, add_restart_arguments
-
     where = "the cluster's Ray Jobs API, http://HEAD:8265 (default: RAY_ADDRESS)"
     p_submit = sub.add_parser("submit", help="submit a search to a running cluster as a Ray Job")
     add_config_arguments(p_submit)
@@ -259,7 +255,6 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_submit(args: Any) -> int:
     """``hybridopt submit CONFIG``: validate, submit, and say where the search logs."""
-    from hybridopt.cli import load_args_config
     from hybridopt.errors import ConfigError
     from hybridopt.search.genome import GenomeSpace
 
