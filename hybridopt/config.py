@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hybridopt.errors import ConfigError
 from hybridopt.snn.catalogue import PROJECTIONS, load_plugins
@@ -64,6 +64,15 @@ class CueAssociationConfig(Strict):
     rate_off: Fraction = 0.0
     feedback_rate: Fraction = 0.8
     noise: Fraction = 0.0
+    # The channel groups the noise falls on (default: every input channel).
+    noise_on: list[Literal["cue", "feedback", "marker"]] = Field(default_factory=lambda: ["cue", "feedback", "marker"])
+
+    @field_validator("noise_on")
+    @classmethod
+    def _distinct_groups(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"has duplicates: {v}")
+        return v
 
 
 class PatternMemoryConfig(Strict):

@@ -64,10 +64,14 @@ def make_task(cfg: Any) -> Task:
         raise ValueError(f"unknown task {cfg.name!r}; known: {sorted(TASKS)}") from None
 
 
-def poisson_spikes(rate: Tensor, noise: float, generator: torch.Generator) -> Tensor:
+def poisson_spikes(rate: Tensor, noise: float | Tensor, generator: torch.Generator) -> Tensor:
     """Bernoulli spikes per step with probability ``rate``, plus independent noise spikes
-    with probability ``noise`` on every channel: ``s = 1[u1 < rate] OR 1[u2 < noise]``."""
+    with probability ``noise`` on every channel: ``s = 1[u1 < rate] OR 1[u2 < noise]``.
+
+    ``noise`` is one probability, or one per channel (a tensor broadcast over the last axis).
+    Either way the same uniforms ``u1``, ``u2`` are drawn, so a channel's spikes do not depend
+    on the noise of the others."""
     s = torch.rand(rate.shape, generator=generator) < rate
-    if noise > 0:
+    if bool(torch.as_tensor(noise).gt(0).any()):
         s = s | (torch.rand(rate.shape, generator=generator) < noise)
     return s.float()

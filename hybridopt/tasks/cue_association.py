@@ -16,8 +16,10 @@ feedback window.  The target is in the pair half the time: chance is 50 %.
 Readout: one unit; the trial's logit is its mean over the response window.  The loss is the
 binary cross-entropy over all trials; the fitness is the accuracy over the second half of
 the trials (after the network has had time to learn which cue is the target).
-``noise`` adds Poisson spikes with that probability per step on every input channel.
-Nothing about the cues can be stored in fixed weights: they are new every episode.
+``noise`` adds Poisson spikes with that probability per step on the input channels of the
+groups ``noise_on`` names (default all): ``cue`` (both banks), ``marker`` (the response
+marker), ``feedback`` (both feedback channels).  Nothing about the cues can be stored in fixed
+weights: they are new every episode.
 """
 
 from __future__ import annotations
@@ -45,6 +47,22 @@ class CueAssociation:
         self.trial_steps = cfg.cue_steps + cfg.response_steps + cfg.feedback_steps
         self.steps = cfg.trials * self.trial_steps
 
+    def channels(self, group: str) -> slice:
+        """The input channels of a group: ``cue`` (both banks), ``marker``, ``feedback`` (yes, no)."""
+        nb = self.cfg.cue_bits
+        return {
+            "cue": slice(0, 2 * nb),
+            "marker": slice(2 * nb, 2 * nb + 1),
+            "feedback": slice(2 * nb + 1, 2 * nb + 3),
+        }[group]
+
+    def noise_mask(self) -> Tensor:
+        """1 on the channels of the groups ``noise_on`` names, 0 elsewhere (``n_in``)."""
+        mask = torch.zeros(self.n_in)
+        for group in self.cfg.noise_on:
+            mask[self.channels(group)] = 1.0
+        return mask
+
     def batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         c = self.cfg
         B, K, nb, nt = batch_size, c.n_cues, c.cue_bits, c.trials
@@ -69,7 +87,7 @@ class CueAssociation:
         rate[:, :, r0:r1, 2 * nb] = c.feedback_rate
         rate[:, :, r1:, 2 * nb + 1] = c.feedback_rate * present.float().unsqueeze(2)
         rate[:, :, r1:, 2 * nb + 2] = c.feedback_rate * (~present).float().unsqueeze(2)
-        x = poisson_spikes(rate.reshape(B, self.steps, self.n_in), c.noise, generator)
+        x = poisson_spikes(rate.reshape(B, self.steps, self.n_in), c.noise * self.noise_mask(), generator)
         return Batch(x=x, target=present.float())
 
     def logits(self, y: Tensor) -> Tensor:

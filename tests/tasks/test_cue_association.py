@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from hybridopt.config import parse_config
+from hybridopt.config import ConfigError, parse_config
 from hybridopt.tasks import make_task
 
 
@@ -92,3 +93,39 @@ def test_loss_is_ln2_for_a_silent_readout():
     t = make()
     b = t.batch(4, torch.Generator().manual_seed(0))
     assert abs(t.loss(torch.zeros(4, 42, 1), b).item() - 0.6931472) < 1e-6
+
+
+# --------------------------------------------------------------------------- noise on chosen groups
+def test_noise_on_puts_the_noise_only_on_the_groups_named():
+    groups = {"cue": slice(0, 12), "marker": slice(12, 13), "feedback": slice(13, 15)}
+    full = make(rate_on=0.5, noise=0.3).batch(64, torch.Generator().manual_seed(5)).x
+    clean = make(rate_on=0.5, noise=0.0).batch(64, torch.Generator().manual_seed(5)).x
+    assert torch.equal(
+        make(rate_on=0.5, noise=0.3, noise_on=["marker", "feedback", "cue"])
+        .batch(64, torch.Generator().manual_seed(5))
+        .x,
+        full,
+    )  # the default is every group, in any order
+    for name, chans in groups.items():
+        x = make(rate_on=0.5, noise=0.3, noise_on=[name]).batch(64, torch.Generator().manual_seed(5)).x
+        # the same spikes as the fully noisy batch on the group's channels, the clean ones elsewhere
+        assert torch.equal(x[..., chans], full[..., chans])
+        others = torch.ones(15, dtype=torch.bool)
+        others[chans] = False
+        assert torch.equal(x[..., others], clean[..., others])
+        # measured by spike counts: the extra spikes are on the group, at the noise rate where it is silent
+        extra = x - clean
+        assert extra[..., others].sum() == 0 and extra[..., chans].sum() > 0
+        silent = clean[..., chans] == 0
+        rate = x[..., chans][silent].mean().item()
+        assert 0.27 < rate < 0.33, (name, rate)
+    none = make(rate_on=0.5, noise=0.3, noise_on=[]).batch(64, torch.Generator().manual_seed(5)).x
+    assert torch.equal(none, clean)
+
+
+def test_noise_on_rejects_unknown_and_repeated_groups_in_one_line():
+    for bad, word in ((["cue", "reward"], "noise_on"), (["cue", "cue"], "duplicates")):
+        with pytest.raises(ConfigError) as err:
+            make(noise=0.2, noise_on=bad)
+        msg = str(err.value)
+        assert "task.noise_on" in msg and word in msg and "\n" not in msg
