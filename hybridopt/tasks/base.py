@@ -6,13 +6,25 @@ network's readout into a loss and a fitness, and knows its chance level.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = ["EVAL_SEED_OFFSET", "TASKS", "Batch", "Task", "make_task", "poisson_spikes", "register_task"]
+__all__ = [
+    "EVAL_SEED_OFFSET",
+    "TASKS",
+    "Batch",
+    "Observer",
+    "Task",
+    "has_observer",
+    "make_task",
+    "observer_accuracy",
+    "poisson_spikes",
+    "register_task",
+]
 
 # Evaluation draws from seeds at and above this one (a task's held-out batches from a generator
 # seeded ``EVAL_SEED_OFFSET + seed``, a control task's episodes from seeds above it); training
@@ -54,6 +66,35 @@ def register_task(name: str) -> Callable:
         return cls
 
     return deco
+
+
+class Observer(Protocol):
+    """A task that declares a reference observer: a policy computed from the inputs alone, with
+    no training.  ``observe`` answers a batch as a readout ``y`` (``B x T x n_out``) that the
+    task's own :meth:`Task.fitness` scores like a network's; ``generator`` breaks its ties."""
+
+    def observe(self, batch: Batch, generator: torch.Generator) -> Tensor: ...
+
+
+def has_observer(task: Any) -> bool:
+    """Whether the task declares a reference observer (an ``observe`` method)."""
+    return callable(getattr(task, "observe", None))
+
+
+def observer_accuracy(task: Any, n_episodes: int, seed: int, batch_size: int = 256) -> tuple[float, float]:
+    """The observer's mean fitness over ``n_episodes`` episodes of the task's own generator seeded
+    ``seed``, and its standard error ``sd / sqrt(n)`` over episodes.  Same seed, same figure."""
+    if not has_observer(task):
+        raise ValueError(f"task {task.name!r} declares no reference observer")
+    gen = torch.Generator().manual_seed(seed)
+    ties = torch.Generator().manual_seed(seed + 1)
+    fit = []
+    for start in range(0, n_episodes, batch_size):
+        batch = task.batch(min(batch_size, n_episodes - start), gen)
+        fit.append(task.fitness(task.observe(batch, ties), batch))
+    f = torch.cat(fit).double()
+    se = f.std().item() / math.sqrt(len(f)) if len(f) > 1 else math.nan
+    return f.mean().item(), se
 
 
 def make_task(cfg: Any) -> Task:
