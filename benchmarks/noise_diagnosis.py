@@ -38,7 +38,9 @@ trained and measured under noise everywhere:
     python benchmarks/noise_diagnosis.py --minutes 3          # ~32 CPU-minutes (10 trainings)
     python benchmarks/noise_diagnosis.py --minutes 0.1 --episodes 64 --out /tmp/nd   # a dry run
 
-Trained weights are kept under ``--out`` and reused (``--retrain`` trains again).  ``--lock PATH``
+``--continued`` adds two runs of twice the budget: the clean-trained network trained on for
+``--minutes`` under noise everywhere (a one-step noise curriculum), against the noise-trained one
+trained on as long.  Trained weights are kept under ``--out`` and reused (``--retrain`` trains again).  ``--lock PATH``
 takes an exclusive ``flock`` on PATH around each heavy piece (a machine shared by several users).
 """
 
@@ -88,6 +90,9 @@ CONDITIONS: dict[str, Optional[list[str]]] = {
     "marker": ["marker"],
     "everywhere": ["cue", "feedback", "marker"],
 }
+# Continued runs at equal compute: trained clean, then on under noise (a curriculum of one step)
+# against trained under noise all along.
+CONTINUATIONS = ("nowhere+everywhere", "everywhere+everywhere")
 
 
 @contextlib.contextmanager
@@ -121,40 +126,58 @@ def weights_path(out: Path, network: str, condition: str) -> Path:
     return out / f"{network}__{condition}.pt"
 
 
-def train_one(network: str, condition: str, noise: float, minutes: float, out: Path) -> None:
-    """Train one network under one condition (in this process) and save what it learned."""
+def condition_of(run: str) -> str:
+    """The noise a run was trained under last: ``A+B`` is run ``A`` trained on under condition ``B``."""
+    return run.split("+")[-1]
+
+
+def train_one(network: str, run: str, noise: float, minutes: float, out: Path) -> None:
+    """Train one network (in this process) and save what it learned.  A run ``A+B`` starts from run
+    ``A``'s weights (a fresh optimiser) and trains on under condition ``B``; its steps and CPU count
+    both pieces."""
     from hybridopt.train.gradient import train_gradient
+    from hybridopt.train.result import TrainState
 
     extra = (f"train.cpu_minutes={minutes}", "train.steps=1000000", "train.eval_every=1000000", "train.threads=1")
-    cfg = config(network, condition, noise, extra)
-    r = train_gradient(cfg)
+    cfg = config(network, condition_of(run), noise, extra)
+    start, before = None, {"cpu_s": 0.0, "steps": 0, "episodes": 0}
+    if "+" in run:
+        before = torch.load(weights_path(out, network, run.rsplit("+", 1)[0]), weights_only=True)
+        start = TrainState(before["state_dict"], None, before["steps"], before["cpu_s"], before["episodes"])
+    r = train_gradient(cfg, start=start)
     if r.failed:
-        raise SystemExit(f"{network}/{condition}: training failed: {r.failure}")
+        raise SystemExit(f"{network}/{run}: training failed: {r.failure}")
     out.mkdir(parents=True, exist_ok=True)
+    cpu_s = before["cpu_s"] + r.cpu_time
     torch.save(
-        {"state_dict": r.state_dict, "cpu_s": r.cpu_time, "steps": r.steps, "episodes": r.episodes},
-        weights_path(out, network, condition),
+        {"state_dict": r.state_dict, "cpu_s": cpu_s, "steps": r.steps, "episodes": r.episodes},
+        weights_path(out, network, run),
     )
-    print(f"trained {network}/{condition}: {r.steps} steps, {r.cpu_time / 60:.2f} CPU-min, eval {r.fitness:.3f}")
+    print(f"trained {network}/{run}: {r.steps} steps, {cpu_s / 60:.2f} CPU-min, eval {r.fitness:.3f}")
+
+
+def runs(args: argparse.Namespace) -> list[str]:
+    """The runs to train and measure: one per condition, then (``--continued``) the continuations."""
+    return list(CONDITIONS) + (list(CONTINUATIONS) if args.continued else [])
 
 
 def train_all(args: argparse.Namespace) -> None:
     """Each training in a fresh process (a process's first compile counts in its own budget only)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for network in args.networks:
-        for condition in CONDITIONS:
-            if weights_path(args.out, network, condition).exists() and not args.retrain:
+        for run in runs(args):
+            if weights_path(args.out, network, run).exists() and not args.retrain:
                 continue
-            cmd = [sys.executable, __file__, "--train-one", network, condition, "--noise", str(args.noise)]
+            cmd = [sys.executable, __file__, "--train-one", network, run, "--noise", str(args.noise)]
             cmd += ["--minutes", str(args.minutes), "--out", str(args.out)]
             with locked(args.lock):
                 subprocess.run(cmd, env=env, check=True)
 
 
-def load(out: Path, network: str, trained: str, noise: float) -> tuple[Any, dict[str, Any]]:
-    """The network trained under ``trained`` (weights from ``out``) and what its training cost."""
-    saved = torch.load(weights_path(out, network, trained), weights_only=True)
-    _, net = build(config(network, trained, noise))
+def load(out: Path, network: str, run: str, noise: float) -> tuple[Any, dict[str, Any]]:
+    """The network of a run (weights from ``out``) and what its training cost."""
+    saved = torch.load(weights_path(out, network, run), weights_only=True)
+    _, net = build(config(network, condition_of(run), noise))
     net.load_state_dict(saved["state_dict"])
     net.eval()
     return net, saved
@@ -188,11 +211,11 @@ def accuracy_table(args: argparse.Namespace, network: str) -> list[str]:
         "|---|---|---|" + "---|" * len(conds),
     ]
     tasks = {c: make_task(config(network, c, args.noise).task) for c in conds}
-    for trained in conds:
+    for trained in runs(args):
         with locked(args.lock):
             net, saved = load(args.out, network, trained, args.noise)
             row = [cell(*accuracy(net, tasks[c], args.episodes, TEST_SEED)) for c in conds]
-        row[conds.index(trained)] = f"**{row[conds.index(trained)]}**"
+        row[conds.index(condition_of(trained))] = f"**{row[conds.index(condition_of(trained))]}**"
         lines.append(f"| {trained} | {saved['steps']} | {saved['cpu_s'] / 60:.2f} | " + " | ".join(row) + " |")
     obs = [cell(*observer_accuracy(tasks[c], args.episodes, TEST_SEED)) for c in conds]
     lines.append("| *observer* | - | - | " + " | ".join(obs) + " |")
@@ -347,6 +370,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--observer-episodes", type=int, default=1000)
     ap.add_argument("--lock", default=None, help="flock this file around each heavy piece")
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--continued", action="store_true", help="also train and measure the runs of CONTINUATIONS")
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--train-one", nargs=2, metavar=("NETWORK", "CONDITION"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -364,7 +388,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     lines += ["", f"(measurement: {(time.process_time() - t0) / 60:.2f} CPU-min)"]
     text = "\n".join(lines)
     print(text)
-    (args.out / "summary.md").write_text(text + "\n")
+    (args.out / f"summary_{'_'.join(args.networks)}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":
