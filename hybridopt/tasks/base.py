@@ -86,6 +86,8 @@ def observer_accuracy(task: Any, n_episodes: int, seed: int, batch_size: int = 2
     ``seed``, and its standard error ``sd / sqrt(n)`` over episodes.  Same seed, same figure."""
     if not has_observer(task):
         raise ValueError(f"task {task.name!r} declares no reference observer")
+    if n_episodes < 1:
+        raise ValueError(f"observer_accuracy needs at least one episode (got {n_episodes})")
     gen = torch.Generator().manual_seed(seed)
     ties = torch.Generator().manual_seed(seed + 1)
     fit = []

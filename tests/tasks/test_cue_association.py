@@ -152,6 +152,12 @@ def test_observer_is_near_perfect_clean_and_degrades_with_noise_without_losing_t
     assert 0.85 < figures[3][0] < figures[0][0] - 2 * math.hypot(figures[0][1], figures[3][1])
 
 
+def test_observer_accuracy_needs_an_episode():
+    task = make_task(parse_config({"task": {"name": "cue_association"}}).task)
+    with pytest.raises(ValueError, match="at least one episode"):
+        observer_accuracy(task, 0, seed=0)
+
+
 def test_observer_is_seeded():
     assert _observer(0.2) == _observer(0.2)
     task = make_task(parse_config({"task": {"name": "cue_association", "noise": 0.2}}).task)
