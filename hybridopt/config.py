@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_args
+from typing import Annotated, Any, ClassVar, Literal, Optional, TypeVar, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hybridopt.errors import ConfigError
 from hybridopt.snn.catalogue import PROJECTIONS, load_plugins
@@ -37,6 +37,16 @@ class Strict(BaseModel):
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[float, Field(gt=0.0)]
+T = TypeVar("T")
+
+
+def _distinct(v: list[T]) -> list[T]:
+    if len(set(v)) != len(v):
+        raise ValueError(f"has duplicates: {v}")
+    return v
+
+
+Distinct = Annotated[list[T], AfterValidator(_distinct)]  # a list that names each item once
 
 
 class PlasticityConfig(Strict):
@@ -63,6 +73,7 @@ class CueAssociationConfig(Strict):
     rate_off: Fraction = 0.0
     feedback_rate: Fraction = 0.8
     noise: Fraction = 0.0
+    noise_on: Distinct[Literal["cue", "feedback", "marker"]] = ["cue", "feedback", "marker"]
 
 
 class PatternMemoryConfig(Strict):
@@ -79,6 +90,9 @@ class PatternMemoryConfig(Strict):
     rate_on: Fraction = 0.5
     rate_off: Fraction = 0.0
     noise: Fraction = 0.0
+
+
+Condition = Literal["crippled_leg", "low_friction", "heavy_body"]
 
 
 class LocomotionConfig(Strict):
@@ -101,9 +115,7 @@ class LocomotionConfig(Strict):
     obs_gain: Positive = 1.0
     obs_clip: Positive = 5.0
     readout_scale: Positive = 0.1
-    conditions: list[Literal["crippled_leg", "low_friction", "heavy_body"]] = Field(
-        default_factory=lambda: ["crippled_leg", "low_friction", "heavy_body"]
-    )
+    conditions: Distinct[Condition] = ["crippled_leg", "low_friction", "heavy_body"]  # pydantic copies defaults
     crippled_leg: str = "back"
     friction_scale: Positive = 0.25
     torso_mass_scale: Positive = 1.5
@@ -114,8 +126,6 @@ class LocomotionConfig(Strict):
         from hybridopt.tasks.locomotion import check_env_and_leg
 
         check_env_and_leg(self.env_id, self.crippled_leg)
-        if len(set(self.conditions)) != len(self.conditions):
-            raise ValueError(f"conditions has duplicates: {self.conditions}")
         return self
 
 
@@ -136,9 +146,8 @@ class TrainConfig(Strict):
 
     The budget is ``steps`` optimiser steps of ``batch_size`` episodes, cut short after
     ``cpu_minutes`` of this process's CPU time (CPU, not wall time, so that budgets stay
-    comparable when several candidates share a machine).  At the end the network is measured on
-    ``test_episodes`` fresh episodes from seeds reserved for testing (``test/accuracy``); the
-    evaluation episodes, which a search selects on, are never those.
+    comparable when several candidates share a machine).  At the end: ``test/accuracy`` on
+    ``test_episodes`` fresh episodes of seeds reserved for testing (never the evaluation's).
     """
 
     steps: Annotated[int, Field(ge=1)] = 200
@@ -204,15 +213,12 @@ class GeneConfig(Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> GeneConfig:
-        if self.choices is not None:
-            if self.low is not None or self.high is not None or self.log or self.integer:
-                raise ValueError("a gene has either choices or low/high, not both")
-            if len(self.choices) < 1:
-                raise ValueError("choices must not be empty")
-            return self
-        if self.low is None or self.high is None:
+        ranged = self.low is not None or self.high is not None or self.log or self.integer
+        if self.choices is not None and (ranged or not self.choices):
+            raise ValueError("a gene has either choices (not empty) or low/high, not both")
+        if self.choices is None and (self.low is None or self.high is None):
             raise ValueError("a gene needs choices, or both low and high")
-        if not self.low < self.high:
+        if self.choices is None and not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
             raise ValueError("a log-scale gene needs low > 0")
@@ -313,9 +319,8 @@ def _format_error(err: ValidationError) -> str:
         if len(loc) >= 2 and loc[0] == "task" and loc[1] in TASK_NAMES:
             loc.pop(1)
         where = ".".join(loc) or "config"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-            msg = "unknown key"
+        unknown = e["type"] in ("extra_forbidden", "unexpected_keyword_argument")
+        msg = "unknown key" if unknown else e["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {msg}")
     return "; ".join(parts)
 
@@ -327,12 +332,11 @@ def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
         raise ConfigError(f"empty key {key!r}")
     node = raw
     for k in path[:-1]:
-        nxt = node.get(k)
-        if nxt is None:
-            nxt = node[k] = {}
-        if not isinstance(nxt, dict):
+        if node.get(k) is None:
+            node[k] = {}
+        if not isinstance(node[k], dict):
             raise ConfigError(f"{key}: {k!r} is not a section")
-        node = nxt
+        node = node[k]
     node[path[-1]] = value
 
 
@@ -378,9 +382,8 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
 
 
 def placement_overrides(name: str) -> list[str]:
-    """Overrides for a named plasticity placement: ``static`` (every projection static) or
-    ``<projection>:<rule>/<mode>`` (that projection plastic, the others static), e.g.
-    ``input:hebbian/neuromodulated``."""
+    """Overrides for a named placement: ``static`` (every projection static) or ``<projection>:<rule>/<mode>``
+    (that projection plastic, the others static), e.g. ``input:hebbian/neuromodulated``."""
     out = [f"plasticity.{p}.rule=none" for p in PROJECTIONS]
     if name != "static":
         try:

@@ -8,6 +8,7 @@ gradient, with observations normalised by running statistics (:class:`ObsNormali
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Protocol, runtime_checkable
@@ -24,10 +25,13 @@ __all__ = [
     "ControlTask",
     "ObsNormalizer",
     "ObsStats",
+    "Observer",
     "Rollout",
     "Task",
     "eval_seeds",
+    "has_observer",
     "make_task",
+    "observer_accuracy",
     "poisson_spikes",
     "register_task",
 ]
@@ -77,6 +81,37 @@ def register_task(name: str) -> Callable:
     return deco
 
 
+class Observer(Protocol):
+    """A task that declares a reference observer: a policy computed from the inputs alone, with
+    no training.  ``observe`` answers a batch as a readout ``y`` (``B x T x n_out``) that the
+    task's own :meth:`Task.fitness` scores like a network's; ``generator`` breaks its ties."""
+
+    def observe(self, batch: Batch, generator: torch.Generator) -> Tensor: ...
+
+
+def has_observer(task: Any) -> bool:
+    """Whether the task declares a reference observer (an ``observe`` method)."""
+    return callable(getattr(task, "observe", None))
+
+
+def observer_accuracy(task: Any, n_episodes: int, seed: int, batch_size: int = 256) -> tuple[float, float]:
+    """The observer's mean fitness over ``n_episodes`` episodes of the task's own generator seeded
+    ``seed``, and its standard error ``sd / sqrt(n)`` over episodes.  Same seed, same figure."""
+    if not has_observer(task):
+        raise ValueError(f"task {task.name!r} declares no reference observer")
+    if n_episodes < 1:
+        raise ValueError(f"observer_accuracy needs at least one episode (got {n_episodes})")
+    gen = torch.Generator().manual_seed(seed)
+    ties = torch.Generator().manual_seed(seed + 1)
+    fit = []
+    for start in range(0, n_episodes, batch_size):
+        batch = task.batch(min(batch_size, n_episodes - start), gen)
+        fit.append(task.fitness(task.observe(batch, ties), batch))
+    f = torch.cat(fit).double()
+    se = f.std().item() / math.sqrt(len(f)) if len(f) > 1 else math.nan
+    return f.mean().item(), se
+
+
 def make_task(cfg: Any) -> Task:
     """Build the task a config section describes (``cfg.name`` picks it)."""
     try:
@@ -85,11 +120,15 @@ def make_task(cfg: Any) -> Task:
         raise ValueError(f"unknown task {cfg.name!r}; known: {sorted(TASKS)}") from None
 
 
-def poisson_spikes(rate: Tensor, noise: float, generator: torch.Generator) -> Tensor:
+def poisson_spikes(rate: Tensor, noise: float | Tensor, generator: torch.Generator) -> Tensor:
     """Bernoulli spikes per step with probability ``rate``, plus independent noise spikes
-    with probability ``noise`` on every channel: ``s = 1[u1 < rate] OR 1[u2 < noise]``."""
+    with probability ``noise`` on every channel: ``s = 1[u1 < rate] OR 1[u2 < noise]``.
+
+    ``noise`` is one probability, or one per channel (a tensor broadcast over the last axis).
+    Either way the same uniforms ``u1``, ``u2`` are drawn, so a channel's spikes do not depend
+    on the noise of the others."""
     s = torch.rand(rate.shape, generator=generator) < rate
-    if noise > 0:
+    if bool(torch.as_tensor(noise).gt(0).any()):
         s = s | (torch.rand(rate.shape, generator=generator) < noise)
     return s.float()
 

@@ -9,6 +9,9 @@ averaged over the recall window) must reconstruct the full pattern.
 
 Loss: binary cross-entropy over all bits.  Fitness: accuracy on the *erased* bits (the
 shown ones could be copied through): chance is 50 %.
+
+The task declares a reference observer (:meth:`PatternMemory.observe`): the best completion
+from the shown patterns, read off the input spikes alone.
 """
 
 from __future__ import annotations
@@ -68,3 +71,29 @@ class PatternMemory:
         bits, erased = batch.target[:, 0], batch.target[:, 1]
         correct = ((self.logits(y) > 0).float() == bits).float()
         return (correct * erased).sum(1) / erased.sum(1)
+
+    def observe(self, batch: Batch, generator: torch.Generator) -> Tensor:
+        """The reference observer's completion as a readout (``B x T x bits``, ``±1`` per bit).
+
+        With ``d_i = (on_i - off_i)`` the spike count of bit ``i``'s "1" channel minus its "0"
+        channel (on and off fire alike for a silent pair, so noise adds nothing in expectation):
+
+        1. each shown pattern ``p`` is read as ``b_pi = 1[d_pi > 0]``, ``d_pi`` summed over its
+           ``repeats`` showings (a tie, the coin);
+        2. the probe, ``d_i`` over the recall window, picks the pattern that agrees with it most,
+           ``argmax_p sum_i d_i (2 b_pi - 1)`` (erased bits add only noise; a tie, the first);
+        3. the answer is that pattern's bits, shown and erased alike.
+
+        Clean, it fails only where two patterns agree on every shown bit of the probe."""
+        c = self.cfg
+        B, P, nb = batch.x.shape[0], c.n_patterns, c.pattern_bits
+        x = batch.x
+        d = x[..., :nb] - x[..., nb:]  # B x T x bits
+        shown = d[:, : c.repeats * P * self.slot].reshape(B, c.repeats, P, self.slot, nb)
+        evidence = shown[:, :, :, : c.show_steps].sum(dim=(1, 3))  # B x P x bits
+        coin = torch.rand(evidence.shape, generator=generator) < 0.5
+        bits = torch.where(evidence == 0, coin, evidence > 0).float()
+        probe = d[:, -c.recall_steps :].sum(1)  # B x bits
+        score = (probe.unsqueeze(1) * (2 * bits - 1)).sum(-1)  # B x P
+        best = bits[torch.arange(B), score.argmax(1)]
+        return (2 * best - 1).unsqueeze(1).expand(B, self.steps, nb).contiguous()

@@ -1,7 +1,10 @@
+import math
+
 import torch
 
 from hybridopt.config import parse_config
-from hybridopt.tasks import make_task
+from hybridopt.tasks import Batch, make_task
+from hybridopt.tasks.base import has_observer, observer_accuracy
 
 
 def make(**kw):
@@ -39,3 +42,31 @@ def test_fitness_counts_erased_bits_only():
     assert torch.equal(t.fitness(y, b), torch.ones(2))
     y[0, -3:, hidden] *= -1
     assert torch.allclose(t.fitness(y, b), torch.tensor([0.75, 1.0]))
+
+
+def _observer(noise: float, seed: int = 3) -> tuple[float, float]:
+    task = make_task(parse_config({"task": {"name": "pattern_memory", "noise": noise}}).task)
+    assert has_observer(task)
+    return observer_accuracy(task, 400, seed=seed)
+
+
+def test_observer_completes_from_the_shown_patterns_and_degrades_with_noise():
+    figures = [_observer(q) for q in (0.0, 0.1, 0.2, 0.3)]
+    assert figures[0][0] >= 0.99
+    for (m0, s0), (m1, s1) in zip(figures, figures[1:]):
+        assert m1 <= m0 + 2 * math.hypot(s0, s1)
+    assert 0.8 < figures[3][0] < figures[0][0] - 2 * math.hypot(figures[0][1], figures[3][1])
+    assert _observer(0.2) == figures[2] and _observer(0.2, seed=4) != figures[2]
+
+
+def test_observer_answers_with_a_shown_pattern_from_the_inputs_alone():
+    t = make()  # clean, rate_on 1: the completion is exact unless two patterns share the shown bits
+    b = t.batch(64, torch.Generator().manual_seed(2))
+    y = t.observe(b, torch.Generator().manual_seed(0))
+    assert torch.equal(y, t.observe(Batch(b.x, torch.zeros_like(b.target)), torch.Generator().manual_seed(0)))
+    assert y.shape == (64, t.steps, 8)
+    answer = (y[:, -1] > 0).float()
+    for i in range(64):
+        shown = [b.x[i, s * 3, :8] for s in range(3)]
+        assert any(torch.equal(p, answer[i]) for p in shown)
+    assert t.fitness(y, b).mean() > 0.9
