@@ -211,6 +211,10 @@ class Tracker:
         except Exception:  # noqa: BLE001 - MLflow raises its own kinds for an unknown id
             return None
 
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """A run's metrics, each at its latest step."""
+        return dict(self.client.get_run(run_id).data.metrics)
+
     def mark_running(self, run_id: str) -> None:
         """A run under way again (a resumed search's parent)."""
         self.client.update_run(run_id, status="RUNNING")

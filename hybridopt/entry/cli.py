@@ -227,7 +227,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from hybridopt.results.report import log_figures_safely
 
     log_figures_safely(tracker, out.parent_run_id)
-    _print_metrics(f"best candidate: fitness {out.best_fitness:.4f}", out.best_values, heading="gene")
+    _print_metrics(f"best candidate: {out.result_line()}", out.best_values, heading="gene")
     print(f"search run {out.parent_run_id} ({len(out.records)} candidates) in {tracker.uri}")
     print(_ui_hint(tracker.uri, experiment))
     print(f"table and figures: hybridopt report {experiment} --tracking-uri {tracker.uri}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -34,6 +35,14 @@ def searched_projections(view: SearchView) -> list[str]:
     return [g.split(".")[1] for g in view.genes if g.startswith("plasticity.") and g.endswith(".rule")]
 
 
+def _reference_lines(ax: Axes, chance: float | None, observer: float | None) -> None:
+    """Chance and the task's reference observer (what its inputs allow) as horizontal lines."""
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance {chance:.2f}")
+    if observer is not None:
+        ax.axhline(observer, color="green", ls=":", lw=1.2, label=f"observer {observer:.3f}")
+
+
 def search_progress(views: Sequence[SearchView], labels: Sequence[str] | None = None) -> Figure:
     """Best and mean fitness per generation, and the best against cumulative CPU time of training
     (one line per search: several searches compare side by side)."""
@@ -52,6 +61,12 @@ def search_progress(views: Sequence[SearchView], labels: Sequence[str] | None = 
         pts = [(cpu[g] / 60.0, b) for g, b in best if g in cpu]
         if pts:
             ax_c.plot(*zip(*pts), "o-", color=colour, label=label)
+        test = v.generations.get("test/accuracy", [])
+        if test:  # the winner on reserved test episodes, where selection ended
+            ax_g.plot(*zip(*test), "*", ms=12, color=colour, label=f"{label}: test {test[-1][1]:.3f}")
+    if len(views) == 1:
+        last = {k: h[-1][1] for k, h in views[0].generations.items() if k in ("test/chance", "test/observer") and h}
+        _reference_lines(ax_g, last.get("test/chance"), last.get("test/observer"))
     ax_g.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_g.set(xlabel="generation", ylabel="fitness", title="fitness per generation")
     ax_c.set(xlabel="CPU-minutes of training (all candidates)", ylabel="best fitness so far", title="best vs compute")
@@ -129,6 +144,10 @@ def learning_curves(view: TrainView) -> Figure:
         pts = view.curves.get(key, [])
         if pts:
             ax.plot(*zip(*pts), "-" if len(pts) > 20 else "o-", lw=1.2)
+        if key.endswith("/accuracy"):
+            _reference_lines(ax, view.metrics.get("test/chance"), view.metrics.get("test/observer"))
+            if ax.lines[1:]:
+                ax.legend(fontsize=7)
         ax.set(title=key, xlabel="step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -188,8 +188,8 @@ class Driver:
             return SearchOutcome(self.parent, {}, FAILED_FITNESS, s.records, s.best_history)
         rec, state_dict = s.best
         text = describe_search(self.cfg, self.space, self.record.command, rec)
-        self.record.finish(rec, self.space.config_for(self.cfg, rec.genome), state_dict, text, self.generation)
-        return SearchOutcome(self.parent, rec.genome, s.best_fitness, s.records, s.best_history)
+        test = self.record.finish(rec, self.space.config_for(self.cfg, rec.genome), state_dict, text, self.generation)
+        return SearchOutcome(self.parent, rec.genome, s.best_fitness, s.records, s.best_history, test)
 
 
 def run_search(

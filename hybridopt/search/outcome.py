@@ -80,14 +80,31 @@ class Standings:
 
 @dataclass
 class SearchOutcome:
-    """What a search returns: its parent run, the best genome and fitness, every candidate, and
-    the best fitness after each generation."""
+    """What a search returns: its parent run, the best genome and fitness, every candidate, the
+    best fitness after each generation, and the winner's measures on reserved test episodes."""
 
     parent_run_id: str
     best_values: dict[str, Any]
     best_fitness: float
     records: list[CandidateRecord] = field(default_factory=list)
     best_history: list[float] = field(default_factory=list)
+    test: dict[str, float] = field(default_factory=dict)  # the winner on reserved test episodes
+
+    def result_line(self) -> str:
+        """The search's result in words: test accuracy with its standard error, beside the
+        selection figure, chance and the observer where they are known."""
+        t = self.test
+        if "test/accuracy" not in t:
+            return f"selection fitness {self.best_fitness:.4f} (its own evaluation episodes)"
+        line = (
+            f"test accuracy {t['test/accuracy']:.4f} ± {t.get('test/accuracy_se', float('nan')):.4f} "
+            f"on {t.get('test/episodes', 0):.0f} fresh episodes (selection fitness {self.best_fitness:.4f})"
+        )
+        if "test/chance" in t:
+            line += f"; chance {t['test/chance']:.3f}"
+        if "test/observer" in t:
+            line += f", observer reading the same inputs {t['test/observer']:.3f}"
+        return line
 
 
 def describe_search(

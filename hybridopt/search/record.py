@@ -88,9 +88,10 @@ class SearchRecord:
 
     def finish(
         self, best: CandidateRecord, best_cfg: Config, state_dict: dict[str, Any], description: str, generation: int
-    ) -> None:
+    ) -> dict[str, float]:
         """The search ends with a winner: its genome, config and weights as the parent's artifacts,
-        its fitness as the parent's ``fitness`` at the search's last ``generation``."""
+        its fitness as the parent's ``fitness`` at the search's last ``generation``, and its
+        ``test/*`` measures (returned)."""
         assert best.fitness is not None, "the winner finished"
         genome = best.genome
         self.tracker.log_artifact_bytes(self.parent, ARTIFACT_BEST_GENOME, yaml.safe_dump(genome).encode())
@@ -98,9 +99,13 @@ class SearchRecord:
         self.tracker.log_artifact_bytes(self.parent, ARTIFACT_BEST_CONFIG, best_yaml)
         self.tracker.log_artifact_bytes(self.parent, ARTIFACT_WEIGHTS, weights_bytes(best_cfg, state_dict))
         self.tracker.set_tags(self.parent, {TAG_BEST_GENOME: GenomeSpace.describe(genome), TAG_BEST_RUN: best.run_id})
-        self.tracker.log_metrics(self.parent, {METRIC_FITNESS: best.fitness}, step=generation)
+        # the winner re-measured on fresh episodes of reserved seeds: the search's result, beside
+        # the selection figure (its own evaluation episodes chose it, so they flatter it)
+        test = {k: v for k, v in self.tracker.run_metrics(best.run_id).items() if k.startswith("test/")}
+        self.tracker.log_metrics(self.parent, {METRIC_FITNESS: best.fitness, **test}, step=generation)
         describe(self.tracker, self.parent, description)
         self.tracker.end_run(self.parent, "FINISHED")
+        return test
 
     def fail(self, reason: str) -> None:
         """The search ends without a winner."""

@@ -20,6 +20,7 @@ from hybridopt.config import Config, network_spec
 from hybridopt.snn.kernels import KernelBudget
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Batch, Task, make_task
+from hybridopt.tasks.base import has_observer, observer_accuracy
 from hybridopt.train.result import ProgressEvent, ProgressFn, TrainResult, TrainState
 
 __all__ = [
@@ -110,7 +111,23 @@ def test_accuracy(net: PlasticSNN, task: Task, cfg: Config, episodes: int) -> di
         left -= batch.x.shape[0]
     f = torch.cat(fits)
     se = f.std().item() / math.sqrt(len(f)) if len(f) > 1 else float("nan")
-    return {"test/accuracy": f.mean().item(), "test/accuracy_se": se, "test/episodes": float(len(f))}
+    out = {"test/accuracy": f.mean().item(), "test/accuracy_se": se, "test/episodes": float(len(f))}
+    out["test/chance"] = float(task.chance)
+    if has_observer(task):  # what the inputs allow: the task's reference observer on the same episodes
+        out["test/observer"], out["test/observer_se"] = _observer(task, cfg.task.model_dump_json(), episodes, cfg.seed)
+    return out
+
+
+_observed: dict[tuple[str, int, int], tuple[float, float]] = {}
+
+
+def _observer(task: Task, task_json: str, episodes: int, seed: int) -> tuple[float, float]:
+    """The observer's score on the test episodes, the network's own (once per task config and
+    seed in a process: a worker's candidates share it)."""
+    key = (task_json, episodes, seed)
+    if key not in _observed:
+        _observed[key] = observer_accuracy(task, episodes, TEST_SEED_OFFSET + seed)
+    return _observed[key]
 
 
 def _cpu_state(obj: Any) -> Any:

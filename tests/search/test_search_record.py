@@ -65,6 +65,13 @@ def test_search_logs_parent_and_children(reference):
     assert best[-1] == max(c.data.metrics["fitness"] for c in children)
     assert "mean_fitness" in parent.data.metrics
     assert parent.data.metrics["candidates"] == len(children)  # every generation's, not the last one's
+    # the search's result: the winner re-measured on reserved test episodes, beside chance and the
+    # observer reading the same inputs (every child carries its own)
+    winner = next(c for c in children if c.info.run_id == parent.data.tags["hybridopt.best_run"])
+    for key in ("test/accuracy", "test/accuracy_se", "test/episodes", "test/chance", "test/observer"):
+        assert parent.data.metrics[key] == winner.data.metrics[key], key
+    assert all("test/accuracy" in c.data.metrics for c in children)
+    assert parent.data.metrics["test/observer"] > 0.9 and parent.data.metrics["test/chance"] == 0.5
     # lineage: generation 0 trains from scratch; later children start from a finished earlier candidate's
     # trained state, their curves going on from its step, their budget counting its CPU seconds
     by_id = {c.info.run_id: c for c in children}
