@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "cue_association_search.yaml"
 
 
+METRICS = ("train_steps", "compile_cpu_s", "fitness", "cpu_time_s")
+
+
 def run_generation(work: Path, caches: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """One generation-0 search in ``work`` with kernel caches under ``caches``; per candidate
     (its genome's label) the child's metrics."""
@@ -58,7 +61,8 @@ def run_generation(work: Path, caches: Path, args: argparse.Namespace) -> dict[s
     runs = client.search_runs([exp.experiment_id], "tags.`hybridopt.kind` = 'candidate'")
     return {
         r.data.tags.get("mlflow.runName", r.info.run_id): {
-            k: r.data.metrics.get(k, float("nan")) for k in ("train_steps", "compile_cpu_s", "fitness", "cpu_time_s")
+            "status": r.info.status,
+            **{k: r.data.metrics.get(k, float("nan")) for k in METRICS},
         }
         for r in runs
     }
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
             work.mkdir()
             results[name] = run_generation(work, caches, args)
     cold, warm = results["cold"], results["warm"]
-    print(f"{'candidate':<28} {'steps cold':>10} {'steps warm':>10} {'compile s cold':>14} {'compile s warm':>14}")
+    head = f"{'candidate':<28} {'steps cold':>10} {'steps warm':>10} {'compile s cold':>14} {'compile s warm':>14}"
+    print(head, "status")
     total = {"cold": 0.0, "warm": 0.0}
     for name in sorted(cold):
         c, w = cold[name], warm.get(name, {})
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         total["warm"] += w.get("train_steps", float("nan"))
         print(
             f"{name:<28} {c['train_steps']:>10.0f} {w.get('train_steps', float('nan')):>10.0f} "
-            f"{c['compile_cpu_s']:>14.2f} {w.get('compile_cpu_s', float('nan')):>14.2f}"
+            f"{c['compile_cpu_s']:>14.2f} {w.get('compile_cpu_s', float('nan')):>14.2f} {c['status']}/{w.get('status')}"
         )
     print(f"steps trained cold / warm: {total['cold'] / total['warm']:.3f}")
 
