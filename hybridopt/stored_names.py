@@ -34,6 +34,7 @@ __all__ = [
     "ARTIFACT_SUMMARY",
     "ARTIFACT_WEIGHTS",
     "GENERATION_METRICS",
+    "TEST_METRICS",
     "KIND_CANDIDATE",
     "KIND_SEARCH",
     "KIND_TRAIN",
@@ -86,8 +87,17 @@ METRIC_CPU_TIME_S = "cpu_time_s"  # the run's own training
 METRIC_BUDGET_CPU_S = "budget_cpu_s"  # the training behind a candidate's state, inherited included
 METRIC_BEST_FITNESS = "best_fitness"  # a search's best so far, per generation (step = generation)
 METRIC_FINAL_FITNESS = "final_fitness"  # the winner's further training (step = generations)
+# The winner on reserved test episodes, beside chance and the task's observer (logged at the last generation).
+TEST_METRICS = (
+    "test/accuracy",
+    "test/accuracy_se",
+    "test/episodes",
+    "test/chance",
+    "test/observer",
+    "test/observer_se",
+)
 # A search's per-generation metrics (step = generation), as its parent run holds them.
-GENERATION_METRICS = (METRIC_BEST_FITNESS, "mean_fitness", "cpu_s", "failed", "candidates_in_generation")
+GENERATION_METRICS = (METRIC_BEST_FITNESS, "mean_fitness", "cpu_s", "failed", "candidates_in_generation", *TEST_METRICS)
 
 # Artifacts.
 ARTIFACT_CONFIG = "config.yaml"  # the resolved config of a run

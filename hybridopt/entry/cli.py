@@ -227,7 +227,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from hybridopt.results.report import log_figures_safely
 
     log_figures_safely(tracker, out.parent_run_id)
-    _print_metrics(f"best candidate: {out.result_line()}", out.best_values, heading="gene")
+    _print_metrics(f"best candidate: fitness {out.best_fitness:.4f}", out.best_values, heading="gene")
+    print(f"result: {out.result_line()}")
     print(f"search run {out.parent_run_id} ({len(out.records)} candidates) in {tracker.uri}")
     print(_ui_hint(tracker.uri, experiment))
     print(f"table and figures: hybridopt report {experiment} --tracking-uri {tracker.uri}")
@@ -256,7 +257,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_reachable(uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise TrackingError(f"no tracking store at {uri}")  # reading must not create an empty one
-    from hybridopt.results.report import search_table, train_summary, write_report
+    from hybridopt.results.report import search_table, search_test_line, train_summary, write_report
     from hybridopt.results.store import SearchView
 
     out = Path(args.out)
@@ -274,6 +275,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             for r in rows[: args.top]:
                 table.add_row(*r.values())
             console.print(table)
+            if search_test_line(v):
+                print(f"result: {search_test_line(v)}")
         else:
             _print_metrics(f"{v.experiment}: {v.name} ({v.status})", train_summary(v))
     print(f"figures in {out.resolve()}" + (f", table in {Path(args.csv).resolve()}" if args.csv else ""))

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from hybridopt.results import plots
 from hybridopt.results.store import SearchView, TrainView, find
 from hybridopt.search.genome import GenomeSpace
+from hybridopt.search.outcome import test_line
 from hybridopt.snn.catalogue import PROJECTIONS
 from hybridopt.stored_names import ARTIFACT_SUMMARY, TAG_COMMAND
 
@@ -97,6 +98,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} svg{{max-width:1
 <h2>{html.escape(view.experiment)}: {html.escape(view.name)}</h2>
 <p>Status {html.escape(view.status)}; {len(view.candidates)} candidates; searched: {genes}.</p>
 <p><b>Best</b> ({fitness}): {html.escape(genome)}</p>
+<p><b>Result</b>: {html.escape(search_test_line(view) or "not measured on test episodes")}</p>
 {f"<p>Reproduce: <code>{html.escape(command)}</code></p>" if command else ""}
 {_svg(figs["search_progress.png"])}
 {_svg(figs["candidates.png"])}
@@ -185,9 +187,18 @@ def write_report(uri: str, targets: Sequence[str], out: Path, csv_path: Path | N
     return views
 
 
+def search_test_line(view: SearchView) -> str:
+    """The search's result: its winner on reserved test episodes, and the selection figure."""
+    last = {k: h[-1][1] for k, h in view.generations.items() if k.startswith("test/") and h}
+    best = view.generations.get("best_fitness", [])
+    selection = f"selection fitness {best[-1][1]:.4f}" if best else ""
+    return "; ".join(x for x in (test_line(last), selection) if x)
+
+
 def train_summary(view: TrainView) -> dict[str, str]:
     """A train run's closing numbers for the terminal."""
-    keys = ("fitness", "eval/accuracy", "eval/return/standard", "cpu_time_s", "train_steps")
+    keys = ("fitness", "eval/accuracy", "test/accuracy", "test/accuracy_se", "test/chance", "test/observer")
+    keys += ("eval/return/standard", "cpu_time_s", "train_steps")
     return {k: _fmt(view.metrics[k]) for k in keys if k in view.metrics and math.isfinite(view.metrics[k])}
 
 

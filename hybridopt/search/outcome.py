@@ -11,7 +11,7 @@ from hybridopt.config import Config
 from hybridopt.search.genome import GenomeSpace
 from hybridopt.stored_names import METRIC_BEST_FITNESS, METRIC_FINAL_FITNESS, CandidateRecord
 
-__all__ = ["SearchOutcome", "Standings", "describe_search"]
+__all__ = ["SearchOutcome", "Standings", "describe_search", "test_line"]
 
 
 class Standings:
@@ -78,6 +78,20 @@ class Standings:
         return float(sum(r.cpu_s for r in self.records))
 
 
+def test_line(metrics: dict[str, float]) -> str:
+    """A network's result in words: test accuracy on reserved episodes with its standard error,
+    beside chance and the observer reading the same inputs ("" when it was not measured)."""
+    if "test/accuracy" not in metrics:
+        return ""
+    line = f"test accuracy {metrics['test/accuracy']:.4f} ± {metrics.get('test/accuracy_se', math.nan):.4f}"
+    line += f" on {metrics.get('test/episodes', 0):.0f} fresh episodes"
+    if "test/chance" in metrics:
+        line += f"; chance {metrics['test/chance']:.3f}"
+    if "test/observer" in metrics:
+        line += f", observer reading the same inputs {metrics['test/observer']:.3f}"
+    return line
+
+
 @dataclass
 class SearchOutcome:
     """What a search returns: its parent run, the best genome and fitness, every candidate, the
@@ -93,18 +107,9 @@ class SearchOutcome:
     def result_line(self) -> str:
         """The search's result in words: test accuracy with its standard error, beside the
         selection figure, chance and the observer where they are known."""
-        t = self.test
-        if "test/accuracy" not in t:
-            return f"selection fitness {self.best_fitness:.4f} (its own evaluation episodes)"
-        line = (
-            f"test accuracy {t['test/accuracy']:.4f} ± {t.get('test/accuracy_se', float('nan')):.4f} "
-            f"on {t.get('test/episodes', 0):.0f} fresh episodes (selection fitness {self.best_fitness:.4f})"
-        )
-        if "test/chance" in t:
-            line += f"; chance {t['test/chance']:.3f}"
-        if "test/observer" in t:
-            line += f", observer reading the same inputs {t['test/observer']:.3f}"
-        return line
+        test = test_line(self.test)
+        selection = f"selection fitness {self.best_fitness:.4f} (its own evaluation episodes)"
+        return f"{test} ({selection})" if test else selection
 
 
 def describe_search(

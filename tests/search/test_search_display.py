@@ -38,10 +38,15 @@ def test_a_search_shows_its_candidates_and_ends_with_figures_and_where_to_look(r
     page = Path(client.download_artifacts(parent.info.run_id, "summary.html", str(tmp_path))).read_text()
     assert page.count("<svg") == 2 and parent.data.tags["hybridopt.best_genome"].split()[0] in page
     assert "Reproduce: `hybridopt search" in parent.data.tags["mlflow.note.content"]
-    # the generation curves are the only series on the parent (no per-family counts)
+    # the generation curves and the winner's test measure are the only series on the parent
+    test = {"test/accuracy", "test/accuracy_se", "test/episodes", "test/chance", "test/observer", "test/observer_se"}
     assert set(parent.data.metrics) == {
-        "best_fitness", "mean_fitness", "failed", "cpu_s", "candidates", "candidates_in_generation", "fitness"
+        "best_fitness", "mean_fitness", "failed", "cpu_s", "candidates", "candidates_in_generation", "fitness", *test
     }  # fmt: skip
+    # the search's result, said as such: the test measure beside the selection figure, chance, the observer
+    acc = parent.data.metrics["test/accuracy"]
+    assert f"test accuracy {acc:.4f} ±" in out and "(selection fitness" in out and "observer reading" in out
+    assert "<b>Result</b>: test accuracy" in page
     # hybridopt report: the ranked table from the store alone, and the same figures
     rep = subprocess.run(
         [sys.executable, "-m", "hybridopt", "report", "smoke_search", "--tracking-uri", store,
@@ -60,6 +65,7 @@ def test_a_search_shows_its_candidates_and_ends_with_figures_and_where_to_look(r
         max(c.data.metrics["fitness"] for c in children), abs=1e-4
     )
     assert rows[0]["candidate"] in rep.stdout and "genes that differ" in rep.stdout
+    assert f"result: test accuracy {acc:.4f} ±" in rep.stdout and "selection fitness" in rep.stdout
     # a name the store does not hold: one line, exit 2
     bad = subprocess.run(
         [sys.executable, "-m", "hybridopt", "report", "no_such_search", "--tracking-uri", store],
