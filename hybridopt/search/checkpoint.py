@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from hybridopt.errors import CheckpointError
+from hybridopt.config import parse_config
+from hybridopt.errors import CheckpointError, ConfigError
 from hybridopt.safeload import load_data
 from hybridopt.stored_names import CandidateRecord
 
@@ -77,7 +78,13 @@ def load_checkpoint(path: Union[str, Path], config: dict[str, Any]) -> dict[str,
     state = load_data(p, "search checkpoint", CheckpointError)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a hybridopt search checkpoint")
-    diff = _diff(comparable_config(state["config"]), comparable_config(config))
+    # the stored config read through today's schema: a key added since (with its default) is no
+    # difference, so a checkpoint of an earlier release still resumes
+    try:
+        stored = parse_config(state["config"]).model_dump(mode="json")
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {p}: its config is no longer valid ({e})") from None
+    diff = _diff(comparable_config(stored), comparable_config(parse_config(config).model_dump(mode="json")))
     if diff:
         raise CheckpointError(f"checkpoint {p} was written for another config (differs at: {', '.join(diff[:5])})")
     return state
