@@ -78,13 +78,16 @@ def load_checkpoint(path: Union[str, Path], config: dict[str, Any]) -> dict[str,
     state = load_data(p, "search checkpoint", CheckpointError)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a hybridopt search checkpoint")
-    # the stored config read through today's schema: a key added since (with its default) is no
-    # difference, so a checkpoint of an earlier release still resumes
+    if state["config"] == config:
+        return state
+    # both read through today's schema: a key added since an earlier release (at its default) is
+    # no difference, so that release's checkpoints still resume
     try:
         stored = parse_config(state["config"]).model_dump(mode="json")
+        current = parse_config(config).model_dump(mode="json")
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {p}: its config is no longer valid ({e})") from None
-    diff = _diff(comparable_config(stored), comparable_config(parse_config(config).model_dump(mode="json")))
+    diff = _diff(comparable_config(stored), comparable_config(current))
     if diff:
         raise CheckpointError(f"checkpoint {p} was written for another config (differs at: {', '.join(diff[:5])})")
     return state
