@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -457,39 +458,45 @@ struct Seq {
         const T* __restrict__ Ep = M == RETRO ? E_prev + row : nullptr;
         const T* __restrict__ En = M == RETRO ? E_new + row : nullptr;
         const T xi = xpre_t[(size_t)b * I + i], si = pre[(size_t)b * I + i];
-        T Rs = 0, R2 = 0, gMi = 0, gEi = 0, gAi = 0;
         const T an = F > 0 ? a_next[(size_t)b * I + i] : T(0);
         const T* __restrict__ Al = c(p.alpha) + (size_t)i * J;
         T* __restrict__ gal = m(p.g_alpha) + (size_t)i * J;
         const T* __restrict__ gn = F > 0 ? g_next + (size_t)b * J : nullptr;
+        // A row whose input is silent at t + 1 adds nothing to the next step's current, whose
+        // part (a read-modify-write of g_alpha) is then left out of the row's pass.
+        auto sweep = [&](auto carry, T& Rs, T& R2, T& gMi, T& gEi, T& gAi) {
 #pragma omp simd reduction(+ : Rs, R2, gMi, gEi, gAi)
-        for (int j = 0; j < J; ++j) {
-          T gin = g[j];
-          if constexpr (F > 0) {  // the next step's current
-            const T pg = an * gn[j];
-            gin += Al[j] * pg;
-            gal[j] += pg * Hn[j];
+          for (int j = 0; j < J; ++j) {
+            T gin = g[j];
+            if constexpr (decltype(carry)::value) {  // the next step's current
+              const T pg = an * gn[j];
+              gin += Al[j] * pg;
+              gal[j] += pg * Hn[j];
+            }
             if constexpr (F == 2) gAi += Al[j] * Hn[j] * gn[j];
+            const T gU = (Hn[j] > -h && Hn[j] < h) ? gin : T(0);
+            T gX;
+            if constexpr (M == RETRO) {
+              gX = ge[j] + Mb * gU;  // the total gradient on the new E
+              gMi += gU * En[j];
+              gEi += gX * Ep[j];
+              ge[j] = (T(1) - cc) * gX;
+            } else {
+              gX = gU;
+            }
+            g[j] = R == OJA ? gU + gX * hs[j] : gU;
+            Y[j] += gX * xi;
+            Rs += gX * wR[j];
+            if constexpr (R == OJA) Z[j] += gX * Hp[j];
+            if constexpr (R == STDP) {
+              Y2[j] += gX * si;
+              R2 += gX * w2[j];
+            }
           }
-          const T gU = (Hn[j] > -h && Hn[j] < h) ? gin : T(0);
-          T gX;
-          if constexpr (M == RETRO) {
-            gX = ge[j] + Mb * gU;  // the total gradient on the new E
-            gMi += gU * En[j];
-            gEi += gX * Ep[j];
-            ge[j] = (T(1) - cc) * gX;
-          } else {
-            gX = gU;
-          }
-          g[j] = R == OJA ? gU + gX * hs[j] : gU;
-          Y[j] += gX * xi;
-          Rs += gX * wR[j];
-          if constexpr (R == OJA) Z[j] += gX * Hp[j];
-          if constexpr (R == STDP) {
-            Y2[j] += gX * si;
-            R2 += gX * w2[j];
-          }
-        }
+        };
+        T Rs = 0, R2 = 0, gMi = 0, gEi = 0, gAi = 0;
+        if (F > 0 && an != T(0)) sweep(std::integral_constant<bool, (F > 0)>{}, Rs, R2, gMi, gEi, gAi);
+        else sweep(std::false_type{}, Rs, R2, gMi, gEi, gAi);
         gM += gMi;
         g_c -= double(gEi);
         if constexpr (F == 2) ga_next[(size_t)b * I + i] += gAi;
