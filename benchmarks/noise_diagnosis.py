@@ -268,7 +268,7 @@ def probe(net: Any, task: Any, clean_task: Any, episodes: int, seed: int) -> dic
         features = torch.cat([x, s], dim=1)
         for n in names:
             p, ps = getattr(params, n), spec.projection(n)
-            M = modulator_signal(features, p.w_M, p.b_M)
+            M, _ = modulator_signal(features, p.w_M, p.b_M, getattr(old, n).drive, ps.modulator_tau)
             a = acc[n]
             a["M"].append(M)
             if p.mod.mod_a is not None:

@@ -173,6 +173,7 @@ class PlasticSNN(nn.Module):
                 self.spec.projection(name).modulation,
                 batch,
                 *self.spec.shape(name),
+                filtered=self.spec.projection(name).filtered,
                 device=dev,
                 dtype=dt,
             )

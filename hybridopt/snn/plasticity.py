@@ -75,7 +75,8 @@ class PlasticState(NamedTuple):
     """Per-sample state of one plastic projection.
 
     ``H``: ``B x I x J``; traces ``B x I`` and ``B x J``; ``E`` (eligibility, retroactive
-    mode only) ``B x I x J``; ``phi`` (BCM sliding threshold only) ``B x J``.
+    mode only) ``B x I x J``; ``phi`` (BCM sliding threshold only) ``B x J``; ``drive`` (a
+    filtered neuromodulator only, see :func:`modulator_signal`) ``B``.
     """
 
     H: Tensor
@@ -83,6 +84,7 @@ class PlasticState(NamedTuple):
     post_trace: Tensor
     E: Optional[Tensor] = None
     phi: Optional[Tensor] = None
+    drive: Optional[Tensor] = None
 
 
 def clip_state(U: Tensor, h_max: float) -> Tensor:
@@ -105,9 +107,21 @@ def clip_state(U: Tensor, h_max: float) -> Tensor:
 
 
 # --------------------------------------------------------------------------- a plastic projection
-def modulator_signal(features: Tensor, w_M: Tensor, b_M: Tensor) -> Tensor:
-    """Neuromodulator ``M_t = tanh(w_M · z_t + b_M)``, one scalar per sample (``B``)."""
-    return torch.tanh(features @ w_M + b_M)
+def modulator_signal(
+    features: Tensor, w_M: Tensor, b_M: Tensor, drive: Optional[Tensor] = None, tau: float = 1.0
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Neuromodulator ``M_t``, one scalar per sample (``B``), and the filter's new value.
+
+    Unfiltered (``drive`` is ``None``): ``M_t = tanh(w_M · z_t + b_M)``.  Filtered over ``tau``
+    steps, from the previous value ``zbar_{t-1}`` (``drive``)::
+
+        zbar_t = zbar_{t-1} + (w_M · z_t + b_M - zbar_{t-1}) / tau,    M_t = tanh(zbar_t)
+    """
+    z = features @ w_M + b_M
+    if drive is None:
+        return torch.tanh(z), None
+    zbar = drive + (z - drive) / tau
+    return torch.tanh(zbar), zbar
 
 
 def plastic_current(pre: Tensor, W: Tensor, alpha: Optional[Tensor], H: Optional[Tensor]) -> Tensor:
@@ -119,9 +133,18 @@ def plastic_current(pre: Tensor, W: Tensor, alpha: Optional[Tensor], H: Optional
 
 
 def plastic_initial_state(
-    rule: str, mode: str, batch: int, n_pre: int, n_post: int, *, device=None, dtype=torch.float32
+    rule: str,
+    mode: str,
+    batch: int,
+    n_pre: int,
+    n_post: int,
+    *,
+    filtered: bool = False,
+    device=None,
+    dtype=torch.float32,
 ) -> Optional[PlasticState]:
-    """Zero plastic state for one projection; ``None`` for a static (``rule='none'``) one."""
+    """Zero plastic state for one projection; ``None`` for a static (``rule='none'``) one.
+    ``filtered``: its neuromodulator's drive is filtered (a ``drive`` of zeros)."""
     if rule == "none":
         return None
     z = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
@@ -131,6 +154,7 @@ def plastic_initial_state(
         post_trace=z(batch, n_post),
         E=z(batch, n_pre, n_post) if MODES[mode].has_eligibility else None,
         phi=z(batch, n_post) if RULES[rule].has_threshold else None,
+        drive=z(batch) if filtered else None,
     )
 
 

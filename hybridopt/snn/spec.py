@@ -52,7 +52,12 @@ Positive = Annotated[float, Field(gt=0.0)]
 class ProjectionSpec:
     """How one projection is plastic: rule family, modulation mode, initial coefficients.
     ``rule='none'`` makes it static.  ``coefficients`` overrides the initial values of the rule's
-    own learned coefficients (e.g. ``{"tau_phi": 50.0}`` for BCM)."""
+    own learned coefficients (e.g. ``{"tau_phi": 50.0}`` for BCM).
+
+    ``modulator_tau`` (modulated modes): the neuromodulator's drive is low-pass filtered over
+    that many steps before its ``tanh``, ``zbar_t = zbar_{t-1} + (w_M . z_t + b_M - zbar_{t-1}) / tau``,
+    ``M_t = tanh(zbar_t)``, so that it follows a count of its inputs rather than each step's
+    spikes; ``1`` (the default) is the unfiltered ``M_t = tanh(w_M . z_t + b_M)``."""
 
     rule: str = "none"
     modulation: str = "plain"
@@ -62,6 +67,7 @@ class ProjectionSpec:
     eta_E_init: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     h_max: Positive = 1.0
     trace_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.8
+    modulator_tau: Annotated[float, Field(ge=1.0)] = 1.0
     coefficients: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @field_validator("rule", "modulation")
@@ -86,6 +92,12 @@ class ProjectionSpec:
         from hybridopt.snn.modes import MODES
 
         return self.plastic and MODES[self.modulation].needs_modulator
+
+    @property
+    def filtered(self) -> bool:
+        """Whether its neuromodulator's drive is low-pass filtered (``modulator_tau > 1``): the
+        filter's value ``zbar`` is then part of the plastic state."""
+        return self.modulated and self.modulator_tau > 1.0
 
 
 @dataclass(frozen=True, config=_STRICT)

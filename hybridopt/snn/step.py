@@ -104,10 +104,15 @@ def _projection_update(
 ) -> Optional[PlasticState]:
     if st is None:
         return None
-    M = modulator_signal(features, p.w_M, p.b_M) if spec.modulated else None
+    M = drive = None
+    if spec.modulated:  # a filtered one starts from zero where the state has no filter yet
+        if spec.filtered:
+            drive = st.drive if st.drive is not None else features.new_zeros(features.shape[0])
+        M, drive = modulator_signal(features, p.w_M, p.b_M, drive, spec.modulator_tau)
     if tape is not None:
-        return fused_plasticity_step(tape, st, pre, post, trace_decay=trace_decay, coeffs=p.coeffs, mod=p.mod, M=M)
-    return plasticity_step(
+        new = fused_plasticity_step(tape, st, pre, post, trace_decay=trace_decay, coeffs=p.coeffs, mod=p.mod, M=M)
+        return new if drive is None else new._replace(drive=drive)
+    new = plasticity_step(
         spec.rule,
         spec.modulation,
         st,
@@ -119,6 +124,7 @@ def _projection_update(
         mod=p.mod,
         M=M,
     )
+    return new if drive is None else new._replace(drive=drive)
 
 
 def network_step(

@@ -74,7 +74,37 @@ def test_native_continues_from_a_state_and_differentiates_it():
         input=ProjectionSpec(rule="bcm", modulation="retroactive", **PLASTIC),
         recurrent=ProjectionSpec(rule="oja", modulation="neuromodulated", **PLASTIC),
     )
-    net = PlasticSNN(spec, seed=2).double()
+    _continue_and_differentiate(spec, seed=2, extra=lambda final: final.input.phi.sum())
+
+
+def test_a_filtered_neuromodulator_runs_natively_continues_and_differentiates_its_filter():
+    spec = _spec(
+        kernel="reference",
+        input=ProjectionSpec(rule="stdp", modulation="neuromodulated", modulator_tau=4.0, **PLASTIC),
+        recurrent=ProjectionSpec(rule="hebbian", modulation="retroactive", modulator_tau=2.5, **PLASTIC),
+    )
+    net = PlasticSNN(spec, seed=3).double()
+    assert net.initial_state(2).input.drive.shape == (2,)
+    start = _continue_and_differentiate(spec, seed=3, extra=lambda final: final.input.drive.square().sum())
+    assert start.input.drive.abs().max() > 0.05  # the filter carried a value from the first part
+    # the filter changes what the network does, on every kernel alike
+    x = _input(steps=40, seed=8).double()
+    outs = {}
+    for tau in (1.0, 4.0):
+        proj = dataclasses.replace(spec.input, modulator_tau=tau)
+        for kernel in ("reference", "native", "fused"):
+            net.spec = dataclasses.replace(spec, input=proj, kernel=kernel)
+            with torch.no_grad():
+                outs[tau, kernel] = net(x)[0]
+    torch.testing.assert_close(outs[4.0, "native"], outs[4.0, "reference"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(outs[4.0, "fused"], outs[4.0, "reference"], rtol=1e-10, atol=1e-12)
+    assert (outs[4.0, "native"] - outs[1.0, "native"]).abs().max() > 1e-3
+
+
+def _continue_and_differentiate(spec, seed, extra):
+    """Run 37 steps, then 23 more from that state on the reference and the native kernel: the
+    outputs' gradients on every tensor of the state agree.  Returns the middle state."""
+    net = PlasticSNN(spec, seed=seed).double()
     with torch.no_grad():
         _, _, mid = net(_input(steps=37, seed=4).double())  # a state worth continuing from
 
@@ -91,13 +121,15 @@ def test_native_continues_from_a_state_and_differentiates_it():
         net.spec = dataclasses.replace(net.spec, kernel=kernel)
         start = leaves()
         y, s, final = net(_input(steps=23, seed=6).double(), start)
-        loss = y.square().sum() + s.sum() + final.input.phi.sum() + final.recurrent.H.square().sum()
+        loss = y.square().sum() + s.sum() + extra(final) + final.recurrent.H.square().sum()
         flat = [t for t in (start.lif.v, start.lif.s, start.y, *start.input, *start.recurrent) if t is not None]
         grads.append(torch.autograd.grad(loss, flat, allow_unused=True))
+    assert len(grads[0]) == len(grads[1])
     for a, b in zip(*grads):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10)
+    return mid
 
 
 def test_native_float32_at_the_task_size_twice_backward_and_without_gradients():

@@ -429,9 +429,22 @@ def test_plastic_current_by_hand():
 def test_modulator_signal_by_hand():
     # tanh(w_M . z + b_M): w_M = [0.5, -0.25], b_M = 0.1
     # z = [1, 2] -> tanh(0.1);  z = [2, 0] -> tanh(1.1)
-    M = modulator_signal(T([[1.0, 2.0], [2.0, 0.0]]), T([0.5, -0.25]), T(0.1))
-    assert M.shape == (2,)
+    M, drive = modulator_signal(T([[1.0, 2.0], [2.0, 0.0]]), T([0.5, -0.25]), T(0.1))
+    assert M.shape == (2,) and drive is None
     assert M.tolist() == pytest.approx([math.tanh(0.1), math.tanh(1.1)])
+
+
+def test_filtered_modulator_by_hand():
+    # drives w_M . z + b_M = 0.1 and 1.1 (as above); filter over tau = 4 from zbar = [0.5, -1]:
+    # zbar' = zbar + (drive - zbar) / 4 = [0.5 - 0.1, -1 + 0.525] = [0.4, -0.475]
+    M, drive = modulator_signal(T([[1.0, 2.0], [2.0, 0.0]]), T([0.5, -0.25]), T(0.1), T([0.5, -1.0]), 4.0)
+    assert drive.tolist() == pytest.approx([0.4, -0.475])
+    assert M.tolist() == pytest.approx([math.tanh(0.4), math.tanh(-0.475)])
+    # a constant drive is reached geometrically: after n steps from 0, (1 - (1 - 1/tau)^n) of it
+    zbar = T([0.0])
+    for _ in range(3):
+        _, zbar = modulator_signal(T([[1.0]]), T([2.0]), T(0.0), zbar, 2.0)
+    assert zbar.item() == pytest.approx(2.0 * (1 - 0.5**3))
 
 
 def test_registries():

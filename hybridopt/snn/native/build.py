@@ -36,12 +36,12 @@ SOURCE = Path(__file__).with_name("sequence.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC")
 
 _PROJ_INTS = ("rule", "mode", "n_pre", "n_post", "n_eta", "c_inside", "tau_inside", "pad")
-_PROJ_FLOATS = ("h_max", "lam", "c", "a_plus", "a_minus", "tau")
+_PROJ_FLOATS = ("h_max", "lam", "c", "a_plus", "a_minus", "tau", "mtau")
 _PROJ_PTRS = (
     "alpha", "eta", "mod_a", "mod_b", "w_M_s", "zx",
-    "H", "E", "xpre", "xpost", "phi",
+    "H", "E", "xpre", "xpost", "phi", "zb",
     "xpre_all", "xpost_all", "phi_all", "M_all", "H_ck", "E_ck",
-    "gH", "gE", "gxpre", "gxpost", "gphi",
+    "gH", "gE", "gxpre", "gxpost", "gphi", "gzb",
     "g_alpha", "g_eta", "g_mod_a", "g_mod_b", "g_z",
 )  # fmt: skip
 _PROJ_GRADS = ("g_c", "g_a_plus", "g_a_minus", "g_tau")

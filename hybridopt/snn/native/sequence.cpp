@@ -8,6 +8,7 @@
 //   s_t   = Heaviside(v_t - theta)                (backward: the surrogate derivative)
 //   y_t   = kappa y_{t-1} + s_t (W_out + alpha_out . H_out) + b_out
 //   M_t   = tanh(w_M . [x_t, s_t] + b_M)          (per modulated projection)
+//      or   zbar_t = zbar_{t-1} + (w_M . [x_t, s_t] + b_M - zbar_{t-1}) / tau_M,  M_t = tanh(zbar_t)
 //   xpre  = lambda xpre + pre,  xpost = lambda xpost + post
 //   D     = rule(xpre, xpost, pre, post, H_{t-1}, phi_{t-1})
 //   U     = H + gain . D   or   E <- (1 - c) E + c D,  U = H + M E
@@ -38,16 +39,16 @@ enum Mode : int32_t { PLAIN = 0, NEUROMOD = 1, RETRO = 2 };
 
 struct Proj {
   int32_t rule, mode, n_pre, n_post, n_eta, c_inside, tau_inside, pad;
-  double h_max, lam, c, a_plus, a_minus, tau;
+  double h_max, lam, c, a_plus, a_minus, tau, mtau;  // mtau: the modulator's filter (zb: its state)
   // parameters
   const void *alpha, *eta, *mod_a, *mod_b, *w_M_s, *zx;  // zx: T x B, x . w_M[:n_in] + b_M
   // state: read at start, written at the end (H, E: B x I x J; traces B x I, B x J; phi B x J)
-  void *H, *E, *xpre, *xpost, *phi;
+  void *H, *E, *xpre, *xpost, *phi, *zb;
   // tape: xpre_all T x B x I, xpost_all T x B x J, phi_all T x B x J (before the step), M_all T x B,
   // checkpoints H_ck / E_ck (T / K + 1) x B x I x J
   void *xpre_all, *xpost_all, *phi_all, *M_all, *H_ck, *E_ck;
   // backward: carried gradients (in: on the final state, out: on the initial one)
-  void *gH, *gE, *gxpre, *gxpost, *gphi;
+  void *gH, *gE, *gxpre, *gxpost, *gphi, *gzb;
   // backward: gradients of the parameters (accumulated) and of the modulator's drive (T x B)
   void *g_alpha, *g_eta, *g_mod_a, *g_mod_b, *g_z;
   double g_c, g_a_plus, g_a_minus, g_tau;
@@ -299,6 +300,11 @@ struct Seq {
         T z = c(p.zx)[(size_t)t * B + b];
 #pragma omp simd reduction(+ : z)
         for (int j = 0; j < N; ++j) z += s[(size_t)b * N + j] * w[j];
+        if (p.zb) {  // the filtered drive
+          T* zb = m(p.zb);
+          zb[b] = zb[b] + (z - zb[b]) / T(p.mtau);
+          z = zb[b];
+        }
         M[b] = std::tanh(z);
       }
     }
@@ -671,8 +677,15 @@ struct Seq {
           if (p.mode != PLAIN) {  // M = tanh(z): z's gradient, and s_t's part of the drive
             T* gz = m(p.g_z) + (size_t)t * B;
             const T* w = c(p.w_M_s);
+            T* gzb = p.zb ? m(p.gzb) : nullptr;  // filtered: the gradient on zbar from later steps
+            const T mtau = T(p.mtau);
             for (int b = 0; b < B; ++b) {
-              const T g = gM[b] * (T(1) - M_t[b] * M_t[b]);
+              T g = gM[b] * (T(1) - M_t[b] * M_t[b]);
+              if (gzb) {  // zbar_t = zbar_{t-1} + (z_t - zbar_{t-1}) / tau
+                g += gzb[b];
+                gzb[b] = g * (T(1) - T(1) / mtau);
+                g = g / mtau;
+              }
               gz[b] = g;
               for (int j = 0; j < N; ++j) gs[(size_t)b * N + j] += g * w[j];
             }

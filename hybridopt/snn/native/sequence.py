@@ -45,7 +45,7 @@ _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 # per plastic projection: the inputs after the shared ones, in this order (None where unused)
 _P_IN = ("alpha", "eta", "mod_a", "mod_b", "eta_E", "w_M", "b_M", "a_plus", "a_minus", "tau_phi",
-         "H", "pre_trace", "post_trace", "E", "phi")  # fmt: skip
+         "H", "pre_trace", "post_trace", "E", "phi", "drive")  # fmt: skip
 
 
 def supports(spec: NetworkSpec) -> Optional[str]:
@@ -137,7 +137,7 @@ class _NativeSequence(torch.autograd.Function):
             p = net.p[k]
             p.rule, p.mode = NATIVE_RULES[ps.rule], NATIVE_MODES[ps.modulation]
             p.n_pre, p.n_post = n_pre, n_post
-            p.h_max, p.lam = meta.h_max[k], meta.lam[k]
+            p.h_max, p.lam, p.mtau = meta.h_max[k], meta.lam[k], float(ps.modulator_tau)
             tp: dict[str, Optional[Tensor]] = {n: _c(a[n]) for n in ("alpha", "eta", "mod_a", "mod_b")}
             p.n_eta = (tp["eta"] if tp["eta"] is not None else tp["mod_a"]).numel() if p.mode != 2 else 1
             if a["eta_E"] is not None:
@@ -154,24 +154,26 @@ class _NativeSequence(torch.autograd.Function):
                 zx = torch.mv(xT.view(T * B, n_in), w[:n_in], out=new(T * B)).add_(a["b_M"].detach())
                 tp["zx"] = zx.view(T, B)
                 tp["M_all"] = new(T, B)
-            st = {n: (None if a[n] is None else _own(a[n])) for n in ("H", "pre_trace", "post_trace", "E", "phi")}
+            names = ("H", "pre_trace", "post_trace", "E", "phi", "drive")
+            st = {n: (None if a[n] is None else _own(a[n])) for n in names}
             tp |= {"H": st["H"], "E": st["E"], "xpre": st["pre_trace"], "xpost": st["post_trace"], "phi": st["phi"]}
+            tp["zb"] = st["drive"]
             tp["xpre_all"], tp["xpost_all"] = new(T, B, n_pre), new(T, B, n_post)
             tp["phi_all"] = new(T, B, n_post) if st["phi"] is not None else None
             tp["H_ck"] = new(n_ck, B, n_pre, n_post) if meta.store else None
             tp["E_ck"] = new(n_ck, B, n_pre, n_post) if meta.store and st["E"] is not None else None
             for name, t in tp.items():
-                if name in ("alpha", "eta", "mod_a", "mod_b", "w_M_s", "zx", "H", "E", "xpre", "xpost", "phi",
+                if name in ("alpha", "eta", "mod_a", "mod_b", "w_M_s", "zx", "H", "E", "xpre", "xpost", "phi", "zb",
                             "xpre_all", "xpost_all", "phi_all", "M_all", "H_ck", "E_ck"):  # fmt: skip
                     setattr(p, name, _ptr(t))
             # the final state is an output: the context keeps only its shapes (an output held by the
             # node that made it would be a reference cycle through C++, never freed)
             tp["shapes"] = {n: (None if t is None else t.shape) for n, t in st.items()}  # type: ignore[assignment]
-            for n in ("H", "E", "xpre", "xpost", "phi"):
+            for n in ("H", "E", "xpre", "xpost", "phi", "zb"):
                 tp.pop(n)
             tapes[k] = tp
             finals += [st["H"], st["pre_trace"], st["post_trace"]]
-            finals += [t for t in (st["E"], st["phi"]) if t is not None]
+            finals += [t for t in (st["E"], st["phi"], st["drive"]) if t is not None]
         getattr(lib, f"hyb_forward_{_DTYPES[dt]}")(ctypes.byref(net))
         if not meta.store:  # nothing will read the tape
             tape.give_back()
@@ -215,13 +217,16 @@ class _NativeSequence(torch.autograd.Function):
                 "xpost": own(next(it), *sh["post_trace"]),
                 "E": own(next(it), *sh["E"]) if sh["E"] is not None else None,
                 "phi": own(next(it), *sh["phi"]) if sh["phi"] is not None else None,
+                "drive": own(next(it), *sh["drive"]) if sh["drive"] is not None else None,
                 "alpha": torch.zeros_like(tp["alpha"]),
                 "eta": None if tp["eta"] is None else torch.zeros_like(tp["eta"]),
                 "mod_a": None if tp["mod_a"] is None else torch.zeros_like(tp["mod_a"]),
                 "mod_b": None if tp["mod_b"] is None else torch.zeros_like(tp["mod_b"]),
                 "z": torch.zeros(T, B, dtype=dt) if tp.get("M_all") is not None else None,
             }
-            p.gH, p.gE, p.gxpre, p.gxpost, p.gphi = map(_ptr, (g["H"], g["E"], g["xpre"], g["xpost"], g["phi"]))
+            p.gH, p.gE, p.gxpre, p.gxpost, p.gphi, p.gzb = map(
+                _ptr, (g["H"], g["E"], g["xpre"], g["xpost"], g["phi"], g["drive"])
+            )
             p.g_alpha, p.g_eta, p.g_mod_a, p.g_mod_b, p.g_z = map(
                 _ptr, (g["alpha"], g["eta"], g["mod_a"], g["mod_b"], g["z"])
             )
@@ -266,6 +271,7 @@ class _NativeSequence(torch.autograd.Function):
                 g["xpost"],
                 g["E"],
                 g["phi"],
+                g["drive"],
             ]
         work.give_back()  # what backward used (the tape stays: a second backward reads it)
         return (None, *out)
@@ -294,7 +300,8 @@ def native_sequence(
         m, c = pp.mod, pp.coeffs
         flat += [pp.alpha, m.eta, m.mod_a, m.mod_b, m.eta_E, pp.w_M, pp.b_M]
         flat += [c.get("a_plus"), c.get("a_minus"), c.get("tau_phi")]
-        flat += [st.H, st.pre_trace, st.post_trace, st.E, st.phi]
+        drive = st.drive if st.drive is not None else st.H.new_zeros(st.H.shape[0])
+        flat += [st.H, st.pre_trace, st.post_trace, st.E, st.phi, drive if spec.projection(name).filtered else None]
     ys, ss, v, s, y, *finals = _NativeSequence.apply(meta, *flat)
     plastic: dict[str, Optional[PlasticState]] = {n: None for n in PROJECTIONS}
     it = iter(finals)
@@ -304,5 +311,6 @@ def native_sequence(
         H, pre, post = next(it), next(it), next(it)
         E = next(it) if st.E is not None else None
         phi = next(it) if st.phi is not None else None
-        plastic[name] = PlasticState(H=H, pre_trace=pre, post_trace=post, E=E, phi=phi)
+        drive = next(it) if spec.projection(name).filtered else None
+        plastic[name] = PlasticState(H=H, pre_trace=pre, post_trace=post, E=E, phi=phi, drive=drive)
     return ys, ss, NetworkState(lif=LIFState(v=v, s=s), y=y, **plastic)
