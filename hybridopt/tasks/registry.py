@@ -4,12 +4,12 @@ Torch-free: a config is validated against the registered sections before torch l
 is one class (it draws batches, scores a readout; see :class:`~hybridopt.tasks.base.Task`) and
 one config section, a :class:`TaskSection` declared beside it; one call registers both::
 
-    class DelayedMatchConfig(TaskSection):
+    class MyTaskConfig(TaskSection):
         kind: ClassVar[str] = "gradient"        # the inner loop that trains it
-        delay_steps: int = 10
+        steps: int = 10
 
-    @register_task("delayed_match", DelayedMatchConfig)
-    class DelayedMatch: ...
+    @register_task("my_task", MyTaskConfig)
+    class MyTask: ...
 
 The config's ``task`` section, the task names a config may give, the genes a search may put on
 task keys and the inner loop a run takes are all read from here.  A task of your own lives in
@@ -109,7 +109,7 @@ def register_task(
     name: str, section: type[TaskSection], implementation: Optional[Union[type, str]] = None
 ) -> Callable[[type], type]:
     """Register a task under ``name`` with its config section.  As a class decorator,
-    ``@register_task("delayed_match", DelayedMatchConfig)``; or with the task's class given, as a
+    ``@register_task("my_task", MyTaskConfig)``; or with the task's class given, as a
     class or as ``"package.module:Class"`` (imported when a task is first made).  Registering a
     name again with the same section replaces its class; with another section is an error."""
     if implementation is not None:
