@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from mlflow.tracking import MlflowClient
 
+from hybridopt.tasks import TASKS
 from tests.conftest import REPO, run_cli
 from tests.search.conftest import ray_tmp  # noqa: F401  (a private Ray temp dir, its processes killed after)
 from tests.search.searching import runs_of
@@ -23,11 +24,20 @@ def test_nothing_in_the_package_names_the_example_task():
 
 
 def test_the_example_task_draws_what_its_docstring_says():
+    registered = dict(TASKS)
     sys.path.insert(0, str(EXAMPLES))
     try:
         from my_task import DelayedMatch, DelayedMatchConfig
-    finally:
+
+        _draws_what_its_docstring_says(DelayedMatch, DelayedMatchConfig)
+    finally:  # the other tests see the package's tasks alone
         sys.path.remove(str(EXAMPLES))
+        sys.modules.pop("my_task", None)
+        TASKS.clear()
+        TASKS.update(registered)
+
+
+def _draws_what_its_docstring_says(DelayedMatch: type, DelayedMatchConfig: type) -> None:
     cfg = DelayedMatchConfig(name="delayed_match", n_stimuli=3, channels=2, distractors=2, rate_on=1.0)
     task = DelayedMatch(cfg)
     batch = task.batch(64, torch.Generator().manual_seed(0))
