@@ -2,6 +2,8 @@
 
 Sections: ``task``, ``network``, ``plasticity`` (one entry per projection), ``train``,
 ``es`` (the search-gradient inner loop of control tasks), ``search``, ``ray``, ``tracking``.
+The ``task`` section is the registered task's own (:mod:`hybridopt.tasks.registry`): its
+``name`` picks the section it is validated against, a task of one's own included.
 Unknown keys are rejected with the key named; ``--set a.b=value`` overrides any key (the
 value is parsed as YAML).
 """
@@ -10,14 +12,24 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Optional, TypeVar, Union, get_args
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from hybridopt.errors import ConfigError
 from hybridopt.snn.catalogue import PROJECTIONS, load_plugins
 from hybridopt.snn.spec import NetworkConfig, NetworkSpec, ProjectionSpec
+from hybridopt.tasks.registry import Fraction, Positive, TaskSection, task_section
 
 __all__ = [
     "Config",
@@ -35,105 +47,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-Positive = Annotated[float, Field(gt=0.0)]
-T = TypeVar("T")
-
-
-def _distinct(v: list[T]) -> list[T]:
-    if len(set(v)) != len(v):
-        raise ValueError(f"has duplicates: {v}")
-    return v
-
-
-Distinct = Annotated[list[T], AfterValidator(_distinct)]  # a list that names each item once
-
-
 class PlasticityConfig(Strict):
     """Plasticity of each projection (see :class:`~hybridopt.snn.spec.ProjectionSpec`)."""
 
     input: ProjectionSpec = ProjectionSpec()
     recurrent: ProjectionSpec = ProjectionSpec()
     readout: ProjectionSpec = ProjectionSpec()
-
-
-class CueAssociationConfig(Strict):
-    """Meta-learning: which of ``n_cues`` fresh random cues is the target?  See ``tasks.cue_association``."""
-
-    kind: ClassVar[str] = "gradient"  # the inner loop that trains it (hybridopt.train.loops)
-    name: Literal["cue_association"]
-    n_cues: Annotated[int, Field(ge=2)] = 4
-    cue_bits: Annotated[int, Field(ge=2)] = 16
-    trials: Annotated[int, Field(ge=2)] = 12
-    cue_steps: Annotated[int, Field(ge=1)] = 10
-    response_steps: Annotated[int, Field(ge=1)] = 5
-    feedback_steps: Annotated[int, Field(ge=1)] = 5
-    hold_cue: bool = True
-    rate_on: Fraction = 0.5
-    rate_off: Fraction = 0.0
-    feedback_rate: Fraction = 0.8
-    noise: Fraction = 0.0
-    noise_on: Distinct[Literal["cue", "feedback", "marker"]] = ["cue", "feedback", "marker"]
-
-
-class PatternMemoryConfig(Strict):
-    """Store ``n_patterns`` random binary patterns, then complete a half-erased one."""
-
-    kind: ClassVar[str] = "gradient"
-    name: Literal["pattern_memory"]
-    n_patterns: Annotated[int, Field(ge=1)] = 3
-    pattern_bits: Annotated[int, Field(ge=2)] = 16
-    repeats: Annotated[int, Field(ge=1)] = 3
-    show_steps: Annotated[int, Field(ge=1)] = 6
-    gap_steps: Annotated[int, Field(ge=0)] = 2
-    recall_steps: Annotated[int, Field(ge=1)] = 8
-    rate_on: Fraction = 0.5
-    rate_off: Fraction = 0.0
-    noise: Fraction = 0.0
-
-
-Condition = Literal["crippled_leg", "low_friction", "heavy_body"]
-
-
-class LocomotionConfig(Strict):
-    """Control a gymnasium MuJoCo robot; see ``tasks.locomotion`` (trained by the ES inner loop, ``es``).
-
-    Observations are normalised by running mean/std, clipped to ``obs_clip`` and fed as input
-    currents times ``obs_gain``; actions are ``tanh`` of the readout, mapped into the action
-    bounds; the readout weights start ``readout_scale`` times their usual size.  Evaluation
-    runs ``eval_seeds`` seeded episodes in the standard condition and in each of ``conditions``
-    (never seen in training): ``crippled_leg`` zeroes the actuators of ``crippled_leg``,
-    ``low_friction`` scales friction by ``friction_scale``, ``heavy_body`` scales the torso's
-    mass by ``torso_mass_scale``.
-    """
-
-    kind: ClassVar[str] = "control"  # played in a simulator: no gradient, trained by search gradient
-    name: Literal["locomotion"]
-    env_id: str = "HalfCheetah-v5"
-    env_kwargs: dict[str, Any] = Field(default_factory=dict)
-    episode_steps: Annotated[int, Field(ge=1)] = 500
-    obs_gain: Positive = 1.0
-    obs_clip: Positive = 5.0
-    readout_scale: Positive = 0.1
-    conditions: Distinct[Condition] = ["crippled_leg", "low_friction", "heavy_body"]  # pydantic copies defaults
-    crippled_leg: str = "back"
-    friction_scale: Positive = 0.25
-    torso_mass_scale: Positive = 1.5
-    eval_seeds: Annotated[int, Field(ge=1)] = 3
-
-    @model_validator(mode="after")
-    def _known_env_and_leg(self) -> LocomotionConfig:
-        from hybridopt.tasks.locomotion import check_env_and_leg
-
-        check_env_and_leg(self.env_id, self.crippled_leg)
-        return self
-
-
-TaskConfig = Annotated[Union[CueAssociationConfig, PatternMemoryConfig, LocomotionConfig], Field(discriminator="name")]
-# The task names, as the union's tags (each task config's ``name`` literal).
-TASK_NAMES: tuple[str, ...] = tuple(
-    get_args(c.model_fields["name"].annotation)[0] for c in get_args(get_args(TaskConfig)[0])
-)
 
 
 class TrainConfig(Strict):
@@ -301,7 +220,7 @@ class Config(Strict):
 
     experiment: str = "hybridopt"
     seed: int = 0
-    task: TaskConfig
+    task: SerializeAsAny[TaskSection]
     network: NetworkConfig = NetworkConfig()
     plasticity: PlasticityConfig = PlasticityConfig()
     train: TrainConfig = TrainConfig()
@@ -310,14 +229,25 @@ class Config(Strict):
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @field_validator("task", mode="wrap")
+    @classmethod
+    def _registered_task(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> TaskSection:
+        """The section of the task ``name`` picks, from the registry (a task of one's own included)."""
+        if isinstance(value, TaskSection):
+            return value
+        if not isinstance(value, dict) or "name" not in value:
+            raise ValueError("needs a name (one of the registered tasks)")
+        try:
+            section = task_section(value["name"])
+        except LookupError as e:
+            raise ValueError(str(e)) from None
+        return section.model_validate(value)
+
 
 def _format_error(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         loc = [str(x) for x in e["loc"]]
-        # Drop pydantic's union-tag segment (``task.cue_association.x`` -> ``task.x``).
-        if len(loc) >= 2 and loc[0] == "task" and loc[1] in TASK_NAMES:
-            loc.pop(1)
         where = ".".join(loc) or "config"
         unknown = e["type"] in ("extra_forbidden", "unexpected_keyword_argument")
         msg = "unknown key" if unknown else e["msg"].removeprefix("Value error, ")

@@ -44,3 +44,22 @@ def test_a_search_keeps_its_checkpoint_across_what_a_resume_may_change():
 def test_the_job_runs_the_cluster_entry_point_on_the_shipped_config():
     assert entrypoint(False, False) == "python -m hybridopt.entry.cluster search search.yaml"
     assert entrypoint(True, False).endswith(" --resume") and entrypoint(False, True).endswith(" --fresh")
+
+
+def test_a_plugin_that_is_one_module_file_travels_in_the_jobs_working_directory(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    from hybridopt.entry.service import ship_plugins
+
+    source = tmp_path / "src"
+    (source / "lab").mkdir(parents=True)
+    (source / "my_rules_here.py").write_text("X = 1\n")
+    (source / "lab" / "__init__.py").write_text("")
+    (source / "lab" / "tasks.py").write_text("Y = 2\n")
+    monkeypatch.syspath_prepend(str(source))
+    monkeypatch.setenv("HYBRIDOPT_PLUGINS", "my_rules_here, lab.tasks,lab")
+    job = tmp_path / "job"
+    job.mkdir()
+    assert ship_plugins(job) == ["my_rules_here"]  # a package, or a module in one, is installed on the cluster
+    assert sorted(p.name for p in job.iterdir()) == ["my_rules_here.py"]
+    assert (job / "my_rules_here.py").read_text() == "X = 1\n"

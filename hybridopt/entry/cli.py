@@ -1,5 +1,6 @@
 """Command line: ``hybridopt train|search|eval|report``, and ``submit|jobs|logs|stop`` from
-:mod:`~hybridopt.entry.service`.
+:mod:`~hybridopt.entry.service`.  ``train``, ``search`` and ``eval`` are :mod:`hybridopt.api`
+with a progress display and a summary in the terminal.
 
 Bad input (config, argument, weights file, tracking store) ends with one line on stderr
 naming the problem and exit code 2, before anything is written to the store.
@@ -11,7 +12,6 @@ import argparse
 import contextlib
 import math
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -30,7 +30,6 @@ from hybridopt.entry.arguments import (
 from hybridopt.errors import BAD_INPUT, ConfigError, UsageError
 
 if TYPE_CHECKING:
-    from hybridopt.config import Config
     from hybridopt.train.result import ProgressEvent, ProgressFn
 
 __all__ = ["build_parser", "main"]
@@ -59,10 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("--top", type=int, default=20, help="rows of each ranked table shown (default 20)")
     service.add_parsers(sub)
     return parser
-
-
-def _run_name(cfg: Config, kind: str) -> str:
-    return f"{cfg.task.name}__{kind}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _print_metrics(title: str, metrics: dict[str, Any], heading: str = "metric") -> None:
@@ -115,7 +110,7 @@ def _progress_display(stage: str) -> Iterator[ProgressFn]:
         TimeRemainingColumn,
     )
 
-    with Progress(
+    bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -123,115 +118,79 @@ def _progress_display(stage: str) -> Iterator[ProgressFn]:
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-    ) as bar:
-        job = bar.add_task(stage, total=None, info="")
+    )
+    job = bar.add_task(stage, total=None, info="")
 
-        def show(event: ProgressEvent) -> None:
-            if event.line is not None:
-                bar.console.print(event.line, highlight=False, markup=False, soft_wrap=True)
-            if event.done is not None:
-                m = event.metrics
-                info = "  ".join(f"{label} {m[k]:.4f}" for k, label in _SHOWN.items() if k in m and math.isfinite(m[k]))
-                bar.update(job, description=event.stage or stage, completed=event.done, total=event.total, info=info)
+    def show(event: ProgressEvent) -> None:
+        if not bar.live.is_started:  # shown from the first event on: bad input before it is one line alone
+            bar.start()
+        if event.line is not None:
+            bar.console.print(event.line, highlight=False, markup=False, soft_wrap=True)
+        if event.done is not None:
+            m = event.metrics
+            info = "  ".join(f"{label} {m[k]:.4f}" for k, label in _SHOWN.items() if k in m and math.isfinite(m[k]))
+            bar.update(job, description=event.stage or stage, completed=event.done, total=event.total, info=info)
 
+    try:
         yield show
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = load_args_config(args)  # before the heavy imports: a bad config is reported at once
-    from hybridopt.tracking import Tracker, log_result, resolve_uri, run_params
-    from hybridopt.train import train_candidate
+    from hybridopt import api
 
-    tracker = Tracker(resolve_uri(args.tracking_uri, cfg.tracking.uri), cfg.tracking.experiment or cfg.experiment)
-    run_id = tracker.start_run(_run_name(cfg, "train"), "train", params=run_params(cfg))
+    cfg = load_args_config(args)  # before the heavy imports: a bad config is reported at once
     try:
         with _progress_display("train") as progress:
-            result = train_candidate(cfg, progress)
+            run = api.train(cfg, tracking_uri=args.tracking_uri, progress=progress)
     except KeyboardInterrupt:
-        tracker.end_run(run_id, "KILLED", "interrupted")
         print("hybridopt: interrupted; run ended as KILLED", file=sys.stderr)
         return 130
-    log_result(tracker, run_id, result, cfg)
-    from hybridopt.results.report import log_figures_safely
-
-    log_figures_safely(tracker, run_id)
-    if result.failed:
-        print(f"hybridopt: training failed: {result.reason} (run {run_id})", file=sys.stderr)
+    if run.failed:
+        print(f"hybridopt: training failed: {run.reason} (run {run.run_id})", file=sys.stderr)
         return 1
-    _print_metrics("final metrics", {"fitness": result.fitness, **result.final_metrics})
-    print(f"run {run_id} in {tracker.uri}")
-    print(_ui_hint(tracker.uri, cfg.tracking.experiment or cfg.experiment))
-    artifacts = tracker.artifact_uri(run_id)
-    if artifacts.startswith("file://"):
-        weights = Path(artifacts.removeprefix("file://")) / "weights.pt"
+    _print_metrics("final metrics", {"fitness": run.fitness, **run.metrics})
+    print(f"run {run.run_id} in {run.tracking_uri}")
+    print(_ui_hint(run.tracking_uri, run.experiment))
+    if run.artifact_uri.startswith("file://"):
+        weights = Path(run.artifact_uri.removeprefix("file://")) / "weights.pt"
         print(f"weights: {weights}\nevaluate again: hybridopt eval {weights}")
     else:
-        print(f"weights: {artifacts}/weights.pt (download it, then: hybridopt eval weights.pt)")
+        print(f"weights: {run.artifact_uri}/weights.pt (download it, then: hybridopt eval weights.pt)")
     return 0
 
 
-def _check_checkpoint(cfg: Config, *, resume: bool, fresh: bool) -> None:
-    """Before anything starts: ``--resume`` needs a sound checkpoint of this search, and a new
-    search does not silently replace one (it would start a second parent run and lose the way
-    back to the first)."""
-    from hybridopt.search.checkpoint import CheckpointError, load_checkpoint
-
-    assert cfg.search is not None
-    path = Path(cfg.search.checkpoint)
-    if resume:
-        load_checkpoint(path, cfg.model_dump(mode="json"))
-    elif not fresh and path.exists():
-        raise CheckpointError(
-            f"a checkpoint of an earlier search is at {path}: --resume continues it, --fresh starts over"
-        )
-
-
 def cmd_search(args: argparse.Namespace) -> int:
-    from hybridopt.search.genome import GenomeSpace
+    from hybridopt import api
 
     cfg = load_args_config(args)  # the config, its genes and the checkpoint are checked before the heavy imports
     if cfg.search is None:
         raise ConfigError(f"{args.config} has no search section")
-    GenomeSpace.from_config(cfg.search).validate(cfg)
-    _check_checkpoint(cfg, resume=args.resume, fresh=args.fresh)
-
-    from hybridopt.search.dispatch import init_ray
-    from hybridopt.search.driver import run_search
-    from hybridopt.tracking import Tracker, check_reachable, resolve_uri
-    from hybridopt.train.result import ProgressEvent
-
-    uri = resolve_uri(args.tracking_uri, cfg.tracking.uri)
-    # Both ends are checked before anything is written: the store answers, then Ray is joined
-    # (or started); only then is the store opened (a SQLite store is created by opening it).
-    check_reachable(uri)
-    init_ray(args.address or cfg.ray.address, cfg.ray.num_cpus, announce=lambda line: print(line, flush=True))
-    experiment = cfg.tracking.experiment or cfg.experiment
-    tracker = Tracker(uri, experiment)
     with _progress_display("generation") as progress:
         try:
-            out = run_search(
+            result = api.search(
                 cfg,
-                tracker,
-                resume=args.resume,
                 address=args.address,
+                tracking_uri=args.tracking_uri,
+                resume=args.resume,
+                fresh=args.fresh,
                 progress=progress,
                 command=args.command_line,
-                announce=lambda line: progress(ProgressEvent(line=line)),
             )
         except KeyboardInterrupt:
             print("hybridopt: interrupted; search run ended as KILLED (resume with --resume)", file=sys.stderr)
             return 130
-    if not out.best_values:
-        print(f"hybridopt: every candidate failed (run {out.parent_run_id})", file=sys.stderr)
+    if result.failed:
+        print(f"hybridopt: every candidate failed (run {result.parent_run_id})", file=sys.stderr)
         return 1
-    from hybridopt.results.report import log_figures_safely
-
-    log_figures_safely(tracker, out.parent_run_id)
-    _print_metrics(f"best candidate: fitness {out.best_fitness:.4f}", out.best_values, heading="gene")
-    print(f"result: {out.result_line()}")
-    print(f"search run {out.parent_run_id} ({len(out.records)} candidates) in {tracker.uri}")
-    print(_ui_hint(tracker.uri, experiment))
-    print(f"table and figures: hybridopt report {experiment} --tracking-uri {tracker.uri}")
+    assert result.best_fitness is not None and result.outcome is not None
+    _print_metrics(f"best candidate: fitness {result.best_fitness:.4f}", result.best_genome, heading="gene")
+    print(f"result: {result.summary}")
+    print(f"search run {result.parent_run_id} ({len(result.outcome.records)} candidates) in {result.tracking_uri}")
+    print(_ui_hint(result.tracking_uri, result.experiment))
+    print(f"table and figures: hybridopt report {result.experiment} --tracking-uri {result.tracking_uri}")
     print(
         f"checkpoint: {Path(cfg.search.checkpoint).resolve()} "
         "(to go on: the same command with --resume --set search.generations=N)"
@@ -240,9 +199,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from hybridopt.train.weights import evaluate_weights
+    from hybridopt import api
 
-    _print_metrics(f"{args.weights}", evaluate_weights(args.weights))
+    _print_metrics(f"{args.weights}", api.evaluate(args.weights))
     return 0
 
 

@@ -9,6 +9,9 @@ head's MLflow server and runs ``hybridopt search`` there.
   seed applied, and shipped as the job's working directory (``search.yaml``), so a local YAML
   the cluster has never seen runs as it is, and a bad one is refused before anything is
   submitted.
+- **Plugins travel too.**  ``HYBRIDOPT_PLUGINS`` goes with the job, and a plugin that is one
+  top-level module file (``my_task.py``) is shipped in its working directory; a plugin package
+  must be installed on the cluster.
 - **Searches never share a checkpoint.**  Each checkpoint sits under the head's store at
   ``checkpoints/<experiment>/<config>-seed<seed>-<digest>.ckpt``, where the digest is taken
   over what the search searches (everything but where it runs, its number of generations and
@@ -39,6 +42,7 @@ import yaml
 
 from hybridopt.entry.arguments import add_config_arguments, add_restart_arguments, load_args_config
 from hybridopt.errors import RayConnectError, UsageError
+from hybridopt.snn.catalogue import PLUGINS_ENV
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -55,6 +59,7 @@ __all__ = [
     "jobs_address",
     "list_searches",
     "parent_run_of",
+    "ship_plugins",
     "stop",
     "submit",
 ]
@@ -142,16 +147,34 @@ def submit(
         "hybridopt.seed": str(cfg.seed),
     }
     env = {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)}
-    if os.environ.get("HYBRIDOPT_PLUGINS"):  # the user's own families: the cluster must import them too
-        env["HYBRIDOPT_PLUGINS"] = os.environ["HYBRIDOPT_PLUGINS"]
+    if os.environ.get(PLUGINS_ENV):  # the user's own families and tasks: the cluster must import them too
+        env[PLUGINS_ENV] = os.environ[PLUGINS_ENV]
     with tempfile.TemporaryDirectory(prefix="hybridopt-job-") as tmp:
         (Path(tmp) / CONFIG_NAME).write_text(yaml.safe_dump(data, sort_keys=False))
+        ship_plugins(Path(tmp))
         job = client.submit_job(
             entrypoint=entrypoint(resume, fresh),
             runtime_env={"working_dir": tmp, "env_vars": env},
             metadata=metadata,
         )
     return job, checkpoint
+
+
+def ship_plugins(folder: Path) -> list[str]:
+    """Copy each plugin module of ``HYBRIDOPT_PLUGINS`` that is a single top-level file here
+    (``my_task`` from ``my_task.py``) into the job's working directory ``folder``, which Ray puts on
+    the path of the job's driver and workers; returns their names.  A plugin that is a package, or
+    a module inside one, is not shipped: it must be installed on the cluster."""
+    import importlib.util
+    import shutil
+
+    shipped = []
+    for name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        spec = importlib.util.find_spec(name) if "." not in name else None
+        if spec is not None and spec.submodule_search_locations is None and str(spec.origin).endswith(".py"):
+            shutil.copyfile(str(spec.origin), folder / f"{name}.py")
+            shipped.append(name)
+    return shipped
 
 
 def job_info(client: JobSubmissionClient, job: str, address: str) -> Any:

@@ -21,8 +21,9 @@ __all__ = [
     "load_plugins",
 ]
 
-# Modules that register rule families of their own (``register_rule``), comma-separated.  They
-# are imported before a config is validated, in the driver and in every worker.
+# Modules that register rule families (``register_rule``) or tasks (``register_task``) of their
+# own, comma-separated.  They are imported before a config is validated, in the command line, the
+# search's driver and every worker.
 PLUGINS_ENV = "HYBRIDOPT_PLUGINS"
 
 # The network's three projections: input -> hidden, hidden -> hidden, hidden -> readout.
@@ -55,7 +56,7 @@ _loaded: set[str] = set()
 
 
 def load_plugins() -> None:
-    """Import the modules ``HYBRIDOPT_PLUGINS`` names (once each): they register their families.
+    """Import the modules ``HYBRIDOPT_PLUGINS`` names (once each): they register their families and tasks.
     A module that cannot be imported is a config error, named."""
     import importlib
     import os

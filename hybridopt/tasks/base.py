@@ -1,4 +1,4 @@
-"""The task protocols and registry.
+"""The task protocols (the registry is :mod:`hybridopt.tasks.registry`; its names are re-exported here).
 
 A task draws batches from a ``torch.Generator`` (same seed, same batch), turns the
 network's readout into a loss and a fitness, and knows its chance level.  A control task
@@ -9,13 +9,15 @@ gradient, with observations normalised by running statistics (:class:`ObsNormali
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from hybridopt.tasks.registry import TASKS, make_task, register_task
 
 __all__ = [
     "EVAL_SEED_OFFSET",
@@ -67,20 +69,6 @@ class Task(Protocol):
         ...
 
 
-TASKS: dict[str, Callable[[Any], Task]] = {}
-
-
-def register_task(name: str) -> Callable:
-    """Class decorator: ``@register_task("cue_association")``.  Its config section declares the
-    kind of inner loop that trains it (``kind``, a key of :data:`hybridopt.train.loops.LOOPS`)."""
-
-    def deco(cls):
-        TASKS[name] = cls
-        return cls
-
-    return deco
-
-
 class Observer(Protocol):
     """A task that declares a reference observer: a policy computed from the inputs alone, with
     no training.  ``observe`` answers a batch as a readout ``y`` (``B x T x n_out``) that the
@@ -110,14 +98,6 @@ def observer_accuracy(task: Any, n_episodes: int, seed: int, batch_size: int = 2
     f = torch.cat(fit).double()
     se = f.std().item() / math.sqrt(len(f)) if len(f) > 1 else math.nan
     return f.mean().item(), se
-
-
-def make_task(cfg: Any) -> Task:
-    """Build the task a config section describes (``cfg.name`` picks it)."""
-    try:
-        return TASKS[cfg.name](cfg)
-    except KeyError:
-        raise ValueError(f"unknown task {cfg.name!r}; known: {sorted(TASKS)}") from None
 
 
 def poisson_spikes(rate: Tensor, noise: float | Tensor, generator: torch.Generator) -> Tensor:

@@ -35,12 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hybridopt.tasks.base import Batch, poisson_spikes, register_task
+from hybridopt.tasks.base import Batch, poisson_spikes
 
 __all__ = ["BitReader", "CueAssociation", "observe_episode"]
 
 
-@register_task("cue_association")
 class CueAssociation:
     name = "cue_association"
     chance = 0.5

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from hybridopt.snn.catalogue import PROJECTIONS
-from hybridopt.tasks.base import EVAL_SEED_OFFSET, ObsNormalizer, ObsStats, Rollout, eval_seeds, register_task
+from hybridopt.tasks.base import EVAL_SEED_OFFSET, ObsNormalizer, ObsStats, Rollout, eval_seeds
 
 __all__ = [
     "CONDITIONS",
@@ -156,7 +156,8 @@ def _compiler_warnings_as_python_warnings() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- episodes
-@register_task("locomotion")
+
+
 class Locomotion:
     """The locomotion task (see the module docstring); environments are made lazily and kept,
     one list per condition, so a worker builds them once."""

@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hybridopt.tasks.base import Batch, poisson_spikes, register_task
+from hybridopt.tasks.base import Batch, poisson_spikes
 
 __all__ = ["PatternMemory"]
 
 
-@register_task("pattern_memory")
 class PatternMemory:
     name = "pattern_memory"
     chance = 0.5
