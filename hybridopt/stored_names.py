@@ -16,7 +16,9 @@ A candidate's child run carries, as tags:
 * ``hybridopt.failure``: why it failed (FAILED or KILLED runs).
 
 and as metrics ``fitness``, ``rung_fitness`` (one value per rung, the rung as its step),
-``wall_time_s``, ``cpu_time_s`` and ``budget_cpu_s``.  No module here imports MLflow.
+``wall_time_s``, ``cpu_time_s``, ``budget_cpu_s`` and ``queue_wait_s`` (the seconds it waited for
+a free worker, every rung; its run starts when a worker first takes it, so the run's duration
+is its training and what came between its rungs).  No module here imports MLflow.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "METRIC_CPU_TIME_S",
     "METRIC_FINAL_FITNESS",
     "METRIC_FITNESS",
+    "METRIC_QUEUE_WAIT_S",
     "METRIC_RUNG_FITNESS",
     "METRIC_WALL_TIME_S",
     "TAG_BEST_GENOME",
@@ -85,6 +88,7 @@ METRIC_RUNG_FITNESS = "rung_fitness"  # a candidate's fitness at each rung (step
 METRIC_WALL_TIME_S = "wall_time_s"
 METRIC_CPU_TIME_S = "cpu_time_s"  # the run's own training
 METRIC_BUDGET_CPU_S = "budget_cpu_s"  # the training behind a candidate's state, inherited included
+METRIC_QUEUE_WAIT_S = "queue_wait_s"  # a candidate's time queued for a free worker, all its rungs
 METRIC_BEST_FITNESS = "best_fitness"  # a search's best so far, per generation (step = generation)
 METRIC_FINAL_FITNESS = "final_fitness"  # the winner's further training (step = generations)
 # The winner on reserved test episodes, beside chance and the task's observer (logged at the last generation).

@@ -154,12 +154,15 @@ class Tracker:
         params: Optional[dict[str, Any]] = None,
         tags: Optional[dict[str, str]] = None,
         parent_run_id: Optional[str] = None,
+        start_time: Optional[float] = None,
     ) -> str:
-        """Create a run tagged ``hybridopt.kind=<kind>`` (a child when ``parent_run_id``)."""
+        """Create a run tagged ``hybridopt.kind=<kind>`` (a child when ``parent_run_id``), started
+        at ``start_time`` (seconds since the epoch; default now)."""
         all_tags = {TAG_KIND: kind, **(tags or {})}
         if parent_run_id:
             all_tags[TAG_PARENT] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        started = None if start_time is None else int(start_time * 1000)
+        run = self.client.create_run(self.experiment_id, start_time=started, run_name=name, tags=all_tags)
         if params:
             self.log_params(run.info.run_id, params)
         return run.info.run_id

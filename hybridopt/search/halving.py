@@ -24,6 +24,7 @@ __all__ = [
     "RungListener",
     "RungPool",
     "SuccessiveHalving",
+    "Taken",
     "budget_fraction",
     "decide",
     "quotas",
@@ -44,11 +45,12 @@ class Job:
     inherited_from: Optional[str] = None  # the run whose state it started from
     inherited: tuple[str, ...] = ()
     row: Optional[int] = None  # an elite training on: its row in the GA's population
-    run_id: Optional[str] = None
+    run_id: Optional[str] = None  # its child run, opened when a worker first takes it
     fitness: list[float] = field(default_factory=list)  # at each completed rung
     result: Optional[TrainResult] = None  # of its last rung
     cpu_s: float = 0.0
     wall_s: float = 0.0
+    queue_wait_s: float = 0.0  # queued for a worker, every rung
     decided: bool = False  # promoted from, or stopped at, its last completed rung
     done: bool = False
     stored: Optional[CandidateRecord] = None  # finished before a resume
@@ -90,11 +92,27 @@ class Job:
         )
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A worker took job ``key`` from the queue at ``at`` (seconds since the epoch), after it
+    waited ``waited_s`` seconds there."""
+
+    key: Hashable
+    at: float
+    waited_s: float
+
+
 class RungPool(Protocol):
-    """Workers that train jobs (:class:`hybridopt.search.dispatch.Pool`)."""
+    """Workers that train jobs (:class:`hybridopt.search.dispatch.Pool`): ``submit`` queues a job,
+    a free worker takes it (``taken`` tells which, and when), ``next_result`` waits for one to
+    complete."""
 
     @property
     def pending(self) -> int: ...
+
+    def taken(self) -> list[Taken]:
+        """The jobs workers took since the last call, in the order they took them."""
+        ...
 
     def submit(
         self, key: Hashable, config: dict[str, Any], start: Optional[TrainState], cpu_budget_s: Optional[float]
@@ -106,8 +124,9 @@ class RungPool(Protocol):
 class RungListener(Protocol):
     """What the caller of :meth:`SuccessiveHalving.run` is told, to record it."""
 
-    def dispatched(self, job: Job) -> str:
-        """A job is about to train for the first time; returns its run id."""
+    def started(self, job: Job, at: float) -> str:
+        """A worker took a job for its first rung at ``at`` (seconds since the epoch); returns the
+        id of its run, which starts then."""
         ...
 
     def completed(self, job: Job, result: TrainResult) -> None:
@@ -139,12 +158,18 @@ class SuccessiveHalving:
         by_index = {job.index: job for job in jobs}
         last = len(self.rungs) - 1
 
+        def took() -> None:  # its run starts when a worker first takes it, not while it is queued
+            for t in pool.taken():
+                job = by_index[t.key]
+                job.queue_wait_s += t.waited_s
+                if job.run_id is None:
+                    job.run_id = listener.started(job, t.at)
+
         def promote(job: Job, rung: int) -> None:
-            if job.run_id is None:  # dispatched: its run exists from now on, RUNNING
-                job.run_id = listener.dispatched(job)
             cfg, cpu = budget_fraction(job.cfg, self.rungs[rung - 1] if rung > 0 else 0.0, self.rungs[rung])
             start = job.start if rung == 0 else job.result.state if job.result is not None else None
             pool.submit(job.index, cfg.model_dump(mode="json"), start, None if math.isinf(cpu) else cpu)
+            took()
 
         def stop(job: Job) -> None:
             job.decided = job.done = True
@@ -159,6 +184,7 @@ class SuccessiveHalving:
             if not pool.pending:
                 break
             key, result = pool.next_result()
+            took()
             job = by_index[key]
             job.result, job.decided = result, False  # a rung completed: its next step is to be decided
             job.cpu_s += result.cpu_time

@@ -72,9 +72,9 @@ class RungRecorder:
         return state.model if state is not None else None
 
     # ------------------------------------------------------------------ the RungListener
-    def dispatched(self, job: Job) -> str:
-        g = self.generation
-        return self.record.open_child(g, job.index, job.unit, job.genome, job.cfg, job.inherited_from, job.inherited)
+    def started(self, job: Job, at: float) -> str:
+        g, inherited = self.generation, (job.inherited_from, job.inherited)
+        return self.record.open_child(g, job.index, job.unit, job.genome, job.cfg, *inherited, start_time=at)
 
     def completed(self, job: Job, result: TrainResult) -> None:
         assert job.run_id is not None
@@ -85,7 +85,7 @@ class RungRecorder:
         result = job.result
         assert result is not None and job.run_id is not None
         keep_state = self.keeps_states and not result.failed
-        self.record.close_child(job.run_id, result, job.cpu_s, job.wall_s, keep_state)
+        self.record.close_child(job.run_id, result, job.cpu_s, job.wall_s, keep_state, job.queue_wait_s)
         self.progress(ProgressEvent(line=job.record(self.generation).line(GenomeSpace.describe(job.genome))))
         if keep_state and result.state is not None:
             self.lineage.trained[job.run_id] = result.state
