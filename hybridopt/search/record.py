@@ -156,10 +156,8 @@ class SearchRecord:
 
     def log_rung(self, run_id: str, rung: int, result: TrainResult) -> None:
         """A rung's curves (steps going on from the state it started from) and its fitness."""
-        self.tracker.log_history(run_id, result.history)
-        if not result.failed:
-            self.tracker.log_metrics(run_id, {METRIC_RUNG_FITNESS: result.fitness}, step=rung)
-        self.tracker.set_tags(run_id, rung_tag(rung))
+        history = [*result.history, *([(rung, {METRIC_RUNG_FITNESS: result.fitness})] if not result.failed else [])]
+        self.tracker.log_history(run_id, history, rung_tag(rung))  # one call to the store
 
     def close_child(
         self, run_id: str, result: TrainResult, cpu_s: float, wall_s: float, keep_state: bool, queue_wait_s: float = 0.0
@@ -169,12 +167,11 @@ class SearchRecord:
         budget = result.state.cpu_s if result.state is not None else cpu_s
         extra = {METRIC_BUDGET_CPU_S: budget} if not result.failed else {}
         metrics = {**final_metrics(result, wall_s, cpu_s, **extra), METRIC_QUEUE_WAIT_S: queue_wait_s}
-        self.tracker.log_history(run_id, [(result.steps, metrics)])
         if keep_state and result.state is not None and not result.failed:
             buf = io.BytesIO()
             torch.save(asdict(result.state), buf)
             self.tracker.log_artifact_bytes(run_id, ARTIFACT_STATE, buf.getvalue())
-        self.tracker.end_run(run_id, result.status, result.reason)
+        self.tracker.end_run(run_id, result.status, result.reason, [(result.steps, metrics)])
         self.open_runs.discard(run_id)
 
     def trained_state(self, run_id: str) -> Optional[TrainState]:

@@ -90,8 +90,7 @@ class RungRecorder:
         if keep_state and result.state is not None:
             self.lineage.trained[job.run_id] = result.state
 
-    def progressed(self, jobs: Sequence[Job]) -> None:
-        done = sum(j.done for j in jobs)
+    def progressed(self, done: int, total: int) -> None:
         g, gens = self.generation, self.generations
         stage = f"generation {g + 1}/{gens}" if g < gens else "final training"
-        self.progress(ProgressEvent(done, len(jobs), {"best": self.standings.best_fitness}, stage))
+        self.progress(ProgressEvent(done, total, {"best": self.standings.best_fitness}, stage))

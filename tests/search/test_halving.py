@@ -120,7 +120,7 @@ class StopBook:
         assert job.index not in self.stops, "a job stops once"
         self.stops[job.index] = job.rung
 
-    def progressed(self, jobs) -> None:
+    def progressed(self, done: int, total: int) -> None:
         pass
 
 
