@@ -49,10 +49,16 @@ def train_remote(config: dict[str, Any], start: Optional[TrainState], cpu_budget
 
 @ray.remote
 class CandidateWorker:
-    """A candidate slot: trains one candidate per call, in one long-lived process."""
+    """A candidate slot: trains one candidate per call, in one long-lived process; each result
+    says which node trained it (the node's IP address, as Ray knows it)."""
+
+    def __init__(self) -> None:
+        self.node = ray.util.get_node_ip_address()
 
     def train(self, config: dict[str, Any], start: Optional[TrainState], cpu_budget_s: Optional[float]):
-        return train_remote(config, start, cpu_budget_s)
+        result = train_remote(config, start, cpu_budget_s)
+        result.node = self.node
+        return result
 
     def pid(self) -> int:
         return os.getpid()

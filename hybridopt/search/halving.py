@@ -52,6 +52,7 @@ class Job:
     cpu_s: float = 0.0
     wall_s: float = 0.0
     queue_wait_s: float = 0.0  # queued for a worker, every rung
+    nodes: list[str] = field(default_factory=list)  # the nodes that trained it, in order
     decided: bool = False  # promoted from, or stopped at, its last completed rung
     done: bool = False
     stored: Optional[CandidateRecord] = None  # finished before a resume
@@ -90,6 +91,7 @@ class Job:
             budget_cpu_s=result.state.cpu_s if result.state is not None else self.cpu_s,
             inherited_from=self.inherited_from,
             inherited=self.inherited,
+            node=",".join(self.nodes),
         )
 
 
@@ -197,6 +199,8 @@ class SuccessiveHalving:
             job.cpu_s += result.cpu_time
             job.wall_s += result.wall_time
             job.fitness.append(result.fitness if not result.failed else -math.inf)
+            if result.node and result.node not in job.nodes:
+                job.nodes.append(result.node)
             listener.completed(job, result)
             if result.failed or job.rung == last:
                 stop(job)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, Optional
 
@@ -154,10 +155,11 @@ class SearchRecord:
         self.open_runs.add(run_id)
         return run_id
 
-    def log_rung(self, run_id: str, rung: int, result: TrainResult) -> None:
-        """A rung's curves (steps going on from the state it started from) and its fitness."""
+    def log_rung(self, run_id: str, rung: int, result: TrainResult, nodes: Sequence[str] = ()) -> None:
+        """A rung's curves (steps going on from the state it started from), its fitness, and the
+        ``nodes`` that trained the candidate so far."""
         history = [*result.history, *([(rung, {METRIC_RUNG_FITNESS: result.fitness})] if not result.failed else [])]
-        self.tracker.log_history(run_id, history, rung_tag(rung))  # one call to the store
+        self.tracker.log_history(run_id, history, rung_tag(rung, nodes))  # one call to the store
 
     def close_child(
         self, run_id: str, result: TrainResult, cpu_s: float, wall_s: float, keep_state: bool, queue_wait_s: float = 0.0

@@ -78,7 +78,7 @@ class RungRecorder:
 
     def completed(self, job: Job, result: TrainResult) -> None:
         assert job.run_id is not None
-        self.record.log_rung(job.run_id, job.rung, result)
+        self.record.log_rung(job.run_id, job.rung, result, job.nodes)
 
     def stopped(self, job: Job) -> None:
         """Its child run ends; its state is kept for children."""

@@ -1,5 +1,6 @@
-"""What a search's runs say about time: a candidate's child run starts when a worker takes it,
-not while it waits in the pool's queue, and its time queued is its own metric.
+"""What a search's runs say about time and place: a candidate's child run starts when a worker
+takes it, not while it waits in the pool's queue, its time queued is its own metric, and it
+names the node that trained it (``hybridopt report`` shows it).
 
 A real smoke search on one worker slot (``search.max_concurrent=1``), with the tests' held task
 (:mod:`tests.held_task`): the first candidate is held mid-training while the other three wait
@@ -7,6 +8,9 @@ in the queue, for as long as the test decides."""
 
 from __future__ import annotations
 
+import csv
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,9 +24,6 @@ HOLD_S = 3.0  # how long the first candidate is held: the others' wait, at least
 
 
 def test_a_child_run_starts_when_a_worker_takes_it_and_logs_its_time_queued(tmp_path: Path, ray_tmp: str):
-    import subprocess
-    import sys
-
     db = tmp_path / "m.db"
     hold = tmp_path / "hold"
     hold.touch()
@@ -65,3 +66,14 @@ def test_a_child_run_starts_when_a_worker_takes_it_and_logs_its_time_queued(tmp_
         assert c.info.start_time >= 1000 * released, (c.info.start_time, released)
         assert c.data.metrics["queue_wait_s"] >= HOLD_S
         assert c.info.end_time - c.info.start_time >= 1000 * c.data.metrics["wall_time_s"]
+    # one machine, one node: every run names it, and the report's table has it
+    nodes = {c.data.tags.get("hybridopt.node") for c in children}
+    assert len(nodes) == 1 and all(nodes), nodes
+    table = tmp_path / "candidates.csv"
+    report = subprocess.run(
+        [sys.executable, "-m", "hybridopt", "report", "smoke_search", "--tracking-uri", f"sqlite:///{db}",
+         "--out", str(tmp_path / "report"), "--csv", str(table)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    assert {r["node"] for r in csv.DictReader(table.open())} == nodes
