@@ -173,7 +173,6 @@ class SuccessiveHalving:
             cfg, cpu = budget_fraction(job.cfg, self.rungs[rung - 1] if rung > 0 else 0.0, self.rungs[rung])
             start = job.start if rung == 0 else job.result.state if job.result is not None else None
             pool.submit(job.index, cfg.model_dump(mode="json"), start, None if math.isinf(cpu) else cpu)
-            took()
 
         done = sum(job.done for job in jobs)
 
@@ -190,6 +189,7 @@ class SuccessiveHalving:
                 promote(job, 0)
         while True:
             ladder.decide(promote, stop)
+            took()  # after the submissions: workers have their jobs before the store hears of them
             if not pool.pending:
                 break
             key, result = pool.next_result()
