@@ -13,10 +13,14 @@ A candidate's child run carries, as tags:
 * ``hybridopt.rung``: the last rung of successive halving it completed (integer);
 * ``hybridopt.inherited_from`` / ``hybridopt.inherited``: the run whose trained state it started
   from, and what it kept (comma-separated groups: ``weights``, ``<projection>.plasticity``);
-* ``hybridopt.failure``: why it failed (FAILED or KILLED runs).
+* ``hybridopt.failure``: why it failed (FAILED or KILLED runs);
+* ``hybridopt.node``: the Ray node (its IP address) that trained it, several comma-separated
+  where its rungs trained on different nodes.
 
 and as metrics ``fitness``, ``rung_fitness`` (one value per rung, the rung as its step),
-``wall_time_s``, ``cpu_time_s`` and ``budget_cpu_s``.  No module here imports MLflow.
+``wall_time_s``, ``cpu_time_s``, ``budget_cpu_s`` and ``queue_wait_s`` (the seconds it waited for
+a free worker, every rung; its run starts when a worker first takes it, so the run's duration
+is its training and what came between its rungs).  No module here imports MLflow.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ __all__ = [
     "METRIC_CPU_TIME_S",
     "METRIC_FINAL_FITNESS",
     "METRIC_FITNESS",
+    "METRIC_QUEUE_WAIT_S",
     "METRIC_RUNG_FITNESS",
     "METRIC_WALL_TIME_S",
     "TAG_BEST_GENOME",
@@ -50,6 +55,7 @@ __all__ = [
     "TAG_COMMAND",
     "TAG_FAILURE",
     "TAG_KIND",
+    "TAG_NODE",
     "TAG_NOTE",
     "TAG_PARENT",
     "CandidateRecord",
@@ -78,6 +84,7 @@ TAG_GENOME_UNIT = "hybridopt.genome_unit"
 TAG_RUNG = "hybridopt.rung"
 TAG_INHERITED_FROM = "hybridopt.inherited_from"
 TAG_INHERITED = "hybridopt.inherited"
+TAG_NODE = "hybridopt.node"
 
 # Metrics.
 METRIC_FITNESS = "fitness"  # a finished run's final fitness; a search's winner's, on its parent
@@ -85,6 +92,7 @@ METRIC_RUNG_FITNESS = "rung_fitness"  # a candidate's fitness at each rung (step
 METRIC_WALL_TIME_S = "wall_time_s"
 METRIC_CPU_TIME_S = "cpu_time_s"  # the run's own training
 METRIC_BUDGET_CPU_S = "budget_cpu_s"  # the training behind a candidate's state, inherited included
+METRIC_QUEUE_WAIT_S = "queue_wait_s"  # a candidate's time queued for a free worker, all its rungs
 METRIC_BEST_FITNESS = "best_fitness"  # a search's best so far, per generation (step = generation)
 METRIC_FINAL_FITNESS = "final_fitness"  # the winner's further training (step = generations)
 # The winner on reserved test episodes, beside chance and the task's observer (logged at the last generation).
@@ -135,6 +143,7 @@ class CandidateRecord:
     inherited: tuple[str, ...] = ()
     rung_fitness: list[float] = field(default_factory=list)
     name: str = ""
+    node: str = ""  # the node(s) that trained it, comma-separated
 
     @property
     def finished(self) -> bool:
@@ -179,9 +188,10 @@ def candidate_tags(
     return tags
 
 
-def rung_tag(rung: int) -> dict[str, str]:
-    """The tag a child run gets as it completes ``rung``."""
-    return {TAG_RUNG: str(rung)}
+def rung_tag(rung: int, nodes: Sequence[str] = ()) -> dict[str, str]:
+    """The tags a child run gets as it completes ``rung``: the rung, and the ``nodes`` that have
+    trained it so far."""
+    return {TAG_RUNG: str(rung), **({TAG_NODE: ",".join(nodes)} if nodes else {})}
 
 
 def decode_candidate(
@@ -214,4 +224,5 @@ def decode_candidate(
         inherited=tuple(inherited.split(",")) if inherited else (),
         rung_fitness=list(rung_fitness),
         name=name,
+        node=tags.get(TAG_NODE, ""),
     )

@@ -154,12 +154,15 @@ class Tracker:
         params: Optional[dict[str, Any]] = None,
         tags: Optional[dict[str, str]] = None,
         parent_run_id: Optional[str] = None,
+        start_time: Optional[float] = None,
     ) -> str:
-        """Create a run tagged ``hybridopt.kind=<kind>`` (a child when ``parent_run_id``)."""
+        """Create a run tagged ``hybridopt.kind=<kind>`` (a child when ``parent_run_id``), started
+        at ``start_time`` (seconds since the epoch; default now)."""
         all_tags = {TAG_KIND: kind, **(tags or {})}
         if parent_run_id:
             all_tags[TAG_PARENT] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        started = None if start_time is None else int(start_time * 1000)
+        run = self.client.create_run(self.experiment_id, start_time=started, run_name=name, tags=all_tags)
         if params:
             self.log_params(run.info.run_id, params)
         return run.info.run_id
@@ -175,18 +178,22 @@ class Tracker:
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         self.log_history(run_id, [(step, metrics)])
 
-    def log_history(self, run_id: str, history: Iterable[tuple[int, dict[str, float]]]) -> None:
-        """Log ``[(step, {key: value})]`` in batches of 1000 metrics."""
+    def log_history(
+        self, run_id: str, history: Iterable[tuple[int, dict[str, float]]], tags: Optional[dict[str, str]] = None
+    ) -> None:
+        """Log ``[(step, {key: value})]``, and ``tags`` (at most 100) with them, in as few calls to
+        the store as MLflow allows (1000 entries a call): one, for a rung's curves."""
         now = int(time.time() * 1000)
+        pending = [RunTag(k, str(v)[:_PARAM_MAX]) for k, v in (tags or {}).items()]
         batch: list[Metric] = []
         for step, metrics in history:
             for k, v in metrics.items():
                 batch.append(Metric(k, float(v), now, int(step)))
-                if len(batch) == 1000:
-                    self.client.log_batch(run_id, metrics=batch)
-                    batch = []
-        if batch:
-            self.client.log_batch(run_id, metrics=batch)
+                if len(batch) + len(pending) == 1000:
+                    self.client.log_batch(run_id, metrics=batch, tags=pending)
+                    batch, pending = [], []
+        if batch or pending:
+            self.client.log_batch(run_id, metrics=batch, tags=pending)
 
     def log_artifact_file(self, run_id: str, path: Path, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
@@ -197,10 +204,19 @@ class Tracker:
             p.write_bytes(data)
             self.client.log_artifact(run_id, str(p), artifact_path)
 
-    def end_run(self, run_id: str, status: str = "FINISHED", reason: Optional[str] = None) -> None:
-        """End a run as FINISHED, FAILED or KILLED; a reason is kept as tag ``hybridopt.failure``."""
-        if reason:
-            self.set_tags(run_id, {TAG_FAILURE: reason})
+    def end_run(
+        self,
+        run_id: str,
+        status: str = "FINISHED",
+        reason: Optional[str] = None,
+        history: Iterable[tuple[int, dict[str, float]]] = (),
+    ) -> None:
+        """End a run as FINISHED, FAILED or KILLED, with its last ``history`` (``[(step, {key:
+        value})]``); a reason is kept as tag ``hybridopt.failure``."""
+        tags = {TAG_FAILURE: reason} if reason else {}
+        history = list(history)
+        if tags or history:
+            self.log_history(run_id, history, tags)
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
 
     # ------------------------------------------------------------------ reading back (resume)

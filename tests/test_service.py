@@ -7,7 +7,7 @@ import pytest
 from hybridopt.config import load_config
 from hybridopt.entry.service import checkpoint_path, connect, entrypoint, jobs_address
 from hybridopt.errors import RayConnectError, UsageError
-from tests.cluster.test_launcher_e2e import _free_ports
+from tests.cluster.ray_ports import free_ports
 from tests.conftest import CONFIGS
 
 SMOKE = CONFIGS / "smoke_search.yaml"
@@ -26,7 +26,7 @@ def test_the_address_is_the_dashboards_http_one(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_an_address_where_nothing_listens_is_one_line():
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     with pytest.raises(RayConnectError, match=rf"cannot reach the Ray Jobs API at http://127.0.0.1:{port}: "):
         connect(f"http://127.0.0.1:{port}")
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -66,6 +67,8 @@ __all__ = [
 
 KIND = "search"  # the ``hybridopt.kind`` of a job's metadata
 STOP_GRACE_S = 60  # seconds a stopped search has to end its runs before Ray kills it
+AGENT_WAIT_S = 60.0  # seconds ``submit`` waits for the head's job agent (a head just started has none yet)
+_NO_AGENT = "No available agent"  # the Jobs API's answer (HTTP 500) while the head has no job agent
 CONFIG_NAME = "search.yaml"  # the config in the job's working directory
 _PARENT = re.compile(r"search run ([0-9a-f]{32}) ")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -96,6 +99,12 @@ def connect(address: Optional[str], timeout: float = 5.0) -> tuple[JobSubmission
         raise RayConnectError(f"cannot reach the Ray Jobs API at {address}: {reason}") from None
     from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
     from ray.job_submission import JobSubmissionClient
+
+    # Ray's client logs the packing and upload of a job's working directory, and that it found a
+    # token, which it then uses; the commands say what they did themselves, in their own lines.
+    for name in ("dashboard.modules.dashboard_sdk", "_private.runtime_env.packaging"):
+        logging.getLogger(f"ray.{name}").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
     # As ``ray.init`` does: a token this machine holds (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
     # ~/.ray/auth_token, as ``ray get-auth-token`` prints it on the head) goes with every request.
@@ -132,9 +141,21 @@ def entrypoint(resume: bool, fresh: bool) -> str:
 
 
 def submit(
-    client: JobSubmissionClient, cfg: Config, config_file: str, *, resume: bool = False, fresh: bool = False
+    client: JobSubmissionClient,
+    cfg: Config,
+    config_file: str,
+    *,
+    resume: bool = False,
+    fresh: bool = False,
+    agent_wait: float = AGENT_WAIT_S,
+    address: str = "the cluster",
 ) -> tuple[str, str]:
-    """Submit a validated search config as a Ray Job; returns ``(job id, checkpoint path)``."""
+    """Submit a validated search config as a Ray Job; returns ``(job id, checkpoint path)``.
+
+    A head whose job agent is not up yet (just started) or never came up (its dashboard agent
+    could not take its port) answers "no available agent": the submission is tried again for up
+    to ``agent_wait`` seconds, then fails in one line (:class:`RayConnectError`), as does any
+    other refusal (``address``: the cluster's, as the messages name it)."""
     checkpoint = checkpoint_path(cfg, config_file)
     data = cfg.model_dump(mode="json")
     data["search"]["checkpoint"] = checkpoint
@@ -152,12 +173,26 @@ def submit(
     with tempfile.TemporaryDirectory(prefix="hybridopt-job-") as tmp:
         (Path(tmp) / CONFIG_NAME).write_text(yaml.safe_dump(data, sort_keys=False))
         ship_plugins(Path(tmp))
-        job = client.submit_job(
-            entrypoint=entrypoint(resume, fresh),
-            runtime_env={"working_dir": tmp, "env_vars": env},
-            metadata=metadata,
-        )
-    return job, checkpoint
+        deadline = time.monotonic() + agent_wait
+        while True:
+            try:
+                job = client.submit_job(
+                    entrypoint=entrypoint(resume, fresh),
+                    runtime_env={"working_dir": tmp, "env_vars": env},
+                    metadata=metadata,
+                )
+                return job, checkpoint
+            except Exception as e:  # noqa: BLE001 - RuntimeError with the HTTP status, ConnectionError, ...
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                if _NO_AGENT not in first:
+                    raise RayConnectError(f"the Ray Jobs API at {address} refused the search: {first}") from None
+                if time.monotonic() >= deadline:
+                    raise RayConnectError(
+                        f"the head at {address} has no job agent after {agent_wait:g} s, so it cannot run a job "
+                        "(its dashboard agent may have failed to start: see dashboard_agent.log in the "
+                        "head's Ray session logs; is its --dashboard-agent-listen-port, default 52365, taken?)"
+                    ) from None
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
 def ship_plugins(folder: Path) -> list[str]:
@@ -263,6 +298,12 @@ def add_parsers(sub: Any) -> None:
     p_submit.add_argument(
         "--wait", type=float, default=120.0, help="seconds to wait for the search's parent run id (default 120)"
     )
+    p_submit.add_argument(
+        "--agent-wait",
+        type=float,
+        default=AGENT_WAIT_S,
+        help=f"seconds to wait for the head's job agent, should it have none yet (default {AGENT_WAIT_S:g})",
+    )
     p_jobs = sub.add_parser("jobs", help="list the searches on a cluster")
     p_jobs.add_argument("--address", default=None, help=where)
     p_jobs.add_argument(
@@ -281,12 +322,15 @@ def cmd_submit(args: Any) -> int:
     from hybridopt.errors import ConfigError
     from hybridopt.search.genome import GenomeSpace
 
+    if args.agent_wait < 0:
+        raise UsageError(f"--agent-wait must be 0 or more seconds, got {args.agent_wait:g}")
     cfg = load_args_config(args)  # validated before anything is submitted
     if cfg.search is None:
         raise ConfigError(f"{args.config} has no search section")
     GenomeSpace.from_config(cfg.search).validate(cfg)
     client, address = connect(args.address)
-    job, checkpoint = submit(client, cfg, args.config, resume=args.resume, fresh=args.fresh)
+    again = {"resume": args.resume, "fresh": args.fresh}
+    job, checkpoint = submit(client, cfg, args.config, **again, agent_wait=args.agent_wait, address=address)
     experiment = cfg.tracking.experiment or cfg.experiment
     print(f"submitted {job} to {address}: experiment {experiment!r}, checkpoint <store>/{checkpoint}", flush=True)
     parent, status = wait_for_parent(client, job, args.wait)

@@ -39,7 +39,8 @@ def _fmt(v: Any) -> str:
 def search_table(view: SearchView, wide: bool = True) -> list[dict[str, str]]:
     """Candidates best first: their label, the genes that differ between candidates (a column
     each, or with ``wide=False`` one short column), fitness, status, rung, whose state it
-    started from, wall and CPU seconds."""
+    started from, wall and CPU seconds, and (where the runs say) the node that trained it."""
+    nodes = any(c.node for c in view.candidates)
     varying = [g for g in view.genes if len({repr(c.genome.get(g)) for c in view.candidates}) > 1]
     labels = {c.run_id: c.label for c in view.candidates}
     rows = []
@@ -55,6 +56,8 @@ def search_table(view: SearchView, wide: bool = True) -> list[dict[str, str]]:
         row["from"] = labels.get(c.inherited_from or "", "") if c.inherited_from else ""
         row["wall s"] = f"{c.wall_s:.1f}"
         row["CPU s"] = f"{c.cpu_s:.1f}"
+        if nodes:
+            row["node"] = c.node
         rows.append(row)
     return rows
 

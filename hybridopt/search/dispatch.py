@@ -6,7 +6,8 @@ candidate at a time (:func:`~hybridopt.train.train_candidate`), so what a proces
 and handed to the first free actor; results come back as they complete.  An actor that dies
 (its process killed, its node lost) is replaced, and its job runs again, up to
 ``ray.max_retries`` times; an error inside training is not retried: it comes back as a FAILED
-result.  Workers never touch the tracking store.
+result.  Workers never touch the tracking store.  The pool notes when an actor takes a job and
+how long it was queued (:meth:`Pool.taken`), so that a candidate's run starts when it trains.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -25,6 +27,7 @@ from ray.exceptions import RayActorError, RayError
 
 from hybridopt.config import parse_config
 from hybridopt.errors import RayConnectError
+from hybridopt.search.halving import Taken
 from hybridopt.train import TrainResult, TrainState, train_candidate
 
 __all__ = [
@@ -46,10 +49,16 @@ def train_remote(config: dict[str, Any], start: Optional[TrainState], cpu_budget
 
 @ray.remote
 class CandidateWorker:
-    """A candidate slot: trains one candidate per call, in one long-lived process."""
+    """A candidate slot: trains one candidate per call, in one long-lived process; each result
+    says which node trained it (the node's IP address, as Ray knows it)."""
+
+    def __init__(self) -> None:
+        self.node = ray.util.get_node_ip_address()
 
     def train(self, config: dict[str, Any], start: Optional[TrainState], cpu_budget_s: Optional[float]):
-        return train_remote(config, start, cpu_budget_s)
+        result = train_remote(config, start, cpu_budget_s)
+        result.node = self.node
+        return result
 
     def pid(self) -> int:
         return os.getpid()
@@ -61,6 +70,7 @@ class _Job:
     config: dict[str, Any]
     start: Optional[TrainState]
     cpu_budget_s: Optional[float]
+    queued_at: float = 0.0  # seconds since the epoch
     attempts: int = 0
 
 
@@ -72,8 +82,9 @@ STOP: list[str] = []
 class Pool:
     """``slots`` actors with the resources a candidate declares; jobs run first come, first served.
 
-    ``submit(key, config, start, cpu_budget_s)`` queues a job; ``next_result()`` blocks until one
-    completes and returns ``(key, TrainResult)``."""
+    ``submit(key, config, start, cpu_budget_s)`` queues a job; ``taken()`` says which jobs actors
+    took since it was last asked; ``next_result()`` blocks until one completes and returns
+    ``(key, TrainResult)``."""
 
     def __init__(self, slots: int, num_cpus: float, num_gpus: float, max_retries: int):
         if slots < 1:
@@ -83,6 +94,7 @@ class Pool:
         self._idle = [self._new_actor() for _ in range(slots)]
         self._queue: collections.deque[_Job] = collections.deque()
         self._running: dict[Any, tuple[Any, _Job]] = {}  # object ref -> (actor, job)
+        self._taken: list[Taken] = []
         self.replaced = 0  # actors that died and were replaced
 
     def _new_actor(self):
@@ -96,13 +108,20 @@ class Pool:
     def submit(
         self, key: Hashable, config: dict[str, Any], start: Optional[TrainState], cpu_budget_s: Optional[float]
     ) -> None:
-        self._queue.append(_Job(key, config, start, cpu_budget_s))
+        self._queue.append(_Job(key, config, start, cpu_budget_s, time.time()))
         self._dispatch()
+
+    def taken(self) -> list[Taken]:
+        """The jobs actors took since the last call, in order (a retried job again)."""
+        out, self._taken = self._taken, []
+        return out
 
     def _dispatch(self) -> None:
         while self._idle and self._queue:
             actor, job = self._idle.pop(), self._queue.popleft()
             job.attempts += 1
+            now = time.time()
+            self._taken.append(Taken(job.key, now, now - job.queued_at))
             self._running[actor.train.remote(job.config, job.start, job.cpu_budget_s)] = (actor, job)
 
     def next_result(self) -> tuple[Hashable, TrainResult]:
@@ -123,6 +142,7 @@ class Pool:
                 self.replaced += 1
                 self._idle.append(self._new_actor())
                 if job.attempts <= self.max_retries:
+                    job.queued_at = time.time()
                     self._queue.appendleft(job)
                     self._dispatch()
                     continue
@@ -142,6 +162,7 @@ class Pool:
             ray.kill(actor, no_restart=True)
         self._idle.clear()
         self._running.clear()
+        self._taken.clear()
 
 
 def _first_line(e: BaseException) -> str:

@@ -32,7 +32,7 @@ from hybridopt.search.checkpoint import FAILED_FITNESS, SearchCheckpoint
 from hybridopt.search.dispatch import Pool, init_ray, slots_for, stop_on_signals
 from hybridopt.search.evolution import Evolution
 from hybridopt.search.genome import GenomeSpace
-from hybridopt.search.halving import Job, SuccessiveHalving, scaled_budget
+from hybridopt.search.halving import Job, RungPool, SuccessiveHalving, scaled_budget
 from hybridopt.search.inherit import Lineage
 from hybridopt.search.outcome import SearchOutcome, Standings, describe_search
 from hybridopt.search.record import SearchRecord
@@ -45,7 +45,11 @@ __all__ = ["Driver", "run_search"]
 
 
 class Driver:
-    """One search, from its config: generations of the GA, each trained through the rungs."""
+    """One search, from its config: generations of the GA, each trained through the rungs.
+
+    ``pool`` trains the candidates: by default the Ray actor pool the config's ``ray`` section
+    sizes (Ray must be up); another :class:`~hybridopt.search.halving.RungPool` with a
+    ``close()`` (a benchmark's simulated workers) drives the same search without Ray."""
 
     def __init__(
         self,
@@ -54,6 +58,7 @@ class Driver:
         resume: bool,
         progress: Optional[ProgressFn] = None,
         command: Optional[str] = None,
+        pool: Optional[RungPool] = None,
     ):
         assert cfg.search is not None
         self.cfg, self.sc = cfg, cfg.search
@@ -72,9 +77,11 @@ class Driver:
         self.lineage = Lineage(self.space.genes, self.record.trained_state)
         self.generation = max(self.checkpoint.generation, 0) if self.checkpoint else 0
         rc = cfg.ray
-        slots = slots_for(rc.num_cpus_per_candidate, rc.num_gpus_per_candidate)
-        slots = min(slots, self.sc.max_concurrent or slots)
-        self.pool = Pool(slots, rc.num_cpus_per_candidate, rc.num_gpus_per_candidate, rc.max_retries)
+        if pool is None:
+            slots = slots_for(rc.num_cpus_per_candidate, rc.num_gpus_per_candidate)
+            slots = min(slots, self.sc.max_concurrent or slots)
+            pool = Pool(slots, rc.num_cpus_per_candidate, rc.num_gpus_per_candidate, rc.max_retries)
+        self.pool: Any = pool
         self.threads = max(1, int(rc.num_cpus_per_candidate))
         self.rungs = RungRecorder(self.record, self.lineage, self.standings, progress, self.sc.inheritance)
         if self.checkpoint is not None:
@@ -135,7 +142,7 @@ class Driver:
                 fitness[job.index] = measured
             else:
                 self.evolution.set_fitness(job.row, measured)
-        self.rungs.progressed(jobs)  # the generation's best, once every candidate is recorded
+        self.rungs.progressed(sum(j.done for j in jobs), len(jobs))  # the best, once every candidate is recorded
         return fitness
 
     def _train(self, jobs: Sequence[Job]) -> list[CandidateRecord]:
@@ -157,7 +164,7 @@ class Driver:
         cfg = scaled_budget(self._config(best[0].genome), self.sc.final_budget)
         job = Lineage.continued(best[0], state, 0, cfg)
         (rec,) = self._train([job])
-        self.rungs.progressed([job])
+        self.rungs.progressed(int(job.done), 1)
         self.record.log_generation(self.generation, self.standings.final_metrics(rec))
 
     def end_generation(self) -> None:

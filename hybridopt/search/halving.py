@@ -9,6 +9,7 @@ tells a :class:`RungListener` what happened; the caller records it."""
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from collections.abc import Callable, Hashable, Sequence
@@ -24,8 +25,9 @@ __all__ = [
     "RungListener",
     "RungPool",
     "SuccessiveHalving",
+    "Taken",
+    "Ladder",
     "budget_fraction",
-    "decide",
     "quotas",
     "scaled_budget",
 ]
@@ -44,11 +46,13 @@ class Job:
     inherited_from: Optional[str] = None  # the run whose state it started from
     inherited: tuple[str, ...] = ()
     row: Optional[int] = None  # an elite training on: its row in the GA's population
-    run_id: Optional[str] = None
+    run_id: Optional[str] = None  # its child run, opened when a worker first takes it
     fitness: list[float] = field(default_factory=list)  # at each completed rung
     result: Optional[TrainResult] = None  # of its last rung
     cpu_s: float = 0.0
     wall_s: float = 0.0
+    queue_wait_s: float = 0.0  # queued for a worker, every rung
+    nodes: list[str] = field(default_factory=list)  # the nodes that trained it, in order
     decided: bool = False  # promoted from, or stopped at, its last completed rung
     done: bool = False
     stored: Optional[CandidateRecord] = None  # finished before a resume
@@ -87,14 +91,31 @@ class Job:
             budget_cpu_s=result.state.cpu_s if result.state is not None else self.cpu_s,
             inherited_from=self.inherited_from,
             inherited=self.inherited,
+            node=",".join(self.nodes),
         )
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A worker took job ``key`` from the queue at ``at`` (seconds since the epoch), after it
+    waited ``waited_s`` seconds there."""
+
+    key: Hashable
+    at: float
+    waited_s: float
+
+
 class RungPool(Protocol):
-    """Workers that train jobs (:class:`hybridopt.search.dispatch.Pool`)."""
+    """Workers that train jobs (:class:`hybridopt.search.dispatch.Pool`): ``submit`` queues a job,
+    a free worker takes it (``taken`` tells which, and when), ``next_result`` waits for one to
+    complete."""
 
     @property
     def pending(self) -> int: ...
+
+    def taken(self) -> list[Taken]:
+        """The jobs workers took since the last call, in the order they took them."""
+        ...
 
     def submit(
         self, key: Hashable, config: dict[str, Any], start: Optional[TrainState], cpu_budget_s: Optional[float]
@@ -106,8 +127,9 @@ class RungPool(Protocol):
 class RungListener(Protocol):
     """What the caller of :meth:`SuccessiveHalving.run` is told, to record it."""
 
-    def dispatched(self, job: Job) -> str:
-        """A job is about to train for the first time; returns its run id."""
+    def started(self, job: Job, at: float) -> str:
+        """A worker took a job for its first rung at ``at`` (seconds since the epoch); returns the
+        id of its run, which starts then."""
         ...
 
     def completed(self, job: Job, result: TrainResult) -> None:
@@ -118,8 +140,9 @@ class RungListener(Protocol):
         """A job stops at rung ``job.rung``: failed, not promoted, or at the last rung."""
         ...
 
-    def progressed(self, jobs: Sequence[Job]) -> None:
-        """Something changed among ``jobs`` (for a progress display)."""
+    def progressed(self, done: int, total: int) -> None:
+        """Something changed: ``done`` of the generation's ``total`` jobs have stopped (for a
+        progress display)."""
         ...
 
 
@@ -139,35 +162,50 @@ class SuccessiveHalving:
         by_index = {job.index: job for job in jobs}
         last = len(self.rungs) - 1
 
+        def took() -> None:  # its run starts when a worker first takes it, not while it is queued
+            for t in pool.taken():
+                job = by_index[t.key]
+                job.queue_wait_s += t.waited_s
+                if job.run_id is None:
+                    job.run_id = listener.started(job, t.at)
+
         def promote(job: Job, rung: int) -> None:
-            if job.run_id is None:  # dispatched: its run exists from now on, RUNNING
-                job.run_id = listener.dispatched(job)
             cfg, cpu = budget_fraction(job.cfg, self.rungs[rung - 1] if rung > 0 else 0.0, self.rungs[rung])
             start = job.start if rung == 0 else job.result.state if job.result is not None else None
             pool.submit(job.index, cfg.model_dump(mode="json"), start, None if math.isinf(cpu) else cpu)
 
+        done = sum(job.done for job in jobs)
+
         def stop(job: Job) -> None:
+            nonlocal done
             job.decided = job.done = True
+            done += 1
             listener.stopped(job)
 
-        listener.progressed(jobs)
+        ladder = Ladder(jobs, quota)
+        listener.progressed(done, len(jobs))
         for job in jobs:
             if not job.done:
                 promote(job, 0)
         while True:
-            decide(list(jobs), quota, promote, stop)
+            ladder.decide(promote, stop)
+            took()  # after the submissions: workers have their jobs before the store hears of them
             if not pool.pending:
                 break
             key, result = pool.next_result()
+            took()
             job = by_index[key]
             job.result, job.decided = result, False  # a rung completed: its next step is to be decided
             job.cpu_s += result.cpu_time
             job.wall_s += result.wall_time
             job.fitness.append(result.fitness if not result.failed else -math.inf)
+            if result.node and result.node not in job.nodes:
+                job.nodes.append(result.node)
             listener.completed(job, result)
             if result.failed or job.rung == last:
                 stop(job)
-            listener.progressed(jobs)
+            ladder.completed(job)
+            listener.progressed(done, len(jobs))
 
 
 def budget_fraction(cfg: Config, lo: float, hi: float) -> tuple[Config, float]:
@@ -198,24 +236,72 @@ def quotas(n: int, rungs: list[float], keep: float) -> list[int]:
     return out
 
 
-def decide(jobs: list[Job], quota: list[int], promote: Callable[[Job, int], None], stop: Callable[[Job], None]) -> None:
-    """Promote (``promote(job, next_rung)``) or stop (``stop(job)``) every job whose place in its
-    rung is certain.
+class Ladder:
+    """Where a generation's jobs stand on each rung but the last, kept up to date as results
+    arrive, so that deciding after a result costs a few binary searches rather than a sort of
+    the generation: at ``quota[k]`` places a rung, for ``len(jobs)`` jobs (those taken from the
+    store counted with the rungs they completed)."""
 
-    Rung ``k`` sends on its ``quota[k]`` best.  A job is certainly among them when fewer than
-    ``quota[k]`` others are ahead of it or may still arrive (``pending``), and certainly not
-    when ``quota[k]`` are ahead; once the rung is complete every place is known."""
-    cap = len(jobs)  # at most how many jobs complete rung k
-    for k, m in enumerate(quota):
-        at_k = [j for j in jobs if j.rung >= k]
-        pending = cap - len(at_k)
-        ranked = sorted((j for j in at_k if j.fitness[k] > -math.inf), key=lambda j: (-j.fitness[k], j.index))
-        for place, job in enumerate(ranked):
-            if job.rung == k and not job.decided and (place + pending < m or place >= m or pending == 0):
+    def __init__(self, jobs: Sequence[Job], quota: list[int]):
+        self.quota, self.total = quota, len(jobs)
+        self.by_index = {job.index: job for job in jobs}
+        self.ranked: list[list[tuple[float, int]]] = [[] for _ in quota]  # (-fitness, index): finite, by place
+        self.waiting: list[list[tuple[float, int]]] = [[] for _ in quota]  # of those, the undecided at the rung
+        self.arrived = [0] * len(quota)  # jobs that completed the rung (failed ones included)
+        self.promoted = [0] * len(quota)  # jobs sent on from the rung
+        for job in jobs:
+            for k in range(min(len(job.fitness), len(quota))):
+                self._arrive(job, k)
+            for k in range(min(job.rung, len(quota))):
+                self.promoted[k] += 1
+
+    def _arrive(self, job: Job, k: int) -> None:
+        self.arrived[k] += 1
+        if job.fitness[k] > -math.inf:
+            bisect.insort(self.ranked[k], (-job.fitness[k], job.index))
+
+    def completed(self, job: Job) -> None:
+        """``job`` completed rung ``job.rung`` (stopped there already, or to be decided)."""
+        k = job.rung
+        if k < len(self.quota):
+            self._arrive(job, k)
+            if not job.decided:
+                bisect.insort(self.waiting[k], (-job.fitness[k], job.index))
+
+    def decide(self, promote: Callable[[Job, int], None], stop: Callable[[Job], None]) -> None:
+        """Promote (``promote(job, next_rung)``) or stop (``stop(job)``) every job whose place in
+        its rung is certain, rung by rung, each rung's in order of place.
+
+        Rung ``k`` sends on its ``quota[k]`` best.  A job is certainly among them when fewer than
+        ``quota[k]`` others are ahead of it or may still arrive (``pending``), and certainly not
+        when ``quota[k]`` are ahead; once the rung is complete every place is known.  Places only
+        grow and ``pending`` only shrinks, so the certain ones are the best and the worst of those
+        waiting."""
+        cap = self.total  # at most how many jobs complete rung k
+        for k, m in enumerate(self.quota):
+            pending = cap - self.arrived[k]
+            ranked, waiting = self.ranked[k], self.waiting[k]
+            places = []  # (place, key) of the decided, in order of place
+            first = 0
+            while first < len(waiting):
+                place = bisect.bisect_left(ranked, waiting[first])
+                if place >= m or (place + pending >= m and pending > 0):
+                    break
+                places.append((place, waiting[first]))
+                first += 1
+            last = len(waiting)
+            behind = []
+            while last > first and (place := bisect.bisect_left(ranked, waiting[last - 1])) >= m:
+                behind.append((place, waiting[last - 1]))
+                last -= 1
+            del waiting[last:]
+            del waiting[:first]
+            for place, (_, index) in places + behind[::-1]:
+                job = self.by_index[index]
                 job.decided = True
                 if place < m:
+                    self.promoted[k] += 1
                     promote(job, k + 1)
                 else:
                     stop(job)
-        promoted = sum(1 for j in jobs if j.rung > k or (j.rung == k and j.decided and not j.done))
-        cap = promoted if pending == 0 else m
+            cap = self.promoted[k] if pending == 0 else m

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
+import numpy as np
+
 from hybridopt.config import Config
 from hybridopt.search.genome import Gene
 from hybridopt.search.halving import Job
@@ -88,6 +90,7 @@ class Lineage:
         self.read_state = read_state
         self.members: list[tuple[int, CandidateRecord]] = []
         self.trained: dict[str, TrainState] = {}  # run id -> trained state (the members')
+        self._coded: Optional[tuple[Any, Any]] = None  # (members, what _finished() made of them)
 
     def set_population(self, records: Sequence[CandidateRecord], population: Any) -> None:
         """The population's rows and the latest record with each row's genome; states of those
@@ -101,15 +104,37 @@ class Lineage:
     def parent_of(self, unit: list[float], genome: dict[str, Any]) -> Optional[CandidateRecord]:
         """The finished member that shares most genes with a child (ties: the nearest in the unit
         genome, then the first)."""
+        finished, codes, table = self._finished()
+        if table is not None:  # the members' genes as codes, one row a member: counted at once
+            row = [codes[j].get(genome[g.path], -1) for j, g in enumerate(self.genes)]
+            shared = (table == np.asarray(row)).sum(axis=1)
+            finished = [finished[i] for i in np.flatnonzero(shared == shared.max())] if len(finished) else []
         best, key = None, None
-        for _, m in self.members:
-            if m.status != "FINISHED":
-                continue
-            shared = sum(genome[g.path] == m.genome[g.path] for g in self.genes)
-            k = (-shared, sum(abs(a - b) for a, b in zip(unit, m.unit)))
+        for m in finished:
+            shared_genes = sum(genome[g.path] == m.genome[g.path] for g in self.genes)
+            k = (-shared_genes, sum(abs(a - b) for a, b in zip(unit, m.unit)))
             if key is None or k < key:
                 best, key = m, k
         return best
+
+    def _finished(self) -> tuple[list[CandidateRecord], list[dict[Any, int]], Optional[np.ndarray]]:
+        """The finished members, a code for each gene's values among them, and their genes so
+        coded (``None`` where a value cannot be a key: those are compared one by one); built once
+        per population."""
+        if self._coded is not None and self._coded[0] is self.members:
+            return self._coded[1]
+        finished = [m for _, m in self.members if m.status == "FINISHED"]
+        codes: list[dict[Any, int]] = [{} for _ in self.genes]
+        try:
+            rows = [
+                [codes[j].setdefault(m.genome[g.path], len(codes[j])) for j, g in enumerate(self.genes)]
+                for m in finished
+            ]
+            table: Optional[np.ndarray] = np.asarray(rows, dtype=np.int64).reshape(len(finished), len(self.genes))
+        except TypeError:  # an unhashable value (a list among the choices)
+            table = None
+        self._coded = (self.members, (finished, codes, table))
+        return self._coded[1]
 
     def state(self, run_id: str) -> Optional[TrainState]:
         """A candidate's trained state: cached, or read back from its run."""

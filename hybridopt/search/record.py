@@ -6,9 +6,10 @@ the command that started it), :meth:`SearchRecord.resume` finds it again for ``-
 :meth:`SearchRecord.finish` logs the winner (genome, config, weights) and ends it, and
 :meth:`SearchRecord.abandon` ends it early with the children under way.
 
-A child run is created when its candidate is dispatched (RUNNING while it trains, so its
-duration is true and running candidates are visible), gets its curves rung by rung, and ends
-FINISHED at the rung where it stopped or FAILED with the reason.  Its tags and metrics are those
+A child run is created when a worker takes its candidate, not while the candidate is queued
+(RUNNING while it trains, so its duration is true and the candidates training are the RUNNING
+ones), gets its curves rung by rung, and ends FINISHED at the rung where it stopped or FAILED
+with the reason; ``queue_wait_s`` says how long it waited for workers.  Its tags and metrics are those
 of :mod:`hybridopt.stored_names`; a finished candidate's trained state is its artifact
 ``state.pt``, what a child inherits (also after a resume).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, Optional
 
@@ -37,6 +39,7 @@ from hybridopt.stored_names import (
     METRIC_BEST_FITNESS,
     METRIC_BUDGET_CPU_S,
     METRIC_FITNESS,
+    METRIC_QUEUE_WAIT_S,
     METRIC_RUNG_FITNESS,
     TAG_BEST_GENOME,
     TAG_BEST_RUN,
@@ -135,33 +138,42 @@ class SearchRecord:
         cfg: Config,
         inherited_from: Optional[str] = None,
         inherited: tuple[str, ...] = (),
+        start_time: Optional[float] = None,
     ) -> str:
-        """A RUNNING child run for a candidate being dispatched."""
+        """A RUNNING child run for a candidate a worker took at ``start_time`` (seconds since the
+        epoch; default now)."""
         name = f"g{generation:03d}-c{index:03d} {GenomeSpace.describe(genome)}"
         tags = candidate_tags(generation, index, unit, genome, inherited_from, inherited)
         run_id = self.tracker.start_run(
-            name[:250], KIND_CANDIDATE, params=run_params(cfg), tags=tags, parent_run_id=self.parent
+            name[:250],
+            KIND_CANDIDATE,
+            params=run_params(cfg),
+            tags=tags,
+            parent_run_id=self.parent,
+            start_time=start_time,
         )
         self.open_runs.add(run_id)
         return run_id
 
-    def log_rung(self, run_id: str, rung: int, result: TrainResult) -> None:
-        """A rung's curves (steps going on from the state it started from) and its fitness."""
-        self.tracker.log_history(run_id, result.history)
-        if not result.failed:
-            self.tracker.log_metrics(run_id, {METRIC_RUNG_FITNESS: result.fitness}, step=rung)
-        self.tracker.set_tags(run_id, rung_tag(rung))
+    def log_rung(self, run_id: str, rung: int, result: TrainResult, nodes: Sequence[str] = ()) -> None:
+        """A rung's curves (steps going on from the state it started from), its fitness, and the
+        ``nodes`` that trained the candidate so far."""
+        history = [*result.history, *([(rung, {METRIC_RUNG_FITNESS: result.fitness})] if not result.failed else [])]
+        self.tracker.log_history(run_id, history, rung_tag(rung, nodes))  # one call to the store
 
-    def close_child(self, run_id: str, result: TrainResult, cpu_s: float, wall_s: float, keep_state: bool) -> None:
-        """End a child at the rung where it stopped: final metrics, its state, its status."""
+    def close_child(
+        self, run_id: str, result: TrainResult, cpu_s: float, wall_s: float, keep_state: bool, queue_wait_s: float = 0.0
+    ) -> None:
+        """End a child at the rung where it stopped: final metrics (``queue_wait_s``: its time
+        queued for workers), its state, its status."""
         budget = result.state.cpu_s if result.state is not None else cpu_s
         extra = {METRIC_BUDGET_CPU_S: budget} if not result.failed else {}
-        self.tracker.log_history(run_id, [(result.steps, final_metrics(result, wall_s, cpu_s, **extra))])
+        metrics = {**final_metrics(result, wall_s, cpu_s, **extra), METRIC_QUEUE_WAIT_S: queue_wait_s}
         if keep_state and result.state is not None and not result.failed:
             buf = io.BytesIO()
             torch.save(asdict(result.state), buf)
             self.tracker.log_artifact_bytes(run_id, ARTIFACT_STATE, buf.getvalue())
-        self.tracker.end_run(run_id, result.status, result.reason)
+        self.tracker.end_run(run_id, result.status, result.reason, [(result.steps, metrics)])
         self.open_runs.discard(run_id)
 
     def trained_state(self, run_id: str) -> Optional[TrainState]:

@@ -72,26 +72,25 @@ class RungRecorder:
         return state.model if state is not None else None
 
     # ------------------------------------------------------------------ the RungListener
-    def dispatched(self, job: Job) -> str:
-        g = self.generation
-        return self.record.open_child(g, job.index, job.unit, job.genome, job.cfg, job.inherited_from, job.inherited)
+    def started(self, job: Job, at: float) -> str:
+        g, inherited = self.generation, (job.inherited_from, job.inherited)
+        return self.record.open_child(g, job.index, job.unit, job.genome, job.cfg, *inherited, start_time=at)
 
     def completed(self, job: Job, result: TrainResult) -> None:
         assert job.run_id is not None
-        self.record.log_rung(job.run_id, job.rung, result)
+        self.record.log_rung(job.run_id, job.rung, result, job.nodes)
 
     def stopped(self, job: Job) -> None:
         """Its child run ends; its state is kept for children."""
         result = job.result
         assert result is not None and job.run_id is not None
         keep_state = self.keeps_states and not result.failed
-        self.record.close_child(job.run_id, result, job.cpu_s, job.wall_s, keep_state)
+        self.record.close_child(job.run_id, result, job.cpu_s, job.wall_s, keep_state, job.queue_wait_s)
         self.progress(ProgressEvent(line=job.record(self.generation).line(GenomeSpace.describe(job.genome))))
         if keep_state and result.state is not None:
             self.lineage.trained[job.run_id] = result.state
 
-    def progressed(self, jobs: Sequence[Job]) -> None:
-        done = sum(j.done for j in jobs)
+    def progressed(self, done: int, total: int) -> None:
         g, gens = self.generation, self.generations
         stage = f"generation {g + 1}/{gens}" if g < gens else "final training"
-        self.progress(ProgressEvent(done, len(jobs), {"best": self.standings.best_fitness}, stage))
+        self.progress(ProgressEvent(done, total, {"best": self.standings.best_fitness}, stage))

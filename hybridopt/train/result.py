@@ -71,6 +71,7 @@ class TrainResult:
     status: str = "FINISHED"
     reason: Optional[str] = None
     state: Optional[TrainState] = None  # to continue from (None for a failed candidate)
+    node: Optional[str] = None  # the machine that trained it (a Ray worker's node address)
 
     @property
     def failed(self) -> bool:

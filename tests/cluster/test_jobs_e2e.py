@@ -2,7 +2,9 @@
 
 A head (``ray start --head``, dashboard and Jobs API on 127.0.0.1, the head's MLflow server as
 the cluster's start commands launch it) runs in its own PID namespace with its own ``RAY_TMPDIR``,
-ports and store, so killing the namespace ends everything it started.  The head's jobs run the
+ports (every one ``ray start`` takes) and store, so killing the namespace ends everything it
+started; another Ray runs beside it on Ray's default ports the whole time, as a developer's own
+would.  The head's jobs run the
 ``hybridopt`` installed in this interpreter's environment (no ``PYTHONPATH``), as a user's head
 does.  From outside, the real ``hybridopt`` command line submits two smoke searches at once from
 a local YAML the head has never seen, lists them, stops a third mid-way and resumes it into the same parent run.
@@ -26,7 +28,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.cluster.test_launcher_e2e import _free_ports, _healthy, _pidns_available, skip_unless_ci
+from tests.cluster.ray_ports import DEFAULT_PORTS, DefaultRay, free_ports, head_ports, port_flags
+from tests.cluster.test_launcher_e2e import _healthy, _pidns_available, skip_unless_ci
 from tests.conftest import CONFIGS
 
 pytestmark = pytest.mark.slow
@@ -35,10 +38,13 @@ EXPERIMENT = "jobs_e2e"
 
 
 class Head:
-    def __init__(self) -> None:
+    """A head with every port of its own; ``ports`` replaces some of them (by ``ray start``'s flag)."""
+
+    def __init__(self, ports: Optional[dict[str, int]] = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="hj", dir="/tmp"))  # short: Ray's socket paths
-        gcs, dashboard, mlflow = _free_ports(3)
-        self.address = f"http://127.0.0.1:{dashboard}"
+        self.ports = {**head_ports(), **(ports or {})}
+        (mlflow,) = free_ports(1)
+        self.address = f"http://127.0.0.1:{self.ports['dashboard-port']}"
         self.mlflow = f"http://127.0.0.1:{mlflow}"
         self.env = {
             **os.environ,
@@ -51,8 +57,8 @@ class Head:
         for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
             self.env.pop(var, None)
         script = (
-            f"ray start --head --port={gcs} --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 "
-            f"--dashboard-port={dashboard} --num-cpus=2 --disable-usage-stats >/dev/null && "
+            f"ray start --head {port_flags(self.ports)} --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 "
+            "--num-cpus=2 --disable-usage-stats >/dev/null && "
             "python -m hybridopt.entry.cluster mlflow && exec sleep infinity"
         )
         self.log = open(self.root / "head.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -92,11 +98,10 @@ class Head:
         self.log.close()
 
 
-@pytest.fixture(scope="module")
-def head():
-    if not _pidns_available():
-        skip_unless_ci("needs PID namespaces (unshare) to run a head that stops with everything it started")
-    h = Head()
+@contextlib.contextmanager
+def running(h: Head):
+    """``h`` up (its MLflow server and Jobs API answering) until the block ends; then stopped,
+    with nothing of it left running."""
     try:
         h.wait_ready()
         yield h
@@ -108,6 +113,14 @@ def head():
         left = h.leftovers()
         shutil.rmtree(h.root, ignore_errors=True)
         assert not left, f"left running: {left}"
+
+
+@pytest.fixture(scope="module")
+def head(default_ray: DefaultRay):
+    if not _pidns_available():
+        skip_unless_ci("needs PID namespaces (unshare) to run a head that stops with everything it started")
+    with running(Head()) as h:
+        yield h
 
 
 def cli(head: Head, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -159,7 +172,7 @@ def test_searches_submitted_listed_stopped_and_resumed_as_jobs(head: Head, tmp_p
     base = [str(mine), "--address", head.address, "--set", "search.max_concurrent=1"]
 
     # bad input: one line, exit 2, nothing submitted
-    (dead,) = _free_ports(1)
+    (dead,) = free_ports(1)
     p = cli(head, "submit", *base, "--address", f"http://127.0.0.1:{dead}")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "cannot reach the Ray Jobs API" in p.stderr, p.stderr
     p = cli(head, "submit", *base, "--set", "search.population=-3")
@@ -219,3 +232,25 @@ def test_searches_submitted_listed_stopped_and_resumed_as_jobs(head: Head, tmp_p
     kids = [c for c in children if c.data.tags["mlflow.parentRunId"] == parent]
     keys = [(c.data.tags["hybridopt.generation"], c.data.tags["hybridopt.candidate"]) for c in kids]
     assert len(keys) == len(set(keys)) == 4 * 6 and {c.info.status for c in kids} == {"FINISHED"}
+
+
+def test_submit_to_a_head_without_a_job_agent_says_so_in_one_line(default_ray: DefaultRay, tmp_path: Path):
+    """A head whose dashboard agent cannot take its port (the other Ray's agent holds 52365) has
+    no job agent: ``submit`` waits ``--agent-wait`` seconds for one, then says so in one line."""
+    if not _pidns_available():
+        skip_unless_ci("needs PID namespaces (unshare) to run a head that stops with everything it started")
+    cfg = yaml.safe_load((CONFIGS / "smoke_search.yaml").read_text())
+    cfg["experiment"] = EXPERIMENT
+    mine = tmp_path / "my_search.yaml"
+    mine.write_text(yaml.safe_dump(cfg))
+    with running(Head({"dashboard-agent-listen-port": DEFAULT_PORTS[2]})) as h:
+        started = time.monotonic()
+        p = cli(h, "submit", str(mine), "--address", h.address, "--agent-wait", "5", timeout=120)
+        took = time.monotonic() - started
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+        assert "no job agent after 5 s" in p.stderr and "52365" in p.stderr, p.stderr
+        assert took < 60, took  # bounded: five seconds of retries, not Ray's own
+        assert "submitted" not in p.stdout
+        p = cli(h, "submit", str(mine), "--address", h.address, "--agent-wait", "-1")
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--agent-wait" in p.stderr, p.stderr

@@ -17,7 +17,8 @@ stopped:
   those by PID.
 - the head's sessions get ``HOME`` in the temporary directory (sshd ``SetEnv``): the project
   copy, the virtual environment, ``~/.bashrc`` and the MLflow store live there, and a
-  ``RAY_TMPDIR`` and free ports keep the head's Ray apart from any other Ray on the machine.
+  ``RAY_TMPDIR`` and free ports (every one ``ray start`` takes) keep the head's Ray apart from
+  any other Ray on the machine; one runs beside it on Ray's default ports the whole time.
 - Ray's ``ssh``/``rsync`` reach that port through an ``ssh`` wrapper first on the ``ray``
   commands' ``PATH`` (Ray's local provider has no SSH port setting); Ray itself passes
   ``UserKnownHostsFile=/dev/null``, and ``-F`` keeps ``~/.ssh/config`` out.
@@ -51,6 +52,8 @@ from typing import Optional
 
 import pytest
 import yaml
+
+from tests.cluster.ray_ports import DefaultRay, free_ports, head_ports, port_flags
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET_S = 540.0  # the whole test, every ray command included
@@ -113,19 +116,6 @@ def _kill_pids(pids: list[int], grace: float = 5.0) -> None:
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.2)
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _wait_port(port: int, timeout: float) -> bool:
@@ -204,7 +194,8 @@ class Loopback:
         self.up_attempted = False
         self.down_done = False
         self.timings: dict[str, float] = {}
-        (self.ssh_port, self.mlflow_port, self.ui_port, *self.ray_ports) = _free_ports(10)
+        (self.ssh_port, self.mlflow_port, self.ui_port) = free_ports(3)
+        self.ray_ports = head_ports()
         self.config = self.root / "cluster.yaml"
         self.cluster_name = f"hybridopt-e2e-{self.token[:8]}"
         self.mlflow_uri = f"http://127.0.0.1:{self.mlflow_port}"
@@ -305,13 +296,7 @@ class Loopback:
         assert any("pip install" in c and "~/hybridopt" in c for c in cfg["setup_commands"])
         starts = cfg["head_start_ray_commands"]
         (i,) = [k for k, c in enumerate(starts) if "ray start --head" in c]
-        gcs, client, dash, agent_http, agent_grpc, metrics, runtime_env = self.ray_ports
-        starts[i] += (
-            f" --node-ip-address=127.0.0.1 --port={gcs} --ray-client-server-port={client}"
-            f" --dashboard-port={dash} --dashboard-agent-listen-port={agent_http}"
-            f" --dashboard-agent-grpc-port={agent_grpc} --metrics-export-port={metrics}"
-            f" --runtime-env-agent-port={runtime_env}"
-        )
+        starts[i] += f" --node-ip-address=127.0.0.1 {port_flags(self.ray_ports)}"
         return cfg
 
     # ----- ray commands
@@ -431,7 +416,7 @@ class Loopback:
 
 
 @pytest.fixture
-def loopback():
+def loopback(default_ray: DefaultRay):
     if os.name != "posix" or not hasattr(os, "geteuid") or os.geteuid() != 0:
         pytest.skip("the loopback launcher test runs its own sshd and needs root")
     missing = [

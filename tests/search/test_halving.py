@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hybridopt.config import ConfigError, load_config
-from hybridopt.search.halving import Job, SuccessiveHalving, budget_fraction, quotas
+from hybridopt.search.halving import Job, SuccessiveHalving, Taken, budget_fraction, quotas
 from hybridopt.train import TrainResult, TrainState
 from tests.conftest import CONFIGS
 
@@ -53,27 +53,50 @@ def test_each_rung_sends_on_the_ceiling_of_keep_times_those_that_reached_it_at_l
 
 class ScriptedPool:
     """Workers that answer from a table: job ``i`` at rung ``k`` measures ``table[i][k]`` (``None``:
-    it fails there).  ``pick(n)`` chooses which of the ``n`` jobs under way completes next."""
+    it fails there).  ``pick(n)`` chooses which of the ``n`` jobs under way completes next.  With
+    ``workers``, at most that many train at once; the others queue, first come first served, and
+    each result takes a second of the pool's clock."""
 
-    def __init__(self, table: list[list[Optional[float]]], pick: Callable[[int], int] = lambda n: 0):
-        self.table, self.pick = table, pick
-        self.running: list[tuple[int, int]] = []  # (job, rung) in submission order
+    def __init__(
+        self,
+        table: list[list[Optional[float]]],
+        pick: Callable[[int], int] = lambda n: 0,
+        workers: Optional[int] = None,
+    ):
+        self.table, self.pick, self.workers = table, pick, workers
+        self.running: list[tuple[int, int]] = []  # (job, rung) in the order workers took them
+        self.queue: list[tuple[int, int, float]] = []  # (job, rung, queued at)
         self.log: list[tuple[str, int, int]] = []  # ("submit" | "result", job, rung)
         self.steps: dict[int, int] = {}  # training steps each job was given, all rungs
+        self.clock = 0.0
+        self._taken: list[Taken] = []
 
     @property
     def pending(self) -> int:
-        return len(self.running)
+        return len(self.running) + len(self.queue)
 
     def submit(self, key, config, start, cpu_budget_s) -> None:
         rung = sum(1 for event, job, _ in self.log if event == "submit" and job == key)
-        self.running.append((key, rung))
+        self.queue.append((key, rung, self.clock))
         self.log.append(("submit", key, rung))
         self.steps[key] = self.steps.get(key, 0) + config["train"]["steps"]
+        self._take()
+
+    def _take(self) -> None:
+        while self.queue and (self.workers is None or len(self.running) < self.workers):
+            job, rung, queued = self.queue.pop(0)
+            self.running.append((job, rung))
+            self._taken.append(Taken(job, self.clock, self.clock - queued))
+
+    def taken(self) -> list[Taken]:
+        out, self._taken = self._taken, []
+        return out
 
     def next_result(self) -> tuple[int, TrainResult]:
         job, rung = self.running.pop(self.pick(len(self.running)) % len(self.running))
+        self.clock += 1.0
         self.log.append(("result", job, rung))
+        self._take()
         fitness = self.table[job][rung]
         if fitness is None:
             return job, TrainResult.failure("diverged")
@@ -86,7 +109,8 @@ class StopBook:
     def __init__(self):
         self.stops: dict[int, int] = {}  # job -> the last rung it completed
 
-    def dispatched(self, job: Job) -> str:
+    def started(self, job: Job, at: float) -> str:
+        assert job.run_id is None, "a job's run starts once"
         return f"run-{job.index}"
 
     def completed(self, job: Job, result: TrainResult) -> None:
@@ -96,7 +120,7 @@ class StopBook:
         assert job.index not in self.stops, "a job stops once"
         self.stops[job.index] = job.rung
 
-    def progressed(self, jobs) -> None:
+    def progressed(self, done: int, total: int) -> None:
         pass
 
 
@@ -127,6 +151,27 @@ def test_a_place_is_decided_as_soon_as_it_is_certain():
     assert pool.log.index(("submit", 0, 1)) < pool.log.index(("result", 3, 0))
     assert pool.log.index(("submit", 0, 1)) > pool.log.index(("result", 2, 0))
     assert stops == {0: 1, 1: 0, 2: 0, 3: 2}  # job 1 (third of four) stops once job 3 arrives
+
+
+def test_a_job_s_run_starts_when_a_worker_takes_it_and_its_time_queued_is_counted():
+    # two workers, four jobs: jobs 2 and 3 wait in the queue until a worker is free (one result a
+    # second); their runs start then, not when they were queued
+    table = [[0.1, 0.9, 0.5], [0.4, 0.3, 0.2], [0.8, 0.2, 0.9], [0.6, 0.7, 0.1]]
+    pool = ScriptedPool(table, workers=2)
+    starts: dict[int, float] = {}
+
+    class StartBook(StopBook):
+        def started(self, job: Job, at: float) -> str:
+            assert (job.index, 0) in pool.running and job.index not in starts, "a worker has it, the first time"
+            starts[job.index] = at
+            return super().started(job, at)
+
+    cfg = load_config(CONFIGS / "smoke_search.yaml")
+    jobs = [Job(i, [0.5], {}, cfg) for i in range(len(table))]
+    SuccessiveHalving((0.25, 0.5, 1.0), 0.5).run(jobs, pool, StartBook())
+    assert starts == {0: 0.0, 1: 0.0, 2: 1.0, 3: 2.0}
+    # promoted jobs found a free worker at once: their only wait is their first rung's
+    assert {j.index: j.queue_wait_s for j in jobs} == {0: 0.0, 1: 0.0, 2: 1.0, 3: 2.0}
 
 
 def test_a_failed_job_stops_and_takes_no_place():

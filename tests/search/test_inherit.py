@@ -1,10 +1,14 @@
-"""Lamarckian inheritance: what a child keeps of its parent's trained state."""
+"""Lamarckian inheritance: what a child keeps of its parent's trained state, and whose."""
+
+import random
 
 import pytest
 import torch
 
 from hybridopt.config import load_config
-from hybridopt.search.inherit import inherit, parameter_owner
+from hybridopt.search.genome import GenomeSpace
+from hybridopt.search.inherit import Lineage, inherit, parameter_owner
+from hybridopt.stored_names import CandidateRecord
 from hybridopt.train import initial_model
 from hybridopt.train.gradient import train_gradient
 from tests.conftest import CONFIGS
@@ -72,3 +76,37 @@ def test_the_same_config_continues_with_its_optimiser(parent):
     state, kept = inherit(trained.state, pcfg, pcfg)
     assert state.optimizer is trained.state.optimizer and state.rng is trained.state.rng
     assert kept == ["weights", "input.plasticity", "recurrent.plasticity"]
+
+
+def test_a_child_s_parent_shares_most_genes_then_is_nearest_then_first():
+    """Against the rule written plainly, over populations full of ties (few distinct values)."""
+    genes = GenomeSpace.from_config(load_config(CONFIGS / "smoke_search.yaml").search).genes
+    rng = random.Random(0)
+
+    def draw() -> tuple[list[float], dict]:
+        unit = [rng.choice([0.05, 0.5, 0.95, rng.random()]) for _ in genes]
+        return unit, {g.path: g.decode(u) for g, u in zip(genes, unit)}
+
+    def plainly(members, unit, genome):
+        best, key = None, None
+        for _, m in members:
+            if m.status == "FINISHED":
+                k = (
+                    -sum(genome[g.path] == m.genome[g.path] for g in genes),
+                    sum(abs(a - b) for a, b in zip(unit, m.unit)),
+                )
+                if key is None or k < key:
+                    best, key = m, k
+        return best
+
+    for _ in range(300):
+        lineage = Lineage(genes, lambda run_id: None)
+        members = []
+        for i in range(rng.randint(0, 25)):
+            unit, genome = draw()
+            status = rng.choice(["FINISHED", "FINISHED", "FAILED"])
+            members.append((i, CandidateRecord(f"run{i}", 0, i, unit, genome, status)))
+        lineage.members = members
+        for _ in range(5):
+            unit, genome = draw()
+            assert lineage.parent_of(unit, genome) is plainly(members, unit, genome)

@@ -1,0 +1,203 @@
+"""Several nodes on one machine: a Ray head and two worker nodes, each in a network namespace of
+its own, joined by a bridge on a private subnet that exists only inside those namespaces.
+
+The bridge lives in a fourth namespace (the "switch"); each node's end of its link is in the
+node's namespace, so nothing is added to the machine's own network and every Ray port is the
+namespace's own.  Each node's Ray runs in a PID namespace of its own too (``ray start --block``
+as its init): deleting the namespaces and killing those inits ends everything the test started.
+The real ``hybridopt search --address HEAD:6379`` runs on the head, whose Ray offers no CPU, so
+every candidate trains on a worker node; each child run records the node that trained it
+(``hybridopt.node``), and ``hybridopt report`` shows it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.test_launcher_e2e import skip_unless_ci
+from tests.conftest import CONFIGS, REPO
+from tests.search.searching import runs_of
+
+pytestmark = pytest.mark.slow
+
+GCS_PORT = 6379  # Ray's default: the namespaces' ports are their own
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+def _netns_available() -> str:
+    """Why network namespaces cannot be made here ("" when they can)."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return "needs root to make network namespaces"
+    if not shutil.which("ip") or not shutil.which("unshare"):
+        return "needs ip (iproute2) and unshare"
+    name = f"hybprobe{uuid.uuid4().hex[:6]}"
+    try:
+        _ip("netns", "add", name)
+    except (subprocess.CalledProcessError, OSError) as e:
+        return f"cannot make a network namespace: {getattr(e, 'stderr', b'') or e}"
+    _ip("netns", "del", name)
+    return ""
+
+
+class Nodes:
+    """The switch namespace with its bridge, and one namespace a node: ``head``, ``a``, ``b``."""
+
+    ROLES = ("head", "a", "b")
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.root = Path(tempfile.mkdtemp(prefix="hn", dir="/tmp"))  # short: Ray's socket paths
+        self.ns = {role: f"hyb{tag}{role}" for role in ("sw", *self.ROLES)}
+        net = f"10.{random.randrange(64, 250)}.{random.randrange(1, 250)}"
+        self.addr = {role: f"{net}.{i}" for i, role in enumerate(self.ROLES, start=1)}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.made: list[str] = []
+
+    def up(self) -> None:
+        for name in self.ns.values():
+            _ip("netns", "add", name)
+            self.made.append(name)
+            _ip("-n", name, "link", "set", "lo", "up")
+        sw = self.ns["sw"]
+        _ip("-n", sw, "link", "add", "br0", "type", "bridge")
+        _ip("-n", sw, "link", "set", "br0", "up")
+        for role in self.ROLES:
+            ns, port = self.ns[role], f"p{role}"
+            _ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", sw)
+            _ip("-n", ns, "addr", "add", f"{self.addr[role]}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", sw, "link", "set", port, "master", "br0", "up")
+
+    def env(self, role: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+        env.update(
+            PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+            PYTHONPATH=str(REPO),
+            RAY_TMPDIR=str(self.root / role),
+            RAY_USAGE_STATS_ENABLED="0",
+            # the cluster's private network is the test's own: no token between its nodes (else the
+            # head makes one the worker nodes would have to be given)
+            RAY_AUTH_MODE="disabled",
+        )
+        return env
+
+    def start_ray(self, role: str) -> None:
+        (self.root / role).mkdir(exist_ok=True)
+        if role == "head":
+            how = f"--head --port={GCS_PORT} --num-cpus=0 --include-dashboard=false"
+        else:
+            how = f"--address={self.addr['head']}:{GCS_PORT} --num-cpus=1"
+        cmd = f"exec ray start {how} --node-ip-address={self.addr[role]} --disable-usage-stats --block"
+        ns = ["ip", "netns", "exec", self.ns[role], "unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+        log = open(self.root / f"{role}.log", "ab")  # noqa: SIM115 - the child holds it
+        self.procs[role] = subprocess.Popen(
+            [*ns, "bash", "-c", cmd], env=self.env(role), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+
+    def run(self, role: str, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+        """``args`` in node ``role``'s network namespace, from the repository."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns[role], *args],
+            env=self.env(role),
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def wait_cpus(self, cpus: int, timeout: float = 360.0) -> None:
+        """Until the cluster offers ``cpus`` CPUs.  A node whose ``ray start`` gave up is started
+        again: Ray waits 30 s for a new raylet to register, which a loaded machine can exceed."""
+        probe = (
+            "import ray, sys, time\n"
+            f"ray.init(address='{self.addr['head']}:{GCS_PORT}', logging_level='ERROR', log_to_driver=False)\n"
+            "deadline = time.monotonic() + 20\n"
+            f"while ray.cluster_resources().get('CPU', 0) < {cpus} and time.monotonic() < deadline:\n"
+            "    time.sleep(1)\n"
+            f"sys.exit(0 if ray.cluster_resources().get('CPU', 0) >= {cpus} else 1)\n"
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for role, proc in list(self.procs.items()):
+                if proc.poll() is not None:
+                    self.start_ray(role)
+            p = self.run("head", [sys.executable, "-c", probe], 120)
+            if p.returncode == 0:
+                return
+        logs = "\n".join(f"--- {r}:\n{self.log(r)}" for r in self.ROLES)
+        raise AssertionError(f"the cluster has not {cpus} CPUs:\n{p.stderr[-2000:]}\n{logs}")
+
+    def log(self, role: str) -> str:
+        with contextlib.suppress(OSError):
+            return (self.root / f"{role}.log").read_text(errors="replace")[-1500:]
+        return ""
+
+    def down(self) -> None:
+        for p in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)  # the PID namespace's init, and all in it
+        for p in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=30)
+        for name in reversed(self.made):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _ip("netns", "del", name)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def nodes():
+    why = _netns_available()
+    if why:
+        skip_unless_ci(why)
+    n = Nodes()
+    try:
+        n.up()
+        for role in Nodes.ROLES:
+            n.start_ray(role)
+        n.wait_cpus(2)
+        yield n
+    finally:
+        n.down()
+
+
+def test_a_search_trains_on_two_worker_nodes_and_each_run_names_its_node(nodes: Nodes):
+    store = f"sqlite:///{nodes.root / 'm.db'}"
+    args = [str(CONFIGS / "smoke_search.yaml"), "--address", f"{nodes.addr['head']}:{GCS_PORT}",
+            "--tracking-uri", store, "--set", "search.generations=1",
+            "--set", f"search.checkpoint={nodes.root / 'c.ckpt'}"]  # fmt: skip
+    p = nodes.run("head", [sys.executable, "-m", "hybridopt", "search", *args], timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    _, parents, children = runs_of(store)
+    assert len(parents) == 1 and len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    tags = [c.data.tags.get("hybridopt.node", "") for c in children]
+    assert all(tags), tags  # every child run names the node(s) that trained it
+    trained_on = {node for tag in tags for node in tag.split(",")}
+    # the head offers no CPU: every candidate trained on a worker node, and both did
+    assert trained_on == {nodes.addr["a"], nodes.addr["b"]}, trained_on
+    table = nodes.root / "candidates.csv"
+    report = subprocess.run(
+        [sys.executable, "-m", "hybridopt", "report", "smoke_search", "--tracking-uri", store,
+         "--out", str(nodes.root / "report"), "--csv", str(table)],
+        env=nodes.env("head"), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    rows = list(csv.DictReader(table.open()))
+    assert sorted(r["node"] for r in rows) == sorted(tags)
