@@ -168,6 +168,12 @@ class SearchConfig(Strict):
 
     ``max_concurrent`` caps how many of its candidates train at once (default: as many as the
     cluster's free CPUs allow), so that searches sharing a cluster do not starve each other.
+
+    ``schedule``: a curriculum, config paths whose value rises (or falls) with the generation:
+    generation ``g`` trains with each list's ``g``-th value, the last one from then on (the final
+    training and the winner's test measurement included), e.g. ``{task.noise: [0.0, 0.1, 0.2]}``.
+    With inheritance a child starts from a parent trained on an earlier value.  A list is at most
+    ``generations`` long, and a path is a gene or scheduled, not both.
     """
 
     population: Annotated[int, Field(ge=2)] = 8
@@ -184,6 +190,7 @@ class SearchConfig(Strict):
     final_budget: Annotated[float, Field(ge=0.0)] = 0.0
     max_concurrent: Optional[Annotated[int, Field(ge=1)]] = None
     genes: dict[str, GeneConfig] = Field(default_factory=dict)
+    schedule: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _sizes(self) -> SearchConfig:
@@ -197,6 +204,10 @@ class SearchConfig(Strict):
             raise ValueError("search.genes is empty: declare at least one gene")
         if self.final_budget > 0 and self.inheritance != "lamarckian":
             raise ValueError("search.final_budget needs search.inheritance: lamarckian (it trains on a kept state)")
+        if both := sorted(set(self.schedule) & set(self.genes)):
+            raise ValueError(f"search.schedule and search.genes both name {', '.join(both)}")
+        if long := [p for p, v in self.schedule.items() if len(v) > self.generations]:
+            raise ValueError(f"search.schedule.{long[0]} has more values than generations ({self.generations})")
         return self
 
 

@@ -118,8 +118,9 @@ class Driver:
         return self.finish()
 
     def _config(self, genome: dict[str, Any]) -> Config:
-        """A candidate's config: the genome applied, each trained on ``threads`` threads."""
-        cand = self.space.config_for(self.cfg, genome)
+        """A candidate's config: the genome and the generation's schedule applied, each trained on
+        ``threads`` threads."""
+        cand = self.space.config_for(self.cfg, {**genome, **self.space.scheduled(self.sc, self.generation)})
         return cand.model_copy(update={"train": cand.train.model_copy(update={"threads": self.threads})})
 
     def measure_generation(self, population: torch.Tensor) -> torch.Tensor:
@@ -195,7 +196,8 @@ class Driver:
             return SearchOutcome(self.parent, {}, FAILED_FITNESS, s.records, s.best_history)
         rec, state_dict = s.best
         text = describe_search(self.cfg, self.space, self.record.command, rec)
-        test = self.record.finish(rec, self.space.config_for(self.cfg, rec.genome), state_dict, text, self.generation)
+        cfg = self.space.config_for(self.cfg, {**rec.genome, **self.space.scheduled(self.sc, self.generation)})
+        test = self.record.finish(rec, cfg, state_dict, text, self.generation)
         return SearchOutcome(self.parent, rec.genome, s.best_fitness, s.records, s.best_history, test)
 
 

@@ -118,6 +118,12 @@ class GenomeSpace:
             set_path(raw, path, value)
         return parse_config(raw)
 
+    @staticmethod
+    def scheduled(search: SearchConfig, generation: int) -> dict[str, Any]:
+        """``search.schedule``'s values for ``generation``: each list's value at that index, its last
+        one from then on."""
+        return {path: values[min(generation, len(values) - 1)] for path, values in search.schedule.items()}
+
     def validate(self, base: Config) -> None:
         """Check that every gene names a real config key and every value it can take is valid:
         every choice, every integer of an integer gene's range, and for a continuous gene its
@@ -129,6 +135,12 @@ class GenomeSpace:
                     self.config_for(base, {g.path: value})
                 except ConfigError as e:
                     raise ConfigError(f"search.genes.{g.path} = {value!r}: {e}") from None
+        for path, values in (base.search.schedule if base.search else {}).items():
+            for value in values:
+                try:
+                    self.config_for(base, {path: value})
+                except ConfigError as e:
+                    raise ConfigError(f"search.schedule.{path} = {value!r}: {e}") from None
 
     @staticmethod
     def short_name(path: str) -> str:

@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.cluster.ray_ports import DEFAULT_PORTS, DefaultRay, free_ports, head_ports, port_flags
 from tests.cluster.test_launcher_e2e import _healthy, _pidns_available, skip_unless_ci
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -123,8 +123,8 @@ def head(default_ray: DefaultRay):
         yield h
 
 
-def cli(head: Head, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in head.env.items() if k not in ("HYBRIDOPT_STORE", "HYBRIDOPT_MLFLOW_PORT")}
+def cli(head: Head, *args: str, timeout: float = 300, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in head.env.items() if k not in ("HYBRIDOPT_STORE", "HYBRIDOPT_MLFLOW_PORT")} | (env or {})
     return subprocess.run(
         [sys.executable, "-m", "hybridopt", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -232,6 +232,27 @@ def test_searches_submitted_listed_stopped_and_resumed_as_jobs(head: Head, tmp_p
     kids = [c for c in children if c.data.tags["mlflow.parentRunId"] == parent]
     keys = [(c.data.tags["hybridopt.generation"], c.data.tags["hybridopt.candidate"]) for c in kids]
     assert len(keys) == len(set(keys)) == 4 * 6 and {c.info.status for c in kids} == {"FINISHED"}
+
+
+def test_a_task_from_the_users_own_module_searches_as_a_job(head: Head, tmp_path: Path):
+    """The task of ``examples/my_task.py``, which nothing on the head knows: ``submit`` ships the
+    one-file plugin with the job, and the job's driver and its Ray workers import it there."""
+    cfg = yaml.safe_load((REPO / "examples" / "my_task_search.yaml").read_text())
+    cfg["experiment"] = f"{EXPERIMENT}_plugin"
+    mine = tmp_path / "my_task_search.yaml"
+    mine.write_text(yaml.safe_dump(cfg))
+    here = {"HYBRIDOPT_PLUGINS": "my_task", "PYTHONPATH": f"{REPO / 'examples'}{os.pathsep}{REPO}"}
+    job = submitted(cli(head, "submit", str(mine), "--address", head.address, env=here))
+    wait_job(head, job)
+    client = MlflowClient(head.mlflow)
+    exp = client.get_experiment_by_name(f"{EXPERIMENT}_plugin")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("hybridopt.kind") == "search"]
+    children = [r for r in runs if r.data.tags.get("hybridopt.kind") == "candidate"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.params["task.name"] for c in children} == {"delayed_match"}
+    assert len({c.data.params["task.rate_on"] for c in children}) > 1  # the gene on the task's own key
 
 
 def test_submit_to_a_head_without_a_job_agent_says_so_in_one_line(default_ray: DefaultRay, tmp_path: Path):

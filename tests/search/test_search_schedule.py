@@ -1,0 +1,66 @@
+"""A curriculum across generations (``search.schedule``): each generation trains with its own value
+of a scheduled config path, and a bad schedule is refused before anything is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hybridopt.config import ConfigError, parse_config
+from hybridopt.search.genome import GenomeSpace
+from tests.search.searching import SMOKE, runs_of, search
+
+
+def _smoke(**schedule) -> dict:
+    raw = yaml.safe_load(Path(SMOKE).read_text())
+    raw["search"]["schedule"] = schedule
+    return raw
+
+
+def test_each_generation_reads_its_value_then_the_last_one_holds():
+    search_cfg = parse_config(_smoke(**{"task.noise": [0.0, 0.1], "network.theta": [1.5]})).search
+    assert GenomeSpace.scheduled(search_cfg, 0) == {"task.noise": 0.0, "network.theta": 1.5}
+    assert GenomeSpace.scheduled(search_cfg, 1) == {"task.noise": 0.1, "network.theta": 1.5}
+    assert GenomeSpace.scheduled(search_cfg, 7) == {"task.noise": 0.1, "network.theta": 1.5}
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ({"task.noise": [0.0, 0.1, 0.2]}, "search.schedule.task.noise has more values than generations (2)"),
+        ({"plasticity.input.rule": ["none"]}, "search.schedule and search.genes both name plasticity.input.rule"),
+        ({"task.noise": []}, "task.noise"),
+    ],
+)
+def test_a_schedule_that_cannot_be_followed_is_refused(schedule, message):
+    with pytest.raises(ConfigError, match="schedule") as e:
+        parse_config(_smoke(**schedule))
+    assert message in str(e.value)
+
+
+def test_every_scheduled_value_is_checked_before_the_search_starts(tmp_path, ray_tmp):
+    raw = _smoke(**{"task.noise": [0.0, 1.5]})
+    cfg = parse_config(raw)
+    with pytest.raises(ConfigError, match=r"search.schedule.task.noise = 1.5: .*noise"):
+        GenomeSpace.from_config(cfg.search).validate(cfg)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    p = search([str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"], tmp_path, ray_tmp)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "search.schedule.task.noise = 1.5" in p.stderr, p.stderr
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_the_noise_rises_with_the_generations(tmp_path, ray_tmp):
+    path = tmp_path / "curriculum.yaml"
+    path.write_text(yaml.safe_dump(_smoke(**{"task.noise": [0.0, 0.3]})))
+    store = f"sqlite:///{tmp_path / 'm.db'}"
+    p = search([str(path), "--tracking-uri", store], tmp_path, ray_tmp)
+    assert p.returncode == 0, p.stderr
+    _, parents, children = runs_of(store)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    noise = {}
+    for c in children:
+        noise.setdefault(c.data.tags["hybridopt.generation"], set()).add(float(c.data.params["task.noise"]))
+    assert noise == {"0": {0.0}, "1": {0.3}}
