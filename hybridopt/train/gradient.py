@@ -141,6 +141,11 @@ def _cpu_state(obj: Any) -> Any:
     return obj
 
 
+# A batch whose gradient overflows is skipped (Adam would write NaN into every parameter); this
+# many in a row end the run as failed: the network itself, not one batch, has diverged.
+NONFINITE_PATIENCE = 10
+
+
 def train_gradient(
     cfg: Config,
     progress: Optional[ProgressFn] = None,
@@ -149,7 +154,9 @@ def train_gradient(
     cpu_budget_s: Optional[float] = None,
 ) -> TrainResult:
     """Train one configuration; never raises for a numerical failure or an error inside
-    training: those end the run as a ``FAILED`` :class:`TrainResult` with the reason.
+    training: those end the run as a ``FAILED`` :class:`TrainResult` with the reason.  A batch
+    whose gradient is not finite is skipped (``skipped_steps`` counts them); ``NONFINITE_PATIENCE``
+    of them in a row fail the run.
 
     From ``start`` (a :class:`TrainState` for this config's network) training goes on: the
     weights, and the optimiser's moments and the batch stream where the state has them; step
@@ -183,6 +190,8 @@ def train_gradient(
         net.set_budget(KernelBudget(steps=tc.steps, cpu_s=cpu_budget_s))
         compile_cpu_s = prepare_kernel(net, task, tc.batch_size)
         cpu0 = time.process_time()
+        overflow = skipped = 0  # batches in a row / in all whose gradient overflowed (not applied)
+        first_overflow = ""
         while step - step0 < tc.steps and time.process_time() - cpu0 < cpu_budget_s:
             batch = _to(task.batch(tc.batch_size, gen), device)
             y, s, _ = net(batch.x)
@@ -197,13 +206,20 @@ def train_gradient(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
-            if not torch.isfinite(grad_norm):  # the step would write NaN into every parameter
-                return TrainResult.failure(
-                    f"non-finite gradient at step {step} (loss {loss.item():.4g})",
-                    history=history,
-                    steps=step,
-                    wall_time=time.perf_counter() - t0,
-                )
+            if not torch.isfinite(grad_norm):  # the step would write NaN into every parameter: skipped
+                if not overflow:
+                    first_overflow = f"at step {step} (loss {loss.item():.4g})"
+                overflow += 1
+                skipped += 1
+                if overflow >= NONFINITE_PATIENCE:
+                    return TrainResult.failure(
+                        f"non-finite gradient {first_overflow} and at each of the {overflow - 1} batches after it",
+                        history=history,
+                        steps=step,
+                        wall_time=time.perf_counter() - t0,
+                    )
+                continue
+            overflow = 0
             opt.step()
             step += 1
             metrics = {
@@ -231,6 +247,7 @@ def train_gradient(
         )
     final["fitness"] = final["eval/accuracy"]
     final["compile_cpu_s"] = compile_cpu_s
+    final["skipped_steps"] = float(skipped)
     cpu = time.process_time() - cpu0
     state_dict = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     episodes = (start.episodes if start is not None else 0) + (step - step0) * tc.batch_size

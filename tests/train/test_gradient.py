@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hybridopt.config import load_config
-from hybridopt.train.gradient import build, evaluate, train_gradient
+from hybridopt.train.gradient import NONFINITE_PATIENCE, build, evaluate, train_gradient
 from tests.conftest import CONFIGS
 
 
@@ -56,9 +56,16 @@ def test_non_finite_loss_fails_the_candidate_with_a_reason():
 
 def test_non_finite_gradient_fails_the_candidate_before_the_weights_are_touched():
     # a finite loss (~1e36) whose gradient overflows: caught before Adam writes NaN everywhere
-    r = train_gradient(smoke("train.rate_reg=1e38"))
+    # (every batch overflows: each is skipped, and NONFINITE_PATIENCE of them in a row fail the run)
+    r = train_gradient(smoke("train.rate_reg=1e38", "train.steps=50"))
     assert r.failed and r.reason.startswith("non-finite gradient at step 0 (loss 7.")
-    assert r.fitness == -math.inf
+    assert r.reason.endswith(f"and at each of the {NONFINITE_PATIENCE - 1} batches after it")
+    assert r.fitness == -math.inf and r.steps == 0  # no step was applied
+
+
+def test_a_run_counts_the_batches_it_skipped():
+    r = train_gradient(smoke())
+    assert r.status == "FINISHED" and r.final_metrics["skipped_steps"] == 0.0
 
 
 def test_an_error_inside_training_fails_the_candidate_instead_of_raising():
