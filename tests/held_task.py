@@ -17,11 +17,12 @@ import torch
 
 from hybridopt.tasks.base import Batch, register_task
 from hybridopt.tasks.cue_association import CueAssociation
+from hybridopt.tasks.registry import task_section
 
 HOLD_ENV = "HYBRIDOPT_TEST_HOLD"
 
 
-@register_task("cue_association")
+@register_task("cue_association", task_section("cue_association"))
 class HeldCueAssociation(CueAssociation):
     """``cue_association``, held while the file ``HYBRIDOPT_TEST_HOLD`` names exists."""
 
