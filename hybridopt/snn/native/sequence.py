@@ -300,8 +300,10 @@ def native_sequence(
         m, c = pp.mod, pp.coeffs
         flat += [pp.alpha, m.eta, m.mod_a, m.mod_b, m.eta_E, pp.w_M, pp.b_M]
         flat += [c.get("a_plus"), c.get("a_minus"), c.get("tau_phi")]
-        drive = st.drive if st.drive is not None else st.H.new_zeros(st.H.shape[0])
-        flat += [st.H, st.pre_trace, st.post_trace, st.E, st.phi, drive if spec.projection(name).filtered else None]
+        drive = None
+        if spec.projection(name).filtered:  # a state without the filter yet starts it from zero
+            drive = st.drive if st.drive is not None else st.H.new_zeros(st.H.shape[0])
+        flat += [st.H, st.pre_trace, st.post_trace, st.E, st.phi, drive]
     ys, ss, v, s, y, *finals = _NativeSequence.apply(meta, *flat)
     plastic: dict[str, Optional[PlasticState]] = {n: None for n in PROJECTIONS}
     it = iter(finals)
