@@ -69,11 +69,11 @@ class Driver:
         self.checkpoint = SearchCheckpoint.load(self.sc.checkpoint, cfg.model_dump(mode="json")) if resume else None
         if self.checkpoint is None:
             self.record = SearchRecord.start(tracker, cfg, describe_search(cfg, self.space, command), command)
-            self.standings = Standings()
+            self.standings = Standings(ranked_from=self.space.schedule_settled(self.sc))
         else:
             self.record = SearchRecord.resume(tracker, self.checkpoint.parent_run_id, command)
             ck = self.checkpoint
-            self.standings = Standings(ck.records, ck.best, ck.best_history)
+            self.standings = Standings(ck.records, ck.best, ck.best_history, self.space.schedule_settled(self.sc))
         self.lineage = Lineage(self.space.genes, self.record.trained_state)
         self.generation = max(self.checkpoint.generation, 0) if self.checkpoint else 0
         rc = cfg.ray

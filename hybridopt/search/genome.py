@@ -119,6 +119,11 @@ class GenomeSpace:
         return parse_config(raw)
 
     @staticmethod
+    def schedule_settled(search: SearchConfig) -> int:
+        """The first generation that trains on every scheduled path's last value (0: no schedule)."""
+        return max((len(values) - 1 for values in search.schedule.values()), default=0)
+
+    @staticmethod
     def scheduled(search: SearchConfig, generation: int) -> dict[str, Any]:
         """``search.schedule``'s values for ``generation``: each list's value at that index, its last
         one from then on."""

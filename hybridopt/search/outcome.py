@@ -16,17 +16,24 @@ __all__ = ["SearchOutcome", "Standings", "describe_search", "test_line"]
 
 class Standings:
     """Every candidate a search has recorded, the best finished one with its weights, and the
-    best fitness after each generation (what the parent run's metrics and the checkpoint say)."""
+    best fitness after each generation (what the parent run's metrics and the checkpoint say).
+
+    ``ranked_from``: the first generation whose candidates may be the best.  Under a curriculum
+    (``search.schedule``) an earlier generation measured its fitness on an easier task, which no
+    later one can match: only candidates measured on the schedule's final values compete.
+    """
 
     def __init__(
         self,
         records: Optional[list[CandidateRecord]] = None,
         best: Optional[tuple[CandidateRecord, dict[str, Any]]] = None,
         best_history: Optional[list[float]] = None,
+        ranked_from: int = 0,
     ):
         self.records: list[CandidateRecord] = list(records or [])
         self.best = best  # (record, its weights' state_dict)
         self.best_history: list[float] = list(best_history or [])
+        self.ranked_from = ranked_from
 
     @property
     def best_fitness(self) -> float:
@@ -41,7 +48,7 @@ class Standings:
         """Record a candidate; one better than the best so far becomes the best, with its weights
         (``weights()``, only asked for then; ``None``: none kept, it cannot be the best)."""
         self.records.append(record)
-        if record.fitness is None or record.status != "FINISHED":
+        if record.fitness is None or record.status != "FINISHED" or record.generation < self.ranked_from:
             return
         if self.best is None or record.fitness > self.best_fitness:
             state_dict = weights()
@@ -51,7 +58,8 @@ class Standings:
     def end_generation(self, generation: int, population_best: float) -> dict[str, float]:
         """Close a generation whose population's best fitness is ``population_best``: its metrics
         (those that are finite).  An elite that trained on may measure lower: the best so far stays."""
-        best = max(population_best, self.best_history[-1]) if self.best_history else population_best
+        ranked = generation > self.ranked_from and self.best_history
+        best = max(population_best, self.best_history[-1]) if ranked else population_best
         self.best_history.append(best)
         this_gen = [r for r in self.records if r.generation == generation]
         finished = [r.fitness for r in this_gen if r.fitness is not None and r.status == "FINISHED"]

@@ -10,6 +10,8 @@ import yaml
 
 from hybridopt.config import ConfigError, parse_config
 from hybridopt.search.genome import GenomeSpace
+from hybridopt.search.outcome import Standings
+from hybridopt.stored_names import CandidateRecord
 from tests.search.searching import SMOKE, runs_of, search
 
 
@@ -64,3 +66,25 @@ def test_the_noise_rises_with_the_generations(tmp_path, ray_tmp):
     for c in children:
         noise.setdefault(c.data.tags["hybridopt.generation"], set()).add(float(c.data.params["task.noise"]))
     assert noise == {"0": {0.0}, "1": {0.3}}
+    winner = next(c for c in children if c.info.run_id == parents[0].data.tags["hybridopt.best_run"])
+    assert winner.data.tags["hybridopt.generation"] == "1"  # measured at noise 0.3, not on the clean task
+
+
+def _finished(generation: int, fitness: float) -> CandidateRecord:
+    return CandidateRecord(f"r{generation}-{fitness}", generation, 0, [], {}, "FINISHED", fitness)
+
+
+def test_only_candidates_measured_on_the_final_values_can_be_the_best():
+    search_cfg = parse_config(_smoke(**{"task.noise": [0.0, 0.2]})).search
+    assert GenomeSpace.schedule_settled(search_cfg) == 1
+    assert GenomeSpace.schedule_settled(parse_config(_smoke()).search) == 0
+    standings = Standings(ranked_from=1)
+    standings.add(_finished(0, 0.9), lambda: {"w": 0})  # clean: easier, never the best
+    assert standings.best is None
+    assert standings.end_generation(0, 0.9)["best_fitness"] == 0.9
+    standings.add(_finished(1, 0.6), lambda: {"w": 1})
+    standings.add(_finished(1, 0.7), lambda: {"w": 2})
+    assert standings.best is not None and standings.best[1] == {"w": 2}
+    assert standings.end_generation(1, 0.7)["best_fitness"] == 0.7  # not the clean 0.9 carried on
+    standings.add(_finished(2, 0.65), lambda: {"w": 3})
+    assert standings.best_fitness == 0.7 and standings.end_generation(2, 0.65)["best_fitness"] == 0.7
