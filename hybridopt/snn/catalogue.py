@@ -36,6 +36,7 @@ RULE_COEFFICIENTS: dict[str, dict[str, float]] = {
     "oja": {},
     "bcm": {"tau_phi": 20.0},
     "stdp": {"a_plus": 1.0, "a_minus": 1.0},
+    "abcd": {"A": 1.0, "B": 0.0, "C": 0.0, "D": 0.0},  # per synapse: one value each
 }
 
 # How a rule's update reaches the plastic state.

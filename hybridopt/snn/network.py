@@ -87,7 +87,8 @@ class _Projection(nn.Module):
             self.b_M = nn.Parameter(torch.zeros(()))
             self.groups |= {"w_M": "plasticity", "b_M": "plasticity"}
         initial = {**RULES[spec.rule].coefficients, **spec.coefficients}
-        self.coeffs = nn.ParameterDict({k: nn.Parameter(torch.tensor(float(v))) for k, v in initial.items()})
+        shapes = {k: (n_pre, n_post) if k in RULES[spec.rule].per_synapse else () for k in initial}
+        self.coeffs = nn.ParameterDict({k: nn.Parameter(torch.full(shapes[k], float(v))) for k, v in initial.items()})
         self.groups |= {f"coeffs.{k}": "rule" for k in initial}
 
     def params(self) -> ProjectionParams:

@@ -20,6 +20,9 @@ __all__ = [
     "Activity",
     "Rule",
     "RuleGrad",
+    "abcd_update",
+    "abcd_update_into",
+    "abcd_vjp",
     "bcm_threshold",
     "bcm_update",
     "bcm_update_into",
@@ -236,9 +239,63 @@ def stdp_vjp(
     )
 
 
+def abcd_update(act: Activity, H: Tensor, phi: Optional[Tensor], coeffs: Mapping[str, Tensor]) -> Tensor:
+    """The generalised Hebbian rule with a coefficient of each kind per synapse::
+
+        D_ij = A_ij xpre_i xpost_j + B_ij xpre_i + C_ij xpost_j + D_ij
+
+    (``A``, ``B``, ``C``, ``D`` are ``I x J``): correlation, presynaptic, postsynaptic and constant
+    terms, each synapse its own mix, as in evolved Hebbian controllers whose weights start random
+    in every lifetime and are built by the rule alone."""
+    pre, post = act.pre_trace.unsqueeze(2), act.post_trace.unsqueeze(1)
+    return coeffs["A"] * (pre * post) + coeffs["B"] * pre + coeffs["C"] * post + coeffs["D"]
+
+
+def _shaped(g: Tensor, coefficient: Tensor) -> Tensor:
+    """A per-synapse gradient ``g`` (``I x J``) summed to its coefficient's shape (a scalar: all of it)."""
+    return g if g.shape == coefficient.shape else g.sum()
+
+
+def abcd_update_into(
+    act: Activity, H: Tensor, phi, coeffs: Mapping[str, Tensor], out: Tensor, scratch: Tensor
+) -> Tensor:
+    """:func:`abcd_update` written into ``out`` (the same operations in the same order: the same bits)."""
+    pre, post = act.pre_trace.unsqueeze(2), act.post_trace.unsqueeze(1)
+    torch.mul(pre, post, out=out)
+    torch.mul(coeffs["A"], out, out=out)
+    out.add_(torch.mul(coeffs["B"], pre, out=scratch))
+    out.add_(torch.mul(coeffs["C"], post, out=scratch))
+    return out.add_(coeffs["D"])
+
+
+def abcd_vjp(
+    act: Activity, H: Tensor, phi, coeffs: Mapping[str, Tensor], gX: Tensor, gain: Tensor, scratch=None
+) -> RuleGrad:
+    """With ``gD_bij = gX_bij gain_bj``: ``d xpre_i = sum_j gD_ij (A_ij xpost_j + B_ij)``,
+    ``d xpost_j = sum_i gD_ij (A_ij xpre_i + C_ij)``, ``dA_ij = sum_b gD_bij xpre_bi xpost_bj``,
+    ``dB_ij = sum_b gD_bij xpre_bi``, ``dC_ij = sum_b gD_bij xpost_bj``, ``dD_ij = sum_b gD_bij``,
+    and the gain's ``sum_i gX_bij D_bij``."""
+    pre, post = act.pre_trace.unsqueeze(2), act.post_trace.unsqueeze(1)
+    A, B, C = coeffs["A"], coeffs["B"], coeffs["C"]
+    gD = gX * gain.unsqueeze(1)
+    gD_pre, gD_post = gD * pre, gD * post
+    D = abcd_update(act, H, phi, coeffs)
+    grads = {"A": (gD_pre * post).sum(0), "B": gD_pre.sum(0), "C": gD_post.sum(0), "D": gD.sum(0)}
+    return RuleGrad(
+        pre_trace=(A * gD_post).sum(2) + (B * gD).sum(2),
+        post_trace=(A * gD_pre).sum(1) + (C * gD).sum(1),
+        coeffs={k: _shaped(g, coeffs[k]) for k, g in grads.items()},
+        gain=(gX * D).sum(1),
+    )
+
+
 class Rule(NamedTuple):
     """A registered rule family: its raw update ``D``, its learned coefficients (with initial
     values) and the per-post-neuron threshold update if it keeps one (``phi``).
+
+    ``per_synapse`` names the coefficients that are ``I x J`` tensors, one value per synapse
+    (each starts at its initial value); the others are scalars.  ``update`` broadcasts them
+    against the ``B x I x J`` activity, and every kernel differentiates them like any other.
 
     For the fused kernel, optionally: ``update_into(act, H, phi, coeffs, out, scratch)``, the
     same ``D`` written into a ``B x I x J`` buffer (it must give the same bits as ``update``;
@@ -251,6 +308,7 @@ class Rule(NamedTuple):
     threshold: Optional[ThresholdFn] = None
     update_into: Optional[RuleIntoFn] = None
     vjp: Optional[RuleVjp] = None
+    per_synapse: tuple[str, ...] = ()
 
     @property
     def has_threshold(self) -> bool:
@@ -265,6 +323,7 @@ RULES: dict[str, Rule] = {
     "oja": Rule(oja_update, _C["oja"], update_into=oja_update_into, vjp=oja_vjp),
     "bcm": Rule(bcm_update, _C["bcm"], bcm_threshold, bcm_update_into, bcm_vjp),
     "stdp": Rule(stdp_update, _C["stdp"], update_into=stdp_update_into, vjp=stdp_vjp),
+    "abcd": Rule(abcd_update, _C["abcd"], None, abcd_update_into, abcd_vjp, per_synapse=("A", "B", "C", "D")),
 }
 check_registry("rule", RULES, RULE_COEFFICIENTS)
 

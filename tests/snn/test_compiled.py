@@ -16,7 +16,7 @@ from hybridopt.snn.network import PROJECTIONS, NetworkSpec, PlasticSNN, Projecti
 from hybridopt.snn.plasticity import MODES, PlasticState
 from tests.conftest import FAMILIES
 
-from .test_fused import H_MAX, PLASTIC, _input, _run, _spec
+from .test_fused import ACTIVE, H_MAX, PLASTIC, _input, _run, _spec
 
 # Inductor builds C++ on CPU; CI installs a compiler.
 pytestmark = pytest.mark.skipif(
@@ -36,7 +36,10 @@ LATIN_IDS = ["_".join(f"{r}-{m}" for r, m in net.values()) for net in LATIN]
 def test_compiled_matches_reference_for_every_family_mode_and_projection(placement, monkeypatch):
     # one step per compiled call keeps the compile short; the default unrolling is tested below
     monkeypatch.setattr(compiled, "STEPS_PER_CALL", 1)
-    specs = {p: ProjectionSpec(rule=r, modulation=m, **PLASTIC) for p, (r, m) in placement.items()}
+    specs = {
+        p: ProjectionSpec(rule=r, modulation=m, coefficients=ACTIVE.get(r, {}), **PLASTIC)
+        for p, (r, m) in placement.items()
+    }
     net = PlasticSNN(_spec(**specs), seed=5).double()
     x = _input().double()
     y0, s0, st0, g0 = _run(net, "reference", x)
@@ -55,8 +58,8 @@ def test_compiled_matches_reference_for_every_family_mode_and_projection(placeme
         for field in PlasticState._fields:
             fa, fb = getattr(a, field), getattr(b, field)
             assert (fa is None) == (fb is None), (name, field)
-            if fa is not None:
-                torch.testing.assert_close(fb, fa, rtol=1e-10, atol=1e-12)
+            if fa is not None:  # a fused multiply-add's last bit, grown over 120 steps of BCM's threshold
+                torch.testing.assert_close(fb, fa, rtol=1e-10, atol=1e-11)
     assert g0.keys() == g1.keys()
     for name, g in g0.items():
         torch.testing.assert_close(g1[name], g, rtol=1e-8, atol=1e-10 * max(g.abs().max().item(), 1.0))

@@ -46,6 +46,8 @@ N_IN, N_HIDDEN, N_OUT, STEPS, H_MAX = 6, 16, 3, 120, 0.3
 # Large enough learning rates and alpha that H reaches the clip early and often, small enough (with
 # trace decay 0.6) that no family's reference gradient blows up over 120 steps (Oja's does at eta 0.5).
 PLASTIC = dict(h_max=H_MAX, eta_init=0.3, alpha_init=0.3, eta_E_init=0.3, trace_decay=0.6)
+# The per-synapse rule's every term active (its default is plain Hebbian: B = C = D = 0).
+ACTIVE = {"abcd": {"B": 0.3, "C": -0.2, "D": 0.05}}
 
 
 def _spec(kernel: str = "fused", **projections: ProjectionSpec) -> NetworkSpec:

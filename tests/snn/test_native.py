@@ -21,7 +21,7 @@ from hybridopt.snn.plasticity import MODES, RULES, PlasticState
 from tests.conftest import REPO
 
 from .test_compiled import LATIN, LATIN_IDS
-from .test_fused import H_MAX, PLASTIC, _input, _run, _spec
+from .test_fused import ACTIVE, H_MAX, PLASTIC, _input, _run, _spec
 
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None,
@@ -44,7 +44,10 @@ def _assert_close_states(a, b, rtol, atol):
 
 @pytest.mark.parametrize("placement", LATIN, ids=LATIN_IDS)
 def test_native_matches_reference_for_every_family_mode_and_projection(placement):
-    specs = {p: ProjectionSpec(rule=r, modulation=m, **PLASTIC) for p, (r, m) in placement.items()}
+    specs = {
+        p: ProjectionSpec(rule=r, modulation=m, coefficients=ACTIVE.get(r, {}), **PLASTIC)
+        for p, (r, m) in placement.items()
+    }
     net = PlasticSNN(_spec(**specs), seed=5).double()
     x = _input().double()  # 120 steps: 11 chunks of 11, the last one shorter
     native = all(r in NATIVE_RULES for r, _ in placement.values())

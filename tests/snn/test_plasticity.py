@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from hybridopt.snn.network import PlasticSNN
 from hybridopt.snn.plasticity import (
     MODES,
     RULES,
@@ -20,6 +21,7 @@ from hybridopt.snn.plasticity import (
     plastic_initial_state,
     plasticity_step,
 )
+from hybridopt.snn.spec import NetworkSpec, ProjectionSpec
 from tests.conftest import FAMILIES, MODULATIONS
 
 
@@ -170,6 +172,7 @@ PLAIN_D = {
     "oja": lambda xi, xj, si, sj, h, phi, c: xj / (1.0 + xj**2) * (xi - h * xj),
     "bcm": lambda xi, xj, si, sj, h, phi, c: xi * xj * (xj - phi),
     "stdp": lambda xi, xj, si, sj, h, phi, c: c["a_plus"] * xi * sj - c["a_minus"] * si * xj,
+    "abcd": lambda xi, xj, si, sj, h, phi, c: c["A"] * xi * xj + c["B"] * xi + c["C"] * xj + c["D"],
     "anti_hebbian": lambda xi, xj, si, sj, h, phi, c: -c["k"] * xi * xj,  # the tests' own family
 }
 
@@ -231,7 +234,7 @@ def test_every_family_and_mode_matches_the_plain_loop(rule, mode, h_max):
     }
     pre = [[1.0, 0.0], [1.0, 1.0]]
     post = [[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]]
-    coeffs = {"tau_phi": 3.0, "a_plus": 0.9, "a_minus": 1.3, "k": 0.6}
+    coeffs = {"tau_phi": 3.0, "a_plus": 0.9, "a_minus": 1.3, "k": 0.6, "A": 0.8, "B": 0.3, "C": -0.4, "D": 0.1}
     eta, mod_a, mod_b, eta_E, M = [0.3, -0.2, 0.5], [0.4, 1.0, -0.6], [0.1, -0.05, 0.2], 0.3, [0.7, -0.4]
 
     state = plastic_initial_state(rule, mode, B, n_pre, n_post, dtype=torch.float64)
@@ -466,3 +469,21 @@ def test_clamped_coefficients_learn_from_their_bound(lo, hi):
     assert torch.equal(y.detach(), x.detach().clamp(lo, hi))
     y.backward(torch.ones_like(y))
     assert x.grad.tolist() == ([0.0, 1.0, 1.0, 1.0, 0.0] if hi is not None else [0.0, 1.0, 1.0, 1.0])
+
+
+def test_the_per_synapse_rule_by_hand():
+    # D_ij = A_ij xpre_i xpost_j + B_ij xpre_i + C_ij xpost_j + D_ij, each coefficient its own per synapse
+    act = Activity(T([[2.0, 0.5]]), T([[1.0, 3.0]]), T([[1.0, 0.0]]), T([[0.0, 1.0]]))
+    c = {
+        "A": T([[1.0, 0.0], [2.0, -1.0]]),
+        "B": T([[0.5, 0.0], [0.0, 1.0]]),
+        "C": T([[0.0, 0.1], [1.0, 0.0]]),
+        "D": T([[0.0, 0.0], [0.0, -2.0]]),
+    }
+    expected = T([[[2.0 + 1.0, 0.3], [1.0 + 1.0, -1.5 + 0.5 - 2.0]]])
+    torch.testing.assert_close(RULES["abcd"].update(act, None, None, c), expected)
+    # a network's abcd projection holds one coefficient of each kind per synapse, at its initial value
+    net = PlasticSNN(NetworkSpec(n_in=3, hidden=4, n_out=2, input=ProjectionSpec(rule="abcd", coefficients={"D": 0.2})))
+    coeffs = net.projections["input"].coeffs
+    assert {k: tuple(v.shape) for k, v in coeffs.items()} == dict.fromkeys("ABCD", (3, 4))
+    assert coeffs["A"].eq(1.0).all() and coeffs["B"].eq(0.0).all() and coeffs["D"].eq(0.2).all()
