@@ -115,7 +115,7 @@ class PlasticSNN(nn.Module):
         self.spec = spec
         gen = torch.Generator().manual_seed(seed)
         n_features = spec.n_in + spec.hidden
-        gains = {"input": spec.input_gain, "recurrent": spec.recurrent_gain, "readout": spec.readout_gain}
+        gains = self.gains()
         self.projections = nn.ModuleDict(
             {
                 name: _Projection(*spec.shape(name), n_features, spec.projection(name), gains[name], gen)
@@ -164,6 +164,27 @@ class PlasticSNN(nn.Module):
     def params(self) -> NetworkParams:
         p = {name: self.projections[name].params() for name in PROJECTIONS}
         return NetworkParams(**p, b_hidden=self.b_hidden, b_out=self.b_out)
+
+    def gains(self) -> dict[str, float]:
+        """Each projection's initial-weight gain: ``W ~ N(0, gain^2 / n_pre)`` at construction."""
+        s = self.spec
+        return {"input": s.input_gain, "recurrent": s.recurrent_gain, "readout": s.readout_gain}
+
+    def fresh_weights(
+        self, params: NetworkParams, seed: int, scale: Optional[dict[str, float]] = None
+    ) -> NetworkParams:
+        """``params`` with every projection's ``W`` drawn anew from the construction's distribution,
+        ``W ~ N(0, (scale * gain)^2 / n_pre)`` (``scale`` per projection, default 1), by a generator
+        seeded with ``seed``: a lifetime that starts from random weights, which only plasticity
+        (``W + alpha ⊙ H``) can shape.  The same seed gives the same weights."""
+        gen = torch.Generator().manual_seed(int(seed))
+        new = {}
+        for name, gain in self.gains().items():
+            n_pre, n_post = self.spec.shape(name)
+            g = gain * (scale or {}).get(name, 1.0) / math.sqrt(n_pre)
+            W = torch.randn(n_pre, n_post, generator=gen, dtype=self.b_hidden.dtype) * g
+            new[name] = getattr(params, name)._replace(W=W.to(self.b_hidden.device))
+        return params._replace(**new)
 
     def initial_state(self, batch: int) -> NetworkState:
         """Resting neurons, zero readout, zero plastic state (every episode starts here)."""

@@ -327,3 +327,16 @@ def test_a_projection_has_the_parameters_its_mode_declares(mode: str, per_neuron
     got = net.projections["recurrent"].params().mod
     assert {f for f in got._fields if getattr(got, f) is not None} == {p.name for p in declared}
     assert groups["projections.recurrent.coeffs.tau_phi"] == "rule" and groups["b_hidden"] == "weights"
+
+
+def test_fresh_weights_are_drawn_from_the_construction_distribution_by_seed():
+    spec = NetworkSpec(n_in=400, hidden=300, n_out=200, input=ProjectionSpec(rule="hebbian"), recurrent_gain=0.5)
+    net = PlasticSNN(spec, seed=0)
+    params = net.params()
+    a, b, a2 = (net.fresh_weights(params, s, scale={"readout": 0.1}) for s in (1, 2, 1))
+    for name, gain in {"input": 1.0 / 20, "recurrent": 0.5 / math.sqrt(300), "readout": 0.1 / math.sqrt(300)}.items():
+        W = getattr(a, name).W
+        assert W.shape == getattr(params, name).W.shape and abs(W.std().item() / gain - 1) < 0.02, name
+        assert torch.equal(W, getattr(a2, name).W) and not torch.equal(W, getattr(b, name).W)
+        assert not torch.equal(W, getattr(params, name).W)
+    assert a.input.alpha is params.input.alpha and a.b_hidden is params.b_hidden  # only W is drawn anew
