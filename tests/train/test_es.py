@@ -250,3 +250,32 @@ def test_a_sample_plays_every_training_condition_and_its_observations_count():
     per = [task.rollout(net, net.params(), [5, 6], norm, condition=c) for c in TRAINED]
     assert fitness == pytest.approx(np.mean([r.returns.mean() for r in per]), rel=1e-12)
     assert stats.count == sum(r.steps for r in per)
+
+
+def test_a_train_run_logs_the_returns_figure_and_report_draws_it(tmp_path):
+    from hybridopt.api import train
+    from hybridopt.results.report import write_report
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    runs = [
+        train(
+            SMOKE,
+            overrides=[*DIST, "task.conditions=[crippled_leg, 'short:front:0.5']", f"seed={s}"],
+            tracking_uri=uri,
+        )
+        for s in (0, 1)
+    ]
+    client = MlflowClient(tracking_uri=uri)
+    for run in runs:
+        assert run.status == "FINISHED", run.reason
+        metrics = client.get_run(run.run_id).data.metrics
+        assert metrics["eval/retention/short_front_0.5"] == pytest.approx(
+            metrics["eval/return/short_front_0.5"] / metrics["eval/return/standard"]
+        )
+        assert "returns_by_condition.png" in {a.path for a in client.list_artifacts(run.run_id)}
+        png = Path(client.download_artifacts(run.run_id, "returns_by_condition.png", str(tmp_path)))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    out = tmp_path / "report"
+    write_report(uri, [runs[0].experiment], out)
+    figure = out / "comparison__returns_by_condition.png"
+    assert figure.is_file() and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
