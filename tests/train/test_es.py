@@ -160,6 +160,8 @@ def test_cli_search_on_locomotion(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("smoke_locomotion_search").experiment_id])
     children = [r for r in runs if r.data.tags.get("hybridopt.kind") == "candidate"]
     assert len(children) == 8  # population 4, then 2 children and the 2 elites training on
+    [parent] = [r for r in runs if r.data.tags.get("hybridopt.kind") == "search"]
+    assert "returns_by_condition.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}  # the best's
     for run in children:
         assert run.info.status == "FINISHED", run.data.tags.get("hybridopt.failure")
         for c in CONDITIONS:
