@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import random
 from collections.abc import Sequence
 
@@ -10,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from hybridopt.results.store import SearchView, TrainView
+from hybridopt.tasks.conditions import metric_key
 
 __all__ = [
     "candidates_by_family",
@@ -157,26 +159,75 @@ def learning_curves(view: TrainView) -> Figure:
     return fig
 
 
+_AGGREGATES = ("train", "heldout")  # eval/return/<these> are means over conditions, not conditions
+
+
+def _condition_lists(view: TrainView) -> tuple[list[str], list[str]]:
+    """The metric keys of a run's training and held-out conditions, from its params (a run that
+    logged none trained in ``standard`` and held out every other condition it evaluated)."""
+    evaluated = [k.split("/", 2)[2] for k in view.metrics if k.startswith("eval/return/")]
+    evaluated = [c for c in evaluated if c not in _AGGREGATES]
+
+    def listed(param: str) -> list[str] | None:
+        text = view.params.get(param)
+        try:
+            names = ast.literal_eval(text) if text else None
+        except (ValueError, SyntaxError):
+            return None
+        return [metric_key(str(n)) for n in names] if isinstance(names, list) else None
+
+    train = listed("task.train_conditions") or ["standard"]
+    heldout = listed("task.conditions")
+    if heldout is None:
+        heldout = [c for c in evaluated if c not in train and c != "standard"]
+    return train, heldout
+
+
 def returns_by_condition(views: Sequence[TrainView], labels: Sequence[str] | None = None) -> Figure:
-    """Evaluation return per condition (standard and each novel one), one bar group per condition
-    and one bar per run (static vs plastic side by side when both are given)."""
-    conds: list[str] = []
-    for v in views:
-        conds += [
-            k.split("/", 2)[2] for k in v.metrics if k.startswith("eval/return/") and k.split("/", 2)[2] not in conds
-        ]
-    conds.sort(key=lambda c: (c != "standard", c))
-    fig = Figure(figsize=(max(5.0, 1.6 * len(conds) * max(1, len(views)) ** 0.5 + 2), 4.0), layout="constrained")
+    """Evaluation return per condition as grouped bars, one group per condition and one bar per
+    run (several runs, methods, side by side): the conditions trained on left of a divider, the
+    held-out ones right of it (a bar of a run that held the condition out is hatched), and above
+    each held-out bar its retention ``R_c / R_standard``.  ``standard`` (the intact body, the
+    retention's reference) has a section of its own when no run trains or holds it out.  The
+    legend gives each run's ``R_heldout / R_standard``."""
+    lists = [_condition_lists(v) for v in views]
+    trained = list(dict.fromkeys(c for t, _ in lists for c in t))
+    heldout = list(dict.fromkeys(c for _, h in lists for c in h if c not in trained))
+    sections = [("trained on", trained), ("held out", heldout)]
+    if "standard" not in trained and "standard" not in heldout:
+        sections.insert(0, ("intact (reference)", ["standard"]))
+    sections = [(title, conds) for title, conds in sections if conds]
+    conds = [c for _, cs in sections for c in cs]
+    n = max(1, len(views))
+    fig = Figure(figsize=(max(5.0, 1.6 * len(conds) * n**0.5 + 2), 4.4), layout="constrained")
     ax = fig.subplots()
-    width = 0.8 / max(1, len(views))
-    for i, v in enumerate(views):
-        xs = [j + (i - (len(views) - 1) / 2) * width for j in range(len(conds))]
+    width = 0.8 / n
+    for i, (v, (_, held)) in enumerate(zip(views, lists)):
+        xs = [j + (i - (n - 1) / 2) * width for j in range(len(conds))]
         ys = [v.metrics.get(f"eval/return/{c}", float("nan")) for c in conds]
         errs = [v.metrics.get(f"eval/return_std/{c}", 0.0) for c in conds]
-        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=labels[i] if labels else v.name)
-    ax.set_xticks(range(len(conds)), conds)
+        label = labels[i] if labels else v.name
+        if "eval/retention/heldout" in v.metrics:
+            label += f" (R_heldout / R_standard = {v.metrics['eval/retention/heldout']:.2f})"
+        bars = ax.bar(xs, ys, width, yerr=errs, capsize=3, color=f"C{i}", label=label)
+        for bar, c, y, e in zip(bars, conds, ys, errs):
+            if c in held:
+                bar.set_hatch("//")
+                r = v.metrics.get(f"eval/retention/{c}", float("nan"))
+                ax.annotate(
+                    f"{r:.2f}", (bar.get_x() + bar.get_width() / 2, max(y, 0.0) + e), xytext=(0, 2),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                )  # fmt: skip
+    ax.set_xticks(range(len(conds)), conds, rotation=20 if len(conds) > 5 else 0)
     ax.axhline(0.0, color="black", lw=0.8)
-    ax.set(ylabel="episode return", title="return per condition (standard, then never seen in training)")
+    start = 0
+    for k, (title, cs) in enumerate(sections):
+        if k:
+            ax.axvline(start - 0.5, color="black", ls="--", lw=1)
+        ax.text((start + start + len(cs) - 1) / 2, 1.01, title, transform=ax.get_xaxis_transform(), ha="center")
+        start += len(cs)
+    ax.set(ylabel="episode return", xlim=(-0.6, len(conds) - 0.4))
+    ax.set_title("return per condition (numbers: retention R_c / R_standard)", pad=16)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=1 if n > 2 else n)
     return fig

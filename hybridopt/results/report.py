@@ -4,7 +4,10 @@ The figures of a search: ``search_progress.png`` (best and mean fitness per gene
 best against CPU time), ``candidates.png`` (every candidate, coloured by rule family),
 ``fitness_by_family.png`` and ``summary.html`` (the progress figure as SVG, the best genome, the
 ten best candidates), which opens in the MLflow artifact viewer.  A train run's:
-``learning_curves.png``, and for control tasks ``returns_by_condition.png``.
+``learning_curves.png``, and for control tasks ``returns_by_condition.png`` (the return per
+condition, trained-on and held-out apart, with each held-out condition's retention), which a
+search of a control task draws for its best candidate and ``hybridopt report`` for several runs
+or searches side by side.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from hybridopt.search.outcome import test_line
 from hybridopt.snn.catalogue import PROJECTIONS
 from hybridopt.stored_names import ARTIFACT_SUMMARY, TAG_COMMAND
 
-__all__ = ["figures", "log_figures", "log_figures_safely", "search_table", "summary_html", "write_report"]
+__all__ = ["best_run", "figures", "log_figures", "log_figures_safely", "search_table", "summary_html", "write_report"]
 
 
 def _fmt(v: Any) -> str:
@@ -62,16 +65,36 @@ def search_table(view: SearchView, wide: bool = True) -> list[dict[str, str]]:
     return rows
 
 
-def figures(view: SearchView | TrainView) -> dict[str, Figure]:
-    """The figures of one search or train run, by file name."""
+def _has_returns(view: TrainView) -> bool:
+    return any(k.startswith("eval/return/") for k in view.metrics)
+
+
+def best_run(uri: str, view: SearchView) -> TrainView | None:
+    """The run of a search's best candidate, where it evaluated returns per condition."""
+    if view.best is None:
+        return None
+    try:
+        (run,) = find(uri, view.best.run_id)
+    except LookupError:  # deleted from the store since
+        return None
+    return run if isinstance(run, TrainView) and _has_returns(run) else None
+
+
+def figures(view: SearchView | TrainView, uri: str | None = None) -> dict[str, Figure]:
+    """The figures of one search or train run, by file name (with ``uri``, a search's returns
+    per condition: its best candidate's)."""
     if isinstance(view, SearchView):
-        return {
+        out = {
             "search_progress.png": plots.search_progress([view]),
             "candidates.png": plots.candidates_by_family(view),
             "fitness_by_family.png": plots.fitness_by_family(view),
         }
+        best = best_run(uri, view) if uri is not None else None
+        if best is not None:
+            out["returns_by_condition.png"] = plots.returns_by_condition([best], [f"best: {best.name}"])
+        return out
     out = {"learning_curves.png": plots.learning_curves(view)}
-    if any(k.startswith("eval/return/") for k in view.metrics):
+    if _has_returns(view):
         out["returns_by_condition.png"] = plots.returns_by_condition([view])
     return out
 
@@ -115,7 +138,7 @@ def log_figures(tracker: Any, run_id: str) -> list[str]:
     """Draw a finished search or train run from the store and log its figures to it; returns
     the artifact names."""
     (view,) = find(tracker.uri, run_id)
-    figs = figures(view)
+    figs = figures(view, tracker.uri)
     out = []
     for name, fig in figs.items():
         buf = io.BytesIO()
@@ -161,7 +184,7 @@ def write_report(uri: str, targets: Sequence[str], out: Path, csv_path: Path | N
         views += find(uri, t)
     out.mkdir(parents=True, exist_ok=True)
     for v in views:
-        figs = figures(v)
+        figs = figures(v, uri)
         stem = f"{v.experiment}__{v.name}".replace("/", "_").replace(" ", "_")
         for name, fig in figs.items():
             fig.savefig(out / f"{stem}__{name}", dpi=110)
@@ -173,11 +196,15 @@ def write_report(uri: str, targets: Sequence[str], out: Path, csv_path: Path | N
         plots.search_progress(searches, [_label(v, searches) for v in searches]).savefig(
             out / "comparison__search_progress.png", dpi=110
         )
-    returns = [v for v in trains if any(k.startswith("eval/return/") for k in v.metrics)]
+    returns = [v for v in trains if _has_returns(v)]
+    labels = [_label(v, returns) for v in returns]
+    for search in searches:  # a search by its best candidate
+        best = best_run(uri, search)
+        if best is not None:
+            returns.append(best)
+            labels.append(f"{_label(search, searches)}: best")
     if len(returns) > 1:
-        plots.returns_by_condition(returns, [_label(v, returns) for v in returns]).savefig(
-            out / "comparison__returns_by_condition.png", dpi=110
-        )
+        plots.returns_by_condition(returns, labels).savefig(out / "comparison__returns_by_condition.png", dpi=110)
     if csv_path is not None:
         rows = [{"experiment": s.experiment, "search": s.name, **r} for s in searches for r in search_table(s)]
         fields: list[str] = []

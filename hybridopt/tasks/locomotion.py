@@ -12,18 +12,11 @@ network's leaky integrator of the hidden spikes, so actions are decoded from fil
 Every episode starts from ``network.initial_state(B)``: resting neurons and ``H = 0`` for
 each of the ``B`` episodes played side by side (plastic state is per episode and per sample).
 
-Conditions (a registry, :data:`CONDITIONS`) modify the MuJoCo model of a fresh environment:
-
-=============  ===========================================================================
-standard       the training condition
-crippled_leg   the actuators of one leg give zero torque (their gear is set to 0)
-low_friction   sliding friction of every geom times ``friction_scale`` (MuJoCo takes the
-               larger of the two geoms' frictions for a contact, so the floor alone is not enough)
-heavy_body     torso mass (and inertia) times ``torso_mass_scale``
-=============  ===========================================================================
-
-A leg is a body of the model: its actuators are those driving a joint of that body or of a
-body below it.  :data:`LEGS` names the legs of the known robots.  Same network, same
+Conditions modify the MuJoCo model of a fresh environment; they are declared in one table,
+:mod:`hybridopt.tasks.conditions` (``standard``, ``crippled:<leg>``, ``weak:<leg>:<f>``,
+``short:<leg>:<f>``, ``friction:<f>``, ``mass:<f>`` and the old ``crippled_leg``,
+``low_friction``, ``heavy_body``).  The task trains in ``task.train_conditions`` and holds out
+``task.conditions``; :data:`LEGS` names the legs of the known robots.  Same network, same
 normaliser, same seeds: same returns (MuJoCo and the network are deterministic).
 """
 
@@ -31,9 +24,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Optional
 
 import gymnasium as gym
 import mujoco
@@ -42,10 +35,20 @@ import torch
 
 from hybridopt.snn.catalogue import PROJECTIONS
 from hybridopt.tasks.base import EVAL_SEED_OFFSET, ObsNormalizer, ObsStats, Rollout, eval_seeds
+from hybridopt.tasks.conditions import (
+    CONDITIONS,
+    LEGS,
+    Condition,
+    apply_condition,
+    check_env_and_leg,
+    leg_actuators,
+    parse_condition,
+)
 
 __all__ = [
     "CONDITIONS",
     "EVAL_SEED_OFFSET",
+    "Condition",
     "LEGS",
     "Locomotion",
     "ObsNormalizer",
@@ -55,86 +58,6 @@ __all__ = [
     "eval_seeds",
     "leg_actuators",
 ]
-
-# Robot (env id before "-v") -> leg name -> the body at the top of that leg.
-LEGS: dict[str, dict[str, str]] = {
-    "HalfCheetah": {"back": "bthigh", "front": "fthigh"},
-    # Ant's own body names (its XML calls them front_left_leg, front_right_leg, back_leg, right_back_leg).
-    "Ant": {
-        "front_left": "front_left_leg",
-        "front_right": "front_right_leg",
-        "back": "back_leg",
-        "right_back": "right_back_leg",
-    },
-}
-
-
-def _robot(env_id: str) -> str:
-    return env_id.split("-v")[0]
-
-
-def check_env_and_leg(env_id: str, leg: str) -> None:
-    """Raise ``ValueError`` for an unregistered environment or an unknown leg of a known robot."""
-    if env_id not in gym.envs.registry:
-        raise ValueError(f"unknown gymnasium environment {env_id!r}")
-    legs = LEGS.get(_robot(env_id))
-    if legs is not None and leg not in legs:
-        raise ValueError(f"crippled_leg {leg!r} is not a leg of {_robot(env_id)}; known: {', '.join(legs)}")
-
-
-# --------------------------------------------------------------------------- conditions
-def leg_actuators(model: mujoco.MjModel, body: str) -> list[int]:
-    """Actuators driving a joint of ``body`` or of any body below it."""
-    root = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, body)
-    if root < 0:
-        raise ValueError(f"the model has no body {body!r}")
-
-    def below(b: int) -> bool:
-        while b > 0:
-            if b == root:
-                return True
-            b = int(model.body_parentid[b])
-        return False
-
-    out = []
-    for a in range(model.nu):
-        if model.actuator_trntype[a] == mujoco.mjtTrn.mjTRN_JOINT and below(
-            int(model.jnt_bodyid[model.actuator_trnid[a, 0]])
-        ):
-            out.append(a)
-    if not out:
-        raise ValueError(f"body {body!r} has no actuated joint below it")
-    return out
-
-
-def _standard(model: mujoco.MjModel, cfg: Any, env_id: str) -> None:
-    pass
-
-
-def _crippled_leg(model: mujoco.MjModel, cfg: Any, env_id: str) -> None:
-    body = LEGS.get(_robot(env_id), {}).get(cfg.crippled_leg, cfg.crippled_leg)
-    for a in leg_actuators(model, body):
-        model.actuator_gear[a, :] = 0.0  # force = gear * ctrl = 0
-
-
-def _low_friction(model: mujoco.MjModel, cfg: Any, env_id: str) -> None:
-    model.geom_friction[:, 0] *= cfg.friction_scale
-
-
-def _heavy_body(model: mujoco.MjModel, cfg: Any, env_id: str) -> None:
-    b = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "torso")
-    if b < 0:
-        raise ValueError(f"{env_id} has no body 'torso'")
-    model.body_mass[b] *= cfg.torso_mass_scale
-    model.body_inertia[b] *= cfg.torso_mass_scale  # same shape, denser
-
-
-CONDITIONS: dict[str, Callable[[mujoco.MjModel, Any, str], None]] = {
-    "standard": _standard,
-    "crippled_leg": _crippled_leg,
-    "low_friction": _low_friction,
-    "heavy_body": _heavy_body,
-}
 
 
 @contextmanager
@@ -169,18 +92,25 @@ class Locomotion:
         check_env_and_leg(cfg.env_id, cfg.crippled_leg)
         self.cfg = cfg
         self._envs: dict[str, list[gym.Env]] = {}
+        self._conditions: dict[str, Condition] = {}
         probe = self.envs("standard", 1)[0]
         self.n_in = int(np.prod(probe.observation_space.shape))
         self.n_out = int(np.prod(probe.action_space.shape))
         self.low = torch.as_tensor(probe.action_space.low, dtype=torch.float32)
         self.high = torch.as_tensor(probe.action_space.high, dtype=torch.float32)
-        for c in cfg.conditions:  # a bad leg name fails here, not in the last minute of training
+        for c in (*cfg.train_conditions, *cfg.conditions):  # a bad leg fails here, not after training
             self.envs(c, 1)
 
+    def condition(self, name: str) -> Condition:
+        """The condition ``name`` stands for (an alias takes its argument from the config)."""
+        if name not in self._conditions:
+            self._conditions[name] = parse_condition(name, self.cfg, self.cfg.env_id)
+        return self._conditions[name]
+
     def make_env(self, condition: str) -> gym.Env:
-        """A fresh environment whose MuJoCo model is modified for ``condition``."""
-        if condition not in CONDITIONS:
-            raise ValueError(f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
+        """A fresh environment whose MuJoCo model is modified for ``condition`` (a name of
+        :mod:`hybridopt.tasks.conditions`)."""
+        cond = self.condition(condition)
         with _compiler_warnings_as_python_warnings():
             env = gym.make(
                 self.cfg.env_id,
@@ -188,7 +118,7 @@ class Locomotion:
                 disable_env_checker=True,
                 **self.cfg.env_kwargs,
             )
-        CONDITIONS[condition](env.unwrapped.model, self.cfg, self.cfg.env_id)
+        apply_condition(env.unwrapped.model, cond, self.cfg.env_id)
         return env
 
     def envs(self, condition: str, n: int) -> list[gym.Env]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
+from hybridopt.tasks.conditions import check_name
 from hybridopt.tasks.registry import Distinct, Fraction, Positive, TaskSection, register_task
 
 __all__ = ["CueAssociationConfig", "LocomotionConfig", "PatternMemoryConfig"]
@@ -49,7 +50,7 @@ class PatternMemoryConfig(TaskSection):
     noise: Fraction = 0.0
 
 
-Condition = Literal["crippled_leg", "low_friction", "heavy_body"]
+ConditionName = Annotated[str, AfterValidator(check_name)]  # a name of ``tasks.conditions``' table
 
 
 class LocomotionConfig(TaskSection):
@@ -57,11 +58,15 @@ class LocomotionConfig(TaskSection):
 
     Observations are normalised by running mean/std, clipped to ``obs_clip`` and fed as input
     currents times ``obs_gain``; actions are ``tanh`` of the readout, mapped into the action
-    bounds; the readout weights start ``readout_scale`` times their usual size.  Evaluation
-    runs ``eval_seeds`` seeded episodes in the standard condition and in each of ``conditions``
-    (never seen in training): ``crippled_leg`` zeroes the actuators of ``crippled_leg``,
-    ``low_friction`` scales friction by ``friction_scale``, ``heavy_body`` scales the torso's
-    mass by ``torso_mass_scale``.
+    bounds; the readout weights start ``readout_scale`` times their usual size.
+
+    Conditions are named as in ``tasks.conditions`` (``standard``, ``crippled:back``,
+    ``weak:back:0.5``, ``short:front:0.6``, ``friction:0.25``, ``mass:1.5``).  Training plays
+    every sample in each of ``train_conditions``, its fitness the mean return over them;
+    ``conditions`` are held out, only evaluated (``eval_seeds`` seeded episodes in each, and in
+    ``standard``).  The old names stay: ``crippled_leg`` zeroes the actuators of
+    ``crippled_leg``, ``low_friction`` scales friction by ``friction_scale``, ``heavy_body``
+    scales the torso's mass by ``torso_mass_scale``.
     """
 
     kind: ClassVar[str] = "control"  # played in a simulator: no gradient, trained by search gradient
@@ -71,7 +76,8 @@ class LocomotionConfig(TaskSection):
     obs_gain: Positive = 1.0
     obs_clip: Positive = 5.0
     readout_scale: Positive = 0.1
-    conditions: Distinct[Condition] = ["crippled_leg", "low_friction", "heavy_body"]  # pydantic copies defaults
+    train_conditions: Annotated[Distinct[ConditionName], Field(min_length=1)] = ["standard"]
+    conditions: Distinct[ConditionName] = ["crippled_leg", "low_friction", "heavy_body"]  # pydantic copies defaults
     crippled_leg: str = "back"
     friction_scale: Positive = 0.25
     torso_mass_scale: Positive = 1.5
@@ -79,9 +85,21 @@ class LocomotionConfig(TaskSection):
 
     @model_validator(mode="after")
     def _known_env_and_leg(self) -> LocomotionConfig:
-        from hybridopt.tasks.locomotion import check_env_and_leg
+        from hybridopt.tasks.conditions import check_env_and_leg, parse_condition
 
         check_env_and_leg(self.env_id, self.crippled_leg)
+        seen: dict[tuple[str, Any, float], tuple[str, str]] = {}
+        for field in ("train_conditions", "conditions"):
+            for name in getattr(self, field):
+                try:
+                    damage = parse_condition(name, self, self.env_id).damage
+                except ValueError as e:
+                    raise ValueError(f"{field}: {e}") from None
+                if damage in seen:
+                    held = field == "conditions" and seen[damage][0] == "train_conditions"
+                    why = "is trained on, so it cannot be held out" if held else "names the same condition twice"
+                    raise ValueError(f"{field}: {name!r} {why} (as {seen[damage][1]!r})")
+                seen[damage] = (field, name)
         return self
 
 

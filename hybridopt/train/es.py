@@ -14,13 +14,18 @@ then moves ``mu`` with ClipUp (normalised step ``center_lr``, momentum, speed li
 ``sigma`` starts per parameter group (:mod:`hybridopt.train.search_scale`).  (SNES has no
 antithetic pairs; its natural-gradient ``center_lr`` is usually 1.)
 
-Each generation plays every sample on the same ``episodes_per_sample`` training seeds
-(common random numbers) with the observation normaliser frozen; the observations it saw
-are merged into the normaliser afterwards.  The result is the centre: evaluated on held-out
-seeds in the standard condition (its mean return is the fitness) and in every novel
-condition, as ``eval/return/<condition>`` and ``eval/degradation/<condition>``::
+Each generation plays every sample on the same ``episodes_per_sample`` training seeds in each
+of the ``T`` training conditions ``task.train_conditions`` (common random numbers: every sample
+sees the same seeds and conditions) with the observation normaliser frozen; a sample's fitness
+is its mean return over them, and the observations it saw, in every training condition, are
+merged into the normaliser afterwards.  The result is the centre, evaluated (:func:`evaluate_policy`)
+on held-out seeds in the training conditions, in the held-out ones ``task.conditions`` (``H``
+of them, never played in training) and in ``standard`` (always, even when not trained on)::
 
-    degradation = (R_standard - R_condition) / |R_standard|     (= 1 - R_condition / R_standard when R_standard > 0)
+    fitness     = R_train   = (1/T) sum_{c in train} R_c           (never a held-out return)
+    R_heldout   = (1/H) sum_{c in held out} R_c
+    retention   = R_c / R_standard,   retention/heldout = R_heldout / R_standard
+    degradation = (R_standard - R_c) / |R_standard|     (= 1 - R_c / R_standard when R_standard > 0)
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -41,6 +46,7 @@ from hybridopt.snn.kernels import KernelBudget
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import EVAL_SEED_OFFSET, make_task
 from hybridopt.tasks.base import ControlTask, ObsNormalizer, ObsStats, eval_seeds
+from hybridopt.tasks.conditions import metric_key
 from hybridopt.train.result import ProgressEvent, ProgressFn, TrainResult, TrainState
 from hybridopt.train.search_scale import group_masks, search_stdev
 
@@ -89,24 +95,48 @@ def load_policy(cfg: Config, state_dict: dict[str, torch.Tensor]) -> tuple[Contr
 
 
 def evaluate_policy(
-    task: ControlTask, net: PlasticSNN, normalizer: ObsNormalizer, seed: int, conditions: Optional[list[str]] = None
+    task: ControlTask,
+    net: PlasticSNN,
+    normalizer: ObsNormalizer,
+    seed: int,
+    conditions: Optional[Sequence[str]] = None,
+    train_conditions: Optional[Sequence[str]] = None,
 ) -> dict[str, float]:
-    """Mean (and std) return over the evaluation seeds in the standard condition and each novel
-    one, and the degradation of each relative to the standard return."""
-    conditions = ["standard", *(task.cfg.conditions if conditions is None else conditions)]
+    """Mean (and std) return over the evaluation seeds in ``standard``, each training condition
+    (default ``task.cfg.train_conditions``) and each held-out one (default ``task.cfg.conditions``),
+    as ``eval/return/<key>`` with ``key`` the condition's metric name (``weak:back:0.5`` ->
+    ``weak_back_0.5``); their means ``eval/return/train`` (the fitness) and ``eval/return/heldout``
+    (with held-out conditions); per condition ``eval/retention/<key> = R_c / R_standard`` and
+    ``eval/degradation/<key> = (R_standard - R_c) / |R_standard|``, and
+    ``eval/retention/heldout = R_heldout / R_standard``.  A retention is NaN when
+    ``R_standard = 0`` and a ratio of returns only where ``R_standard > 0``."""
+    train = list(task.cfg.train_conditions if train_conditions is None else train_conditions)
+    heldout = list(task.cfg.conditions if conditions is None else conditions)
+    names = list(dict.fromkeys(["standard", *train, *heldout]))
     seeds = eval_seeds(task.cfg.eval_seeds, seed)
     params = net.params()
+    returns: dict[str, float] = {}
     out: dict[str, float] = {}
-    for c in conditions:
+    for c in names:
         r = task.rollout(net, params, seeds, normalizer, condition=c)
-        out[f"eval/return/{c}"] = float(r.returns.mean())
-        out[f"eval/return_std/{c}"] = float(r.returns.std())
+        key = metric_key(c)
+        returns[c] = out[f"eval/return/{key}"] = float(r.returns.mean())
+        out[f"eval/return_std/{key}"] = float(r.returns.std())
         if c == "standard" and not math.isnan(r.h_saturation):
             out["eval/h_saturation"] = r.h_saturation
-    ref = out["eval/return/standard"]
-    for c in conditions:
-        out[f"eval/degradation/{c}"] = (ref - out[f"eval/return/{c}"]) / max(abs(ref), 1e-8)
+    ref = returns["standard"]
+    for c in names:
+        out[f"eval/retention/{metric_key(c)}"] = _ratio(returns[c], ref)
+        out[f"eval/degradation/{metric_key(c)}"] = (ref - returns[c]) / max(abs(ref), 1e-8)
+    out["eval/return/train"] = float(np.mean([returns[c] for c in train]))
+    if heldout:
+        out["eval/return/heldout"] = float(np.mean([returns[c] for c in heldout]))
+        out["eval/retention/heldout"] = _ratio(out["eval/return/heldout"], ref)
     return out
+
+
+def _ratio(r: float, ref: float) -> float:
+    return r / ref if ref != 0.0 else math.nan
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -118,11 +148,16 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
 def _play(
     task: ControlTask, net: PlasticSNN, solution: torch.Tensor, seeds: list[int], normalizer: ObsNormalizer
 ) -> tuple[float, ObsStats]:
-    """Mean return of one sample over ``seeds``, and the observations it saw."""
+    """Mean return of one sample over ``seeds`` in every training condition (the mean over the
+    conditions of the mean over the seeds), and the observations it saw in all of them."""
     vector_to_parameters(solution, net.parameters())
     stats = ObsStats.empty(task.n_in)
-    r = task.rollout(net, net.params(), seeds, normalizer, stats=stats)
-    return float(r.returns.mean()), stats
+    params = net.params()
+    means = [
+        task.rollout(net, params, seeds, normalizer, condition=c, stats=stats).returns.mean()
+        for c in task.cfg.train_conditions
+    ]
+    return float(np.mean(means)), stats
 
 
 # Inside an episode-worker process only: its own task and network, built once.
@@ -267,12 +302,15 @@ def train_es(
             cpu_budget_s = 60.0 * es.cpu_minutes if es.cpu_minutes else math.inf
 
         if start is None:
-            # The first generation should not see raw observations: one episode of the initial policy.
+            # The first generation should not see raw observations: one episode of the initial policy
+            # in each training condition.
             stats = ObsStats.empty(task.n_in)
             identity = ObsNormalizer.identity(task.n_in)
-            task.rollout(net, net.params(), [int(rng.integers(EVAL_SEED_OFFSET))], identity, stats=stats)
+            first = [int(rng.integers(EVAL_SEED_OFFSET))]
+            for c in task.cfg.train_conditions:
+                task.rollout(net, net.params(), first, identity, condition=c, stats=stats)
             normalizer = identity.merged(stats)
-            episodes += 1
+            episodes += len(task.cfg.train_conditions)
 
         gen_seeds: list[int] = []
         gen_stats: list[ObsStats] = []
@@ -288,7 +326,7 @@ def train_es(
             gen_seeds[:] = [int(s) for s in rng.integers(EVAL_SEED_OFFSET, size=es.episodes_per_sample)]
             searcher.step()
             generation += 1
-            episodes += es.popsize * es.episodes_per_sample
+            episodes += es.popsize * es.episodes_per_sample * len(task.cfg.train_conditions)
             for st in gen_stats:  # in sample order: the same normaliser whatever the number of workers
                 normalizer = normalizer.merged(st)
             gen_stats.clear()
@@ -313,14 +351,14 @@ def train_es(
             if generation % es.eval_every == 0 or generation - gen0 == es.generations:
                 vector_to_parameters(center, net.parameters())
                 metrics.update(evaluate_policy(task, net, normalizer, cfg.seed, conditions=[]))
-                episodes += task.cfg.eval_seeds
+                episodes += task.cfg.eval_seeds * len({"standard", *task.cfg.train_conditions})
             history.append((generation, metrics))
             if progress is not None:
                 progress(ProgressEvent(generation, gen0 + es.generations, metrics))
         vector_to_parameters(center, net.parameters())
         final = evaluate_policy(task, net, normalizer, cfg.seed)
-        episodes += task.cfg.eval_seeds * (1 + len(task.cfg.conditions))
-        if not math.isfinite(final["eval/return/standard"]):
+        episodes += task.cfg.eval_seeds * len({"standard", *task.cfg.train_conditions, *task.cfg.conditions})
+        if not all(math.isfinite(v) for k, v in final.items() if k.startswith("eval/return/")):
             raise FloatingPointError("non-finite evaluation return")
     except Exception as e:  # a candidate must not take its caller down
         return TrainResult.failure(
@@ -334,11 +372,11 @@ def train_es(
     finally:
         if players is not None:
             players.close()
-    final["fitness"] = final["eval/return/standard"]
+    final["fitness"] = final["eval/return/train"]
     state_dict = policy_state_dict(net, normalizer)
     cpu = cpu_used()
     return TrainResult(
-        fitness=final["eval/return/standard"],
+        fitness=final["fitness"],
         final_metrics=final,
         history=history,
         state_dict=state_dict,

@@ -180,7 +180,7 @@ class ControlLoop(InnerLoop):
         return Loaded(*load_policy(cfg, state_dict))
 
     def evaluate(self, cfg: Config, loaded: Loaded) -> dict[str, float]:
-        """The standard and every novel condition (see :func:`~hybridopt.train.es.evaluate_policy`)."""
+        """Every condition, trained on and held out (see :func:`~hybridopt.train.es.evaluate_policy`)."""
         from hybridopt.train.es import evaluate_policy
 
         return evaluate_policy(loaded.task, loaded.net, loaded.normalizer, cfg.seed)

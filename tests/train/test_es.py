@@ -9,12 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from torch.nn.utils import parameters_to_vector
 
 from hybridopt.config import load_config, parse_config
 from hybridopt.snn.network import NetworkSpec, PlasticSNN, ProjectionSpec
+from hybridopt.tasks.base import ObsNormalizer
 from hybridopt.train import train_candidate
 from hybridopt.train.es import build_policy, evaluate_policy, load_policy
 from hybridopt.train.search_scale import parameter_group, search_stdev
@@ -157,6 +160,8 @@ def test_cli_search_on_locomotion(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("smoke_locomotion_search").experiment_id])
     children = [r for r in runs if r.data.tags.get("hybridopt.kind") == "candidate"]
     assert len(children) == 8  # population 4, then 2 children and the 2 elites training on
+    [parent] = [r for r in runs if r.data.tags.get("hybridopt.kind") == "search"]
+    assert "returns_by_condition.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}  # the best's
     for run in children:
         assert run.info.status == "FINISHED", run.data.tags.get("hybridopt.failure")
         for c in CONDITIONS:
@@ -187,3 +192,92 @@ def test_es_continues_from_a_state(cfg, result):
     same = train_candidate(cfg, start=state, cpu_budget_s=0.0)
     assert same.history == [] or all(s <= state.step for s, _ in same.history)
     assert same.final_metrics == result.final_metrics
+
+
+# --------------------------------------------------------------------------- conditions as a training distribution
+TRAINED = ["standard", "weak:back:0.5"]
+DIST = ["task.episode_steps=20", "es.generations=2", f"task.train_conditions={TRAINED}"]
+
+
+def _dist(heldout: list[str]):
+    return load_config(SMOKE, [*DIST, f"task.conditions={heldout}"])
+
+
+@pytest.fixture(scope="module")
+def dist_result():
+    return train_candidate(_dist(["crippled_leg", "short:front:0.5"]))
+
+
+def test_fitness_is_the_mean_over_training_conditions_and_heldout_are_only_evaluated(dist_result):
+    r = dist_result
+    assert r.status == "FINISHED", r.reason
+    m = r.final_metrics
+    returns = {k: m[f"eval/return/{k}"] for k in ("standard", "weak_back_0.5", "crippled_leg", "short_front_0.5")}
+    assert len(set(returns.values())) == len(returns)  # four conditions, four different returns
+    assert r.fitness == m["fitness"] == m["eval/return/train"]
+    assert m["eval/return/train"] == pytest.approx((returns["standard"] + returns["weak_back_0.5"]) / 2, rel=1e-12)
+    heldout = (returns["crippled_leg"] + returns["short_front_0.5"]) / 2
+    assert m["eval/return/heldout"] == pytest.approx(heldout, rel=1e-12)
+    for k, v in returns.items():
+        assert m[f"eval/retention/{k}"] == pytest.approx(v / returns["standard"], rel=1e-12)
+        assert m[f"eval/degradation/{k}"] == pytest.approx((returns["standard"] - v) / abs(returns["standard"]))
+    assert m["eval/retention/heldout"] == pytest.approx(heldout / returns["standard"], rel=1e-12)
+    # the curves evaluate the training conditions only: the search never sees a held-out return
+    evals = [h for _, h in r.history if "eval/return/train" in h]
+    assert evals and all("eval/return/crippled_leg" not in h and "eval/return/heldout" not in h for h in evals)
+    assert r.episodes == 2 + 2 * 4 * 2 + 2 * 2 + 2 * 4  # first episodes, generations, eval at 2, final
+
+
+def test_the_heldout_list_does_not_change_training(dist_result):
+    other = train_candidate(_dist(["friction:0.5"]))
+    assert other.fitness == dist_result.fitness
+    assert [m["train/return_mean"] for _, m in other.history] == [
+        m["train/return_mean"] for _, m in dist_result.history
+    ]
+    assert "eval/return/friction_0.5" in other.final_metrics and "eval/return/crippled_leg" not in other.final_metrics
+    # ...while the training list does
+    alone = train_candidate(load_config(SMOKE, [*DIST[:2], "task.conditions=[crippled_leg]"]))
+    assert alone.history[0][1]["train/return_mean"] != dist_result.history[0][1]["train/return_mean"]
+    assert alone.fitness == alone.final_metrics["eval/return/standard"]
+
+
+def test_a_sample_plays_every_training_condition_and_its_observations_count():
+    from hybridopt.train.es import _play
+
+    cfg = _dist([])
+    task, net = build_policy(cfg)
+    norm = ObsNormalizer.identity(task.n_in)
+    center = parameters_to_vector(net.parameters()).clone()
+    fitness, stats = _play(task, net, center, [5, 6], norm)
+    per = [task.rollout(net, net.params(), [5, 6], norm, condition=c) for c in TRAINED]
+    assert fitness == pytest.approx(np.mean([r.returns.mean() for r in per]), rel=1e-12)
+    assert stats.count == sum(r.steps for r in per)
+
+
+def test_a_train_run_logs_the_returns_figure_and_report_draws_it(tmp_path):
+    from hybridopt.api import train
+    from hybridopt.results.report import write_report
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    runs = [
+        train(
+            SMOKE,
+            overrides=[*DIST, "task.conditions=[crippled_leg, 'short:front:0.5']", f"seed={s}"],
+            tracking_uri=uri,
+        )
+        for s in (0, 1)
+    ]
+    client = MlflowClient(tracking_uri=uri)
+    for run in runs:
+        assert run.status == "FINISHED", run.reason
+        metrics = client.get_run(run.run_id).data.metrics
+        assert metrics["eval/retention/short_front_0.5"] == pytest.approx(
+            metrics["eval/return/short_front_0.5"] / metrics["eval/return/standard"]
+        )
+        assert "returns_by_condition.png" in {a.path for a in client.list_artifacts(run.run_id)}
+        png = Path(client.download_artifacts(run.run_id, "returns_by_condition.png", str(tmp_path)))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    out = tmp_path / "report"
+    write_report(uri, [runs[0].experiment], out)
+    figure = out / "comparison__returns_by_condition.png"
+    assert figure.is_file() and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
