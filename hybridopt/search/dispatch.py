@@ -4,7 +4,8 @@ The only module of the search that imports Ray.  Each actor is a worker process 
 candidate at a time (:func:`~hybridopt.train.train_candidate`), so what a process builds once
 (imported modules, compiled kernels, caches) serves every candidate it trains.  Jobs are queued
 and handed to the first free actor; results come back as they complete.  An actor that dies
-(its process killed, its node lost) is replaced, and its job runs again, up to
+(its process killed, its node lost) is replaced where the cluster still has room for it (a lost
+node's slots are given up), and its job runs again on the next free actor, up to
 ``ray.max_retries`` times; an error inside training is not retried: it comes back as a FAILED
 result.  Workers never touch the tracking store.  The pool notes when an actor takes a job and
 how long it was queued (:meth:`Pool.taken`), so that a candidate's run starts when it trains.
@@ -95,7 +96,8 @@ class Pool:
         self._queue: collections.deque[_Job] = collections.deque()
         self._running: dict[Any, tuple[Any, _Job]] = {}  # object ref -> (actor, job)
         self._taken: list[Taken] = []
-        self.replaced = 0  # actors that died and were replaced
+        self.replaced = 0  # actors that died (replaced where the cluster has room)
+        self.dropped = 0  # slots given up because the cluster had no room left for them
 
     def _new_actor(self):
         return CandidateWorker.options(**self._options).remote()
@@ -124,6 +126,16 @@ class Pool:
             self._taken.append(Taken(job.key, now, now - job.queued_at))
             self._running[actor.train.remote(job.config, job.start, job.cpu_budget_s)] = (actor, job)
 
+    def _replace_actor(self) -> None:
+        """A new actor for one that died, if the cluster has room for it now.  An actor lost with
+        its node has nowhere to go: a new one would wait for resources that no longer exist, and
+        the job handed to it with it, so the pool goes on with one slot fewer (never none)."""
+        live = len(self._idle) + len(self._running)
+        if live == 0 or live < slots_for(self._options["num_cpus"], self._options["num_gpus"]):
+            self._idle.append(self._new_actor())
+        else:
+            self.dropped += 1
+
     def next_result(self) -> tuple[Hashable, TrainResult]:
         """The next job to complete (a FAILED result for one whose actor died too often)."""
         while True:
@@ -140,7 +152,7 @@ class Pool:
                 result: TrainResult = ray.get(ref)
             except RayActorError as e:  # the process died: a new actor in its slot, the job again
                 self.replaced += 1
-                self._idle.append(self._new_actor())
+                self._replace_actor()
                 if job.attempts <= self.max_retries:
                     job.queued_at = time.time()
                     self._queue.appendleft(job)

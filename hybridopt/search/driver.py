@@ -171,6 +171,7 @@ class Driver:
     def end_generation(self) -> None:
         """A generation's metrics on the parent run, the new population as parents, a checkpoint."""
         metrics = self.standings.end_generation(self.generation, float(self.evolution.fitness.max()))
+        metrics["workers_lost"] = float(getattr(self.pool, "replaced", 0))  # worker processes that died so far
         self.record.log_generation(self.generation, metrics)
         self.lineage.set_population(self.standings.records, self.evolution.population)  # only members are parents
         self.save_checkpoint(self.generation, self.evolution.fitness.clone())

@@ -29,7 +29,7 @@ import pytest
 
 from tests.cluster.test_launcher_e2e import skip_unless_ci
 from tests.conftest import CONFIGS, REPO
-from tests.search.searching import runs_of
+from tests.search.searching import best_genome, children_in_store, runs_of, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -144,6 +144,26 @@ class Nodes:
         logs = "\n".join(f"--- {r}:\n{self.log(r)}" for r in self.ROLES)
         raise AssertionError(f"the cluster has not {cpus} CPUs:\n{p.stderr[-2000:]}\n{logs}")
 
+    def search(self, store: Path, *extra: str) -> list[str]:
+        """``hybridopt search`` on the head: the smoke search through this cluster, into ``store``."""
+        return [sys.executable, "-m", "hybridopt", "search", str(CONFIGS / "smoke_search.yaml"),
+                "--address", f"{self.addr['head']}:{GCS_PORT}", "--tracking-uri", f"sqlite:///{store}",
+                "--set", f"search.checkpoint={store.with_suffix('.ckpt')}", *extra]  # fmt: skip
+
+    def start(self, role: str, args: list[str]) -> subprocess.Popen:
+        """``args`` in node ``role``'s namespace, in the background (a session of its own)."""
+        log = open(self.root / f"{role}-cmd.log", "ab")  # noqa: SIM115 - the child holds it
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns[role], *args], env=self.env(role), cwd=self.root,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        log.close()
+        return proc
+
+    def kill(self, role: str) -> None:
+        """The node dies at once: its PID namespace's init, and with it every process of its Ray."""
+        proc = self.procs.pop(role)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
     def log(self, role: str) -> str:
         with contextlib.suppress(OSError):
             return (self.root / f"{role}.log").read_text(errors="replace")[-1500:]
@@ -201,3 +221,68 @@ def test_a_search_trains_on_two_worker_nodes_and_each_run_names_its_node(nodes: 
     assert report.returncode == 0, report.stderr
     rows = list(csv.DictReader(table.open()))
     assert sorted(r["node"] for r in rows) == sorted(tags)
+
+
+def _outcome(children) -> dict[tuple[str, str], tuple[float, str]]:
+    """Each candidate's fitness and stopping rung, by (generation, candidate)."""
+    return {
+        (c.data.tags["hybridopt.generation"], c.data.tags["hybridopt.candidate"]): (
+            c.data.metrics["fitness"],
+            c.data.tags["hybridopt.rung"],
+        )
+        for c in children
+    }
+
+
+def _same_search(store: Path, reference: Path) -> None:
+    """One finished parent run whose candidates are the reference's, each once, none left RUNNING,
+    with the same fitnesses and the same best."""
+    client, parents, children = runs_of(f"sqlite:///{store}")
+    ref_client, ref_parents, ref_children = runs_of(f"sqlite:///{reference}")
+    assert len(parents) == 1 and client.get_run(parents[0].info.run_id).info.status == "FINISHED"
+    keys = [(c.data.tags["hybridopt.generation"], c.data.tags["hybridopt.candidate"]) for c in children]
+    assert len(keys) == len(set(keys)) == len(ref_children)  # no duplicate, no orphan
+    assert {c.info.status for c in children} == {"FINISHED"}  # nothing left RUNNING
+    assert _outcome(children) == _outcome(ref_children)
+    assert best_genome(client, parents[0].info.run_id) == best_genome(ref_client, ref_parents[0].info.run_id)
+
+
+def test_a_search_survives_losing_a_worker_node_and_resumes_after_losing_the_head(nodes: Nodes):
+    # candidates budgeted in steps (no CPU clock): the same search wherever and whenever it runs
+    budget = ["--set", "train.steps=40"]
+    reference = nodes.root / "undisturbed.db"
+    p = nodes.run("head", [*nodes.search(reference, *budget)], timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+
+    # a worker node dies while both nodes train: the search goes on with the other
+    lost = nodes.root / "lost-worker.db"
+    proc = nodes.start("head", nodes.search(lost, *budget))
+    try:
+        wait_for(lambda: children_in_store(lost, 0) >= 2 or proc.poll() is not None, 300, "both nodes training")
+        assert proc.poll() is None, nodes.log("head-cmd")
+        nodes.kill("b")
+        assert proc.wait(timeout=600) == 0, (nodes.root / "head-cmd.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _same_search(lost, reference)
+    client, (parent,), _ = runs_of(f"sqlite:///{lost}")
+    assert client.get_run(parent.info.run_id).data.metrics["workers_lost"] >= 1  # the node's worker was lost
+
+    # the head dies (its Ray and the search with it) in generation 1; restarted, --resume goes on
+    restarted = nodes.root / "lost-head.db"
+    proc = nodes.start("head", nodes.search(restarted, *budget))
+    try:
+        wait_for(lambda: children_in_store(restarted, 1) >= 1 or proc.poll() is not None, 300, "generation 1")
+        assert proc.poll() is None, nodes.log("head-cmd")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    for role in ("head", "a"):  # the worker node's Ray ends with its head's: both start again
+        nodes.kill(role)
+    for role in ("head", "a"):
+        nodes.start_ray(role)
+    nodes.wait_cpus(1)
+    p = nodes.run("head", [*nodes.search(restarted, *budget), "--resume"], timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    _same_search(restarted, reference)
