@@ -1,23 +1,28 @@
-"""Static vs plastic SNN policies on HalfCheetah-v5, measured in the training condition and
-under novel conditions never seen in training.
+"""Static against plastic SNN policies on a family of bodies, with damage held out, at equal
+training CPU.
 
-Every run is a real ``train_es`` call (PGPE + ClipUp) on ``configs/halfcheetah_locomotion.yaml``
-with only the plasticity and the seed changed, budgeted in CPU-minutes of its own process (one
-thread); ``--procs`` runs go at once.  Each trained policy is evaluated on the config's held-out
-seeds in the standard condition and each novel one (crippled back leg, friction x0.25, torso
-mass x1.5).  Optionally (``--screen``) a short one-seed screen of plastic variants picks the
-plastic variant to compare first.
+Every run is a real ``train_es`` call (PGPE + ClipUp) on ``--config`` (default
+``configs/halfcheetah_damage.yaml``: trained on the intact body and a back leg at half torque,
+the front leg at half torque and a shortened front foot held out), with only the method's
+overrides and the seed changed, budgeted in CPU-minutes of its own process (one thread).  The
+methods (``--method NAME=OVERRIDE;OVERRIDE``, repeatable, replace the defaults):
 
-Writes a markdown table (mean ± std over seeds of return and of degradation
-``(R_standard - R_condition) / |R_standard|`` per condition) to stdout and ``table.md``, and CSV
-files (``runs.csv``: one row per run and condition; ``summary.csv``) under ``--out``.  Each run's
-result is also kept as JSON under ``--out/runs/`` and reused when the script is run again, so an
-interrupted comparison resumes.
+==============  =================================================================================
+static          no plasticity anywhere, trained on the same bodies
+plastic         the config's plasticity (neuromodulated Hebbian on the input), weights trained
+plastic-random  weights drawn anew at every episode (``task.fresh_weights``), per-synapse ``abcd``
+                plasticity on the input and the readout: only what builds the controller is learned
+==============  =================================================================================
 
-    python -m benchmarks.locomotion_comparison                 # 6 runs x 8 CPU-min, 2 at a time
+(The search's winner joins as one more ``--method`` with its genome as overrides.)  Each trained
+policy is evaluated on held-out seeds in ``standard``, every trained-on condition and every
+held-out one; retention is ``R_c / R_standard``.  Writes a markdown table (mean ± std over seeds)
+to stdout and ``table.md``, and ``runs.csv`` (one row per run and condition) under ``--out``;
+each run's result is kept as JSON under ``--out/runs/`` and reused, so an interrupted comparison
+resumes.
+
+    python -m benchmarks.locomotion_comparison                           # 3 methods x 3 seeds x 30 CPU-min
     python -m benchmarks.locomotion_comparison --minutes 0.2 --seeds 0 --out /tmp/lc   # a dry run
-    python -m benchmarks.locomotion_comparison --screen input:hebbian/plain input:hebbian/neuromodulated \\
-        --screen-minutes 3
 """
 
 from __future__ import annotations
@@ -33,25 +38,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-CONFIG = "configs/halfcheetah_locomotion.yaml"
-CONDITIONS = ("standard", "crippled_leg", "low_friction", "heavy_body")
+CONFIG = "configs/halfcheetah_damage.yaml"
+METHODS = {
+    "static": ["plasticity.input.rule=none", "plasticity.readout.rule=none"],
+    "plastic": [],
+    "plastic-random": [
+        "task.fresh_weights=true",
+        "plasticity.input.rule=abcd",
+        "plasticity.input.modulation=plain",
+        "plasticity.readout.rule=abcd",
+    ],
+}
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """One training run in a fresh process; returns its final metrics and cost."""
-    from hybridopt.config import load_config, placement_overrides
+    from hybridopt.config import load_config
     from hybridopt.train.es import train_es
 
-    overrides = placement_overrides(job["variant"]) + [
-        f"seed={job['seed']}",
-        f"es.cpu_minutes={job['minutes']}",
-        "es.generations=100000",
-        "train.threads=1",
-        *job["extra"],
-    ]
-    cfg = load_config(job["config"], overrides)
+    overrides = [*job["overrides"], f"seed={job['seed']}", f"es.cpu_minutes={job['minutes']}", "train.threads=1"]
+    cfg = load_config(job["config"], [*overrides, *job["extra"]])
     r = train_es(cfg)
-    curve = [(s, m["eval/return/standard"]) for s, m in r.history if "eval/return/standard" in m]
+    curve = [(s, m["eval/return/train"]) for s, m in r.history if "eval/return/train" in m]
     return {
         **job,
         "status": r.status,
@@ -66,7 +74,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _label(job: dict[str, Any]) -> str:
-    return f"{job['stage']}__{job['variant'].replace(':', '-').replace('/', '-')}__seed{job['seed']}"
+    return f"{job['method']}__seed{job['seed']}"
 
 
 def run_jobs(jobs: list[dict[str, Any]], procs: int, out: Path) -> list[dict[str, Any]]:
@@ -76,17 +84,16 @@ def run_jobs(jobs: list[dict[str, Any]], procs: int, out: Path) -> list[dict[str
     done, todo = [], []
     for job in jobs:
         path = runs_dir / f"{_label(job)}.json"
-        if path.is_file():
-            done.append(json.loads(path.read_text()))
-        else:
-            todo.append(job)
+        (done if path.is_file() else todo).append(json.loads(path.read_text()) if path.is_file() else job)
     if todo:
         with mp.get_context("spawn").Pool(procs) as pool:
             for res in pool.imap_unordered(run_one, todo):
                 (runs_dir / f"{_label(res)}.json").write_text(json.dumps(res, indent=1))
-                ret = res["metrics"].get("eval/return/standard", float("nan"))
+                m = res["metrics"]
+                trained, held = m.get("eval/return/train", math.nan), m.get("eval/return/heldout", math.nan)
                 print(
-                    f"[{time.strftime('%H:%M:%S')}] {_label(res)}: {res['status']} return {ret:.1f} "
+                    f"[{time.strftime('%H:%M:%S')}] {_label(res)}: {res['status']} trained-on return "
+                    f"{trained:.1f}, held-out {held:.1f} "
                     f"({res['generations']} generations, {res['cpu_s'] / 60:.1f} CPU-min)",
                     flush=True,
                 )
@@ -97,138 +104,89 @@ def run_jobs(jobs: list[dict[str, Any]], procs: int, out: Path) -> list[dict[str
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     xs = [x for x in xs if math.isfinite(x)]
     if not xs:
-        return float("nan"), float("nan")
+        return math.nan, math.nan
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def summarise(results: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
-    rows = []
-    for v in variants:
-        runs = [r for r in results if r["variant"] == v and r["status"] == "FINISHED"]
-        for c in CONDITIONS:
-            ret = _mean_std([r["metrics"][f"eval/return/{c}"] for r in runs])
-            deg = _mean_std([r["metrics"][f"eval/degradation/{c}"] for r in runs])
-            rows.append(
-                {
-                    "variant": v,
-                    "condition": c,
-                    "seeds": len(runs),
-                    "return_mean": ret[0],
-                    "return_std": ret[1],
-                    "degradation_mean": deg[0],
-                    "degradation_std": deg[1],
-                    "generations_mean": _mean_std([float(r["generations"]) for r in runs])[0],
-                    "cpu_min_mean": _mean_std([r["cpu_s"] / 60 for r in runs])[0],
-                }
-            )
-    return rows
+def _cell(runs: list[dict[str, Any]], metric: str, percent: bool = False) -> str:
+    m, s = _mean_std([r["metrics"].get(metric, math.nan) for r in runs])
+    if not math.isfinite(m):
+        return "—"
+    return f"{100 * m:.0f} % ± {100 * s:.0f}" if percent else f"{m:.0f} ± {s:.0f}"
 
 
-def markdown(rows: list[dict[str, Any]], variants: list[str]) -> str:
-    head = "| condition | " + " | ".join(f"{v} return | {v} degradation" for v in variants) + " |"
-    sep = "|---|" + "---:|---:|" * len(variants)
-    lines = [head, sep]
-    for c in CONDITIONS:
-        cells = []
-        for v in variants:
-            r = next(x for x in rows if x["variant"] == v and x["condition"] == c)
-            cells.append(f"{r['return_mean']:.0f} ± {r['return_std']:.0f}")
-            cells.append(
-                "—" if c == "standard" else f"{100 * r['degradation_mean']:.0f} % ± {100 * r['degradation_std']:.0f}"
-            )
-        lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    cost = []
-    for v in variants:
-        r = next(x for x in rows if x["variant"] == v)
-        cost.append(
-            f"{v}: {r['seeds']} seeds, {r['generations_mean']:.0f} generations, {r['cpu_min_mean']:.1f} CPU-min"
-        )
+def markdown(results: list[dict[str, Any]], methods: list[str], trained: list[str], heldout: list[str]) -> str:
+    """Return per condition (trained on, then held out), the held-out mean and retention, and the cost."""
+    from hybridopt.tasks.conditions import metric_key
+
+    by = {m: [r for r in results if r["method"] == m and r["status"] == "FINISHED"] for m in methods}
+
+    def row(label: str, metric: str, percent: bool = False) -> str:
+        return f"| {label} | " + " | ".join(_cell(by[m], metric, percent) for m in methods) + " |"
+
+    lines = ["| condition | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for c in dict.fromkeys(["standard", *trained]):
+        lines.append(row(f"{c} ({'trained on' if c in trained else 'measured'})", f"eval/return/{metric_key(c)}"))
+    for c in heldout:
+        lines.append(row(f"{c} (held out)", f"eval/return/{metric_key(c)}"))
+        lines.append(row(f"retention {c}", f"eval/retention/{metric_key(c)}", True))
+    lines.append(row("held-out mean", "eval/return/heldout"))
+    lines.append(row("**retention, held out**", "eval/retention/heldout", True))
+    cost = [
+        f"{m}: {len(by[m])} seeds, {_mean_std([float(r['generations']) for r in by[m]])[0]:.0f} generations, "
+        f"{_mean_std([r['cpu_s'] / 60 for r in by[m]])[0]:.1f} CPU-min"
+        for m in methods
+    ]
     return "\n".join(lines) + "\n\n" + "; ".join(cost) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=CONFIG)
-    p.add_argument("--plastic", default="input:hebbian/neuromodulated", help="<projection>:<rule>/<mode> to compare")
+    p.add_argument("--method", action="append", default=[], help="NAME=OVERRIDE;OVERRIDE (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--minutes", type=float, default=8.0, help="CPU-minutes per run")
+    p.add_argument("--minutes", type=float, default=30.0, help="CPU-minutes per run")
     p.add_argument("--procs", type=int, default=2, help="runs at once (one thread each)")
-    p.add_argument("--screen", nargs="*", default=[], help="plastic variants to screen first (one seed)")
-    p.add_argument("--screen-minutes", type=float, default=3.0)
     p.add_argument("--set", dest="extra", action="append", default=[], help="extra config override (repeatable)")
     p.add_argument("--out", default="benchmarks/results/locomotion_comparison")
     args = p.parse_args(argv)
+    from hybridopt.config import load_config
+
+    methods = dict(METHODS)
+    if args.method:
+        methods = {}
+        for spec in args.method:
+            name, _, overrides = spec.partition("=")
+            methods[name] = [o for o in overrides.split(";") if o]
+    cfg = load_config(args.config, args.extra)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = {"config": args.config, "extra": args.extra}
-
-    plastic = args.plastic
-    if args.screen:
-        screen = run_jobs(
-            [
-                {**base, "stage": "screen", "variant": v, "seed": args.seeds[0], "minutes": args.screen_minutes}
-                for v in args.screen
-            ],
-            args.procs,
-            out,
-        )
-        ok = [r for r in screen if r["status"] == "FINISHED"]
-        if ok:
-            best = max(ok, key=lambda r: r["metrics"]["eval/return/standard"])
-            plastic = best["variant"]
-        for r in sorted(screen, key=lambda r: r["variant"]):
-            print(f"screen {r['variant']}: return {r['metrics'].get('eval/return/standard', float('nan')):.1f}")
-        print(f"best plastic variant: {plastic}")
-
-    variants = ["static", plastic]
     jobs = [
-        {**base, "stage": "compare", "variant": v, "seed": s, "minutes": args.minutes}
-        for v in variants
+        {"config": args.config, "extra": args.extra, "method": m, "overrides": o, "seed": s, "minutes": args.minutes}
+        for m, o in methods.items()
         for s in args.seeds
     ]
     results = run_jobs(jobs, args.procs, out)
-    failed = [r for r in results if r["status"] != "FINISHED"]
-    for r in failed:
-        print(f"FAILED {_label(r)}: {r['reason']}", file=sys.stderr)
-
+    for r in results:
+        if r["status"] != "FINISHED":
+            print(f"FAILED {_label(r)}: {r['reason']}", file=sys.stderr)
+    trained, heldout = list(cfg.task.train_conditions), list(cfg.task.conditions)
     with open(out / "runs.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(
-            [
-                "variant",
-                "seed",
-                "condition",
-                "return",
-                "return_std_over_episodes",
-                "degradation",
-                "generations",
-                "cpu_s",
-            ]
-        )
-        for r in sorted(results, key=lambda r: (r["variant"], r["seed"])):
-            for c in CONDITIONS:
+        w.writerow(["method", "seed", "condition", "role", "return", "retention", "generations", "cpu_s"])
+        from hybridopt.tasks.conditions import metric_key
+
+        for r in sorted(results, key=lambda r: (r["method"], r["seed"])):
+            for c in dict.fromkeys(["standard", *trained, *heldout]):
+                role = "trained" if c in trained else "held out" if c in heldout else "measured"
                 m = r["metrics"]
-                w.writerow(
-                    [
-                        r["variant"],
-                        r["seed"],
-                        c,
-                        m.get(f"eval/return/{c}"),
-                        m.get(f"eval/return_std/{c}"),
-                        m.get(f"eval/degradation/{c}"),
-                        r["generations"],
-                        round(r["cpu_s"], 1),
-                    ]
-                )
-    rows = summarise(results, variants)
-    with open(out / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    table = markdown(rows, variants)
+                key = metric_key(c)
+                w.writerow([r["method"], r["seed"], c, role, m.get(f"eval/return/{key}"),
+                            m.get(f"eval/retention/{key}"), r["generations"], round(r["cpu_s"], 1)])  # fmt: skip
+    table = markdown(results, list(methods), trained, heldout)
     (out / "table.md").write_text(table)
     print(table)
-    return 1 if failed else 0
+    return 1 if any(r["status"] != "FINISHED" for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -144,7 +144,30 @@ class Locomotion:
     ) -> Rollout:
         """Play ``len(seeds)`` episodes side by side (one per seed, batch ``B``) with the
         network's parameters ``params``; the normaliser is frozen, and with ``stats`` the
-        observations seen are added to it."""
+        observations seen are added to it.  With ``fresh_weights`` each episode plays alone, on
+        weights drawn from its own seed (:meth:`PlasticSNN.fresh_weights`)."""
+        if not self.cfg.fresh_weights:
+            return self._episodes(net, params, seeds, normalizer, condition, stats)
+        scale = {"readout": self.cfg.readout_scale}
+        played = [
+            self._episodes(net, net.fresh_weights(params, s, scale), [s], normalizer, condition, stats) for s in seeds
+        ]
+        saturation = [r.h_saturation for r in played]
+        return Rollout(
+            np.concatenate([r.returns for r in played]),
+            sum(r.steps for r in played),
+            float(np.mean(saturation)) if saturation else math.nan,
+        )
+
+    def _episodes(
+        self,
+        net,
+        params,
+        seeds: Sequence[int],
+        normalizer: ObsNormalizer,
+        condition: str,
+        stats: Optional[ObsStats],
+    ) -> Rollout:
         c = self.cfg
         B = len(seeds)
         envs = self.envs(condition, B)

@@ -67,6 +67,12 @@ class LocomotionConfig(TaskSection):
     ``standard``).  The old names stay: ``crippled_leg`` zeroes the actuators of
     ``crippled_leg``, ``low_friction`` scales friction by ``friction_scale``, ``heavy_body``
     scales the torso's mass by ``torso_mass_scale``.
+
+    ``fresh_weights``: every episode starts from weights drawn anew, ``W ~ N(0, gain^2 / n_pre)``
+    for each projection (the readout's times ``readout_scale``), seeded by the episode's seed, so
+    that only plasticity (``W + alpha ⊙ H``) can make a controller of them within the episode; the
+    search then leaves ``W`` out and learns the rest (the rule's coefficients, ``alpha``, the
+    modulation, the biases).
     """
 
     kind: ClassVar[str] = "control"  # played in a simulator: no gradient, trained by search gradient
@@ -76,6 +82,7 @@ class LocomotionConfig(TaskSection):
     obs_gain: Positive = 1.0
     obs_clip: Positive = 5.0
     readout_scale: Positive = 0.1
+    fresh_weights: bool = False
     train_conditions: Annotated[Distinct[ConditionName], Field(min_length=1)] = ["standard"]
     conditions: Distinct[ConditionName] = ["crippled_leg", "low_friction", "heavy_body"]  # pydantic copies defaults
     crippled_leg: str = "back"

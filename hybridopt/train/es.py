@@ -26,6 +26,10 @@ of them, never played in training) and in ``standard`` (always, even when not tr
     R_heldout   = (1/H) sum_{c in held out} R_c
     retention   = R_c / R_standard,   retention/heldout = R_heldout / R_standard
     degradation = (R_standard - R_c) / |R_standard|     (= 1 - R_c / R_standard when R_standard > 0)
+
+With ``task.fresh_weights`` every episode draws its own ``W`` and the flat vector leaves them out
+(:func:`~hybridopt.train.search_scale.searched`): the search learns what builds a controller
+within an episode, not a controller.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Optional
 
 import numpy as np
@@ -45,10 +49,10 @@ from hybridopt.evo import PGPE, SNES, Problem, SolutionBatch
 from hybridopt.snn.kernels import KernelBudget
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import EVAL_SEED_OFFSET, make_task
-from hybridopt.tasks.base import ControlTask, ObsNormalizer, ObsStats, eval_seeds
-from hybridopt.tasks.conditions import metric_key
+from hybridopt.tasks.base import ControlTask, ObsNormalizer, ObsStats
+from hybridopt.train.policy_eval import evaluate_policy
 from hybridopt.train.result import ProgressEvent, ProgressFn, TrainResult, TrainState
-from hybridopt.train.search_scale import group_masks, search_stdev
+from hybridopt.train.search_scale import group_masks, search_stdev, searched
 
 __all__ = [
     "build_policy",
@@ -94,49 +98,9 @@ def load_policy(cfg: Config, state_dict: dict[str, torch.Tensor]) -> tuple[Contr
     return task, net, ObsNormalizer.from_tensors(state_dict)
 
 
-def evaluate_policy(
-    task: ControlTask,
-    net: PlasticSNN,
-    normalizer: ObsNormalizer,
-    seed: int,
-    conditions: Optional[Sequence[str]] = None,
-    train_conditions: Optional[Sequence[str]] = None,
-) -> dict[str, float]:
-    """Mean (and std) return over the evaluation seeds in ``standard``, each training condition
-    (default ``task.cfg.train_conditions``) and each held-out one (default ``task.cfg.conditions``),
-    as ``eval/return/<key>`` with ``key`` the condition's metric name (``weak:back:0.5`` ->
-    ``weak_back_0.5``); their means ``eval/return/train`` (the fitness) and ``eval/return/heldout``
-    (with held-out conditions); per condition ``eval/retention/<key> = R_c / R_standard`` and
-    ``eval/degradation/<key> = (R_standard - R_c) / |R_standard|``, and
-    ``eval/retention/heldout = R_heldout / R_standard``.  A retention is NaN when
-    ``R_standard = 0`` and a ratio of returns only where ``R_standard > 0``."""
-    train = list(task.cfg.train_conditions if train_conditions is None else train_conditions)
-    heldout = list(task.cfg.conditions if conditions is None else conditions)
-    names = list(dict.fromkeys(["standard", *train, *heldout]))
-    seeds = eval_seeds(task.cfg.eval_seeds, seed)
-    params = net.params()
-    returns: dict[str, float] = {}
-    out: dict[str, float] = {}
-    for c in names:
-        r = task.rollout(net, params, seeds, normalizer, condition=c)
-        key = metric_key(c)
-        returns[c] = out[f"eval/return/{key}"] = float(r.returns.mean())
-        out[f"eval/return_std/{key}"] = float(r.returns.std())
-        if c == "standard" and not math.isnan(r.h_saturation):
-            out["eval/h_saturation"] = r.h_saturation
-    ref = returns["standard"]
-    for c in names:
-        out[f"eval/retention/{metric_key(c)}"] = _ratio(returns[c], ref)
-        out[f"eval/degradation/{metric_key(c)}"] = (ref - returns[c]) / max(abs(ref), 1e-8)
-    out["eval/return/train"] = float(np.mean([returns[c] for c in train]))
-    if heldout:
-        out["eval/return/heldout"] = float(np.mean([returns[c] for c in heldout]))
-        out["eval/retention/heldout"] = _ratio(out["eval/return/heldout"], ref)
-    return out
-
-
-def _ratio(r: float, ref: float) -> float:
-    return r / ref if ref != 0.0 else math.nan
+def _searched(task: ControlTask, net: PlasticSNN) -> list[torch.nn.Parameter]:
+    """The parameters the flat vector holds (without ``W`` when each episode draws its own)."""
+    return [p for _, p in searched(net, task.cfg.fresh_weights)]
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -150,7 +114,7 @@ def _play(
 ) -> tuple[float, ObsStats]:
     """Mean return of one sample over ``seeds`` in every training condition (the mean over the
     conditions of the mean over the seeds), and the observations it saw in all of them."""
-    vector_to_parameters(solution, net.parameters())
+    vector_to_parameters(solution, _searched(task, net))
     stats = ObsStats.empty(task.n_in)
     params = net.params()
     means = [
@@ -290,11 +254,12 @@ def train_es(
         else:
             task, net = build_policy(cfg)
         players = _Players(cfg, task, net, es.workers or cfg.train.threads)
-        center = parameters_to_vector(net.parameters()).clone()
-        stdev = search_stdev(net, es)
+        fresh = task.cfg.fresh_weights
+        center = parameters_to_vector(_searched(task, net)).clone()
+        stdev = search_stdev(net, es, fresh)
         if start is not None and start.optimizer is not None:
             stdev = start.optimizer["stdev"].clone()
-        masks = group_masks(net)
+        masks = group_masks(net, fresh)
         rng = np.random.default_rng(cfg.seed + 7919 * gen0)
         if start is not None and start.rng is not None:
             rng.bit_generator.state = start.rng
@@ -349,13 +314,13 @@ def train_es(
                 **{f"train/stdev/{g}": float(sigma[m].mean()) for g, m in masks.items()},
             }
             if generation % es.eval_every == 0 or generation - gen0 == es.generations:
-                vector_to_parameters(center, net.parameters())
+                vector_to_parameters(center, _searched(task, net))
                 metrics.update(evaluate_policy(task, net, normalizer, cfg.seed, conditions=[]))
                 episodes += task.cfg.eval_seeds * len({"standard", *task.cfg.train_conditions})
             history.append((generation, metrics))
             if progress is not None:
                 progress(ProgressEvent(generation, gen0 + es.generations, metrics))
-        vector_to_parameters(center, net.parameters())
+        vector_to_parameters(center, _searched(task, net))
         final = evaluate_policy(task, net, normalizer, cfg.seed)
         episodes += task.cfg.eval_seeds * len({"standard", *task.cfg.train_conditions, *task.cfg.conditions})
         if not all(math.isfinite(v) for k, v in final.items() if k.startswith("eval/return/")):

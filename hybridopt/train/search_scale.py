@@ -22,7 +22,7 @@ import torch
 from hybridopt.config import ESConfig
 from hybridopt.snn.network import PlasticSNN
 
-__all__ = ["group_masks", "parameter_group", "search_stdev"]
+__all__ = ["group_masks", "parameter_group", "search_stdev", "searched"]
 
 
 def parameter_group(net: PlasticSNN, name: str) -> str:
@@ -32,10 +32,20 @@ def parameter_group(net: PlasticSNN, name: str) -> str:
     return net.parameter_groups()[name]
 
 
-def search_stdev(net: PlasticSNN, es: ESConfig) -> torch.Tensor:
+def searched(net: PlasticSNN, fresh_weights: bool = False) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters the search moves, in the flat vector's order: all of them, or, when every
+    episode draws its own weights (``fresh_weights``), all but each projection's ``W``."""
+    return [
+        (name, p)
+        for name, p in net.named_parameters()
+        if not (fresh_weights and name.startswith("projections.") and name.endswith(".W"))
+    ]
+
+
+def search_stdev(net: PlasticSNN, es: ESConfig, fresh_weights: bool = False) -> torch.Tensor:
     """Initial search stdev per coordinate of the flat parameter vector (see the module docstring)."""
     parts, groups = [], net.parameter_groups()
-    for name, p in net.named_parameters():
+    for name, p in searched(net, fresh_weights):
         group = groups[name]
         if group == "weights":
             s = torch.full((p.numel(),), es.stdev)
@@ -47,8 +57,8 @@ def search_stdev(net: PlasticSNN, es: ESConfig) -> torch.Tensor:
     return torch.cat(parts).float()
 
 
-def group_masks(net: PlasticSNN) -> dict[str, torch.Tensor]:
+def group_masks(net: PlasticSNN, fresh_weights: bool = False) -> dict[str, torch.Tensor]:
     """Per group present, which coordinates of the flat parameter vector belong to it."""
     by_name = net.parameter_groups()
-    groups = [by_name[n] for n, p in net.named_parameters() for _ in range(p.numel())]
+    groups = [by_name[n] for n, p in searched(net, fresh_weights) for _ in range(p.numel())]
     return {g: torch.tensor([x == g for x in groups]) for g in ("weights", "plasticity", "rule") if g in groups}

@@ -281,3 +281,25 @@ def test_a_train_run_logs_the_returns_figure_and_report_draws_it(tmp_path):
     write_report(uri, [runs[0].experiment], out)
     figure = out / "comparison__returns_by_condition.png"
     assert figure.is_file() and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fresh_weights_each_episode_and_only_the_rest_learned():
+    fresh = load_config(SMOKE, ["task.fresh_weights=true", "plasticity.input.rule=abcd"])
+    task, net = build_policy(fresh)
+    norm = ObsNormalizer.identity(task.n_in)
+    params = net.params()
+    a = task.rollout(net, params, [3, 4], norm).returns
+    assert np.array_equal(a, task.rollout(net, params, [3, 4], norm).returns)  # the same seeds: the same weights
+    assert a[1] == task.rollout(net, params, [4], norm).returns[0]  # each episode on its own seed's weights
+    with torch.no_grad():
+        for proj in net.projections.values():
+            proj.W.mul_(5.0)  # the network's own W play no part
+    assert np.array_equal(a, task.rollout(net, net.params(), [3, 4], norm).returns)
+    r = train_candidate(fresh)
+    assert r.status == "FINISHED", r.reason
+    trained = {k: v for k, v in r.state_dict.items() if not k.startswith("obs_norm.")}
+    for name, p in net.named_parameters():
+        if name.endswith(".W"):
+            torch.testing.assert_close(trained[name], p / 5.0, msg=name)  # left out of the search: as built
+    moved = [n for n, p in net.named_parameters() if not n.endswith(".W") and not torch.equal(trained[n], p)]
+    assert "projections.input.coeffs.A" in moved and "projections.input.alpha" in moved  # the rule learned
