@@ -19,7 +19,8 @@ policy is evaluated on held-out seeds in ``standard``, every trained-on conditio
 held-out one; retention is ``R_c / R_standard``.  Writes a markdown table (mean ± std over seeds)
 to stdout and ``table.md``, and ``runs.csv`` (one row per run and condition) under ``--out``;
 each run's result is kept as JSON under ``--out/runs/`` and reused, so an interrupted comparison
-resumes.
+resumes.  Every run is also an MLflow run (``--tracking-uri``, default ``<out>/mlflow.db``) with
+its returns per condition and their figure; ``hybridopt report`` draws the runs side by side.
 
     python -m benchmarks.locomotion_comparison                           # 3 methods x 3 seeds x 30 CPU-min
     python -m benchmarks.locomotion_comparison --minutes 0.2 --seeds 0 --out /tmp/lc   # a dry run
@@ -52,23 +53,24 @@ METHODS = {
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """One training run in a fresh process; returns its final metrics and cost."""
-    from hybridopt.config import load_config
-    from hybridopt.train.es import train_es
+    """One training run in a fresh process, logged as an MLflow run named ``<method>__seed<seed>``
+    (its curves, returns per condition and their figure); returns its final metrics and cost."""
+    from hybridopt import api
 
     overrides = [*job["overrides"], f"seed={job['seed']}", f"es.cpu_minutes={job['minutes']}", "train.threads=1"]
-    cfg = load_config(job["config"], [*overrides, *job["extra"]])
-    r = train_es(cfg)
-    curve = [(s, m["eval/return/train"]) for s, m in r.history if "eval/return/train" in m]
+    run = api.train(job["config"], overrides=[*overrides, *job["extra"]], tracking_uri=job["tracking_uri"],
+                    run_name=_label(job))  # fmt: skip
+    curve = [(s, m["eval/return/train"]) for s, m in run.history if "eval/return/train" in m]
     return {
         **job,
-        "status": r.status,
-        "reason": r.reason,
-        "generations": r.steps,
-        "episodes": r.episodes,
-        "cpu_s": r.cpu_time,
-        "wall_s": r.wall_time,
-        "metrics": r.final_metrics,
+        "run_id": run.run_id,
+        "status": run.status,
+        "reason": run.reason,
+        "generations": run.metrics["train_steps"],
+        "episodes": run.metrics["episodes"],
+        "cpu_s": run.metrics["cpu_time_s"],
+        "wall_s": run.metrics["wall_time_s"],
+        "metrics": run.metrics,
         "curve": curve,
     }
 
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=2, help="runs at once (one thread each)")
     p.add_argument("--set", dest="extra", action="append", default=[], help="extra config override (repeatable)")
     p.add_argument("--out", default="benchmarks/results/locomotion_comparison")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite:///<out>/mlflow.db)")
     args = p.parse_args(argv)
     from hybridopt.config import load_config
 
@@ -161,11 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.extra)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [
-        {"config": args.config, "extra": args.extra, "method": m, "overrides": o, "seed": s, "minutes": args.minutes}
-        for m, o in methods.items()
-        for s in args.seeds
-    ]
+    uri = args.tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    base = {"config": args.config, "extra": args.extra, "minutes": args.minutes, "tracking_uri": uri}
+    jobs = [{**base, "method": m, "overrides": o, "seed": s} for m, o in methods.items() for s in args.seeds]
     results = run_jobs(jobs, args.procs, out)
     for r in results:
         if r["status"] != "FINISHED":
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results, list(methods), trained, heldout)
     (out / "table.md").write_text(table)
     print(table)
+    print(f"the runs are in {uri}: hybridopt report {cfg.experiment} --tracking-uri {uri} draws them side by side")
     return 1 if any(r["status"] != "FINISHED" for r in results) else 0
 
 

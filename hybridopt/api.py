@@ -178,7 +178,8 @@ class SearchResult:
 
 @dataclass
 class TrainRun:
-    """A finished training run: its MLflow run, fitness and final metrics, and its weights."""
+    """A finished training run: its MLflow run, fitness and final metrics (its evaluation, and its
+    cost: ``cpu_time_s``, ``wall_time_s``, ``train_steps``, ``episodes``), and its weights."""
 
     run_id: str
     experiment: str
@@ -252,9 +253,22 @@ def train(
     log_figures_safely(tracker, run_id)
     fitness = None if result.failed else result.fitness
     return TrainRun(
-        run_id, experiment, tracker.uri, cfg, fitness, dict(result.final_metrics), result.status, result.reason,
+        run_id, experiment, tracker.uri, cfg, fitness, {**result.final_metrics, **_cost(result)}, result.status,
+        result.reason,
         tracker.artifact_uri(run_id), list(result.history),
     )  # fmt: skip
+
+
+def _cost(result) -> dict[str, float]:
+    """What a run spent, as its closing metrics name it."""
+    from hybridopt.stored_names import METRIC_CPU_TIME_S, METRIC_WALL_TIME_S
+
+    return {
+        METRIC_CPU_TIME_S: result.cpu_time,
+        METRIC_WALL_TIME_S: result.wall_time,
+        "train_steps": float(result.steps),
+        "episodes": float(result.episodes),
+    }
 
 
 def _check_checkpoint(cfg: Config, *, resume: bool, fresh: bool) -> None:

@@ -165,7 +165,8 @@ def _label(view: SearchView | TrainView, views: Sequence[SearchView | TrainView]
     """A short name that tells several runs apart: the placement of a train run, the experiment
     of a search, or the run when one experiment holds several."""
     if isinstance(view, TrainView):
-        return f"{placement(view)} ({view.name[-15:]})"
+        short = view.name if len(view.name) <= 24 else view.name[-15:]  # a default name ends in its time
+        return f"{placement(view)} ({short})"
     if len({v.experiment for v in views}) > 1:
         return (
             view.experiment
