@@ -96,6 +96,8 @@ def test_a_training_from_python_is_one_run_whose_weights_evaluate_to_its_fitness
     stored = MlflowClient(store).get_run(run.run_id)
     assert stored.info.status == "FINISHED" and stored.data.metrics["fitness"] == pytest.approx(run.fitness)
     assert stored.data.params["train.steps"] == "4"
+    assert run.metrics["train_steps"] == 4  # and its cost, as the store has it
+    assert run.metrics["cpu_time_s"] == pytest.approx(stored.data.metrics["cpu_time_s"])
     curves = run.curves()
     assert list(curves["step"])[-1] == 4 and "train/loss" in curves.columns
     assert seen and seen[-1].done == 4  # progress went to the callback
