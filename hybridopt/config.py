@@ -174,6 +174,10 @@ class SearchConfig(Strict):
     training and the winner's test measurement included), e.g. ``{task.noise: [0.0, 0.1, 0.2]}``.
     With inheritance a child starts from a parent trained on an earlier value.  A list is at most
     ``generations`` long, and a path is a gene or scheduled, not both.
+
+    ``fixed``: config paths held at one value in every candidate, a gene of the same path (or a
+    scheduled one) dropped, e.g. ``{plasticity.input.rule: none, ...}``: the same search with
+    part of its space taken away (every plasticity gene fixed to ``none``: the static control).
     """
 
     population: Annotated[int, Field(ge=2)] = 8
@@ -191,6 +195,7 @@ class SearchConfig(Strict):
     max_concurrent: Optional[Annotated[int, Field(ge=1)]] = None
     genes: dict[str, GeneConfig] = Field(default_factory=dict)
     schedule: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+    fixed: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _sizes(self) -> SearchConfig:
@@ -300,12 +305,27 @@ def parse_config(raw: Any, overrides: Optional[list[str]] = None) -> Config:
     """Validate a plain dict (after overrides) into a :class:`Config`."""
     if not isinstance(raw, dict):
         raise ConfigError("config must be a mapping of sections (task, network, plasticity, train, ...)")
-    raw = apply_overrides(raw, overrides or [])
+    raw = _fix(apply_overrides(raw, overrides or []))
     load_plugins()  # families registered by the user's own modules
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_error(e)) from None
+
+
+def _fix(raw: dict[str, Any]) -> dict[str, Any]:
+    """``search.fixed`` carried out: each path set to its value, its gene and schedule dropped."""
+    search = raw.get("search")
+    fixed = search.get("fixed") if isinstance(search, dict) else None
+    if not fixed or not isinstance(fixed, dict):
+        return raw
+    raw = copy.deepcopy(raw)
+    for path, value in fixed.items():
+        set_path(raw, str(path), value)
+        for part in ("genes", "schedule"):
+            if isinstance(raw["search"].get(part), dict):
+                raw["search"][part].pop(path, None)
+    return raw
 
 
 def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Config:

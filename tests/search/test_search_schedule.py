@@ -88,3 +88,19 @@ def test_only_candidates_measured_on_the_final_values_can_be_the_best():
     assert standings.end_generation(1, 0.7)["best_fitness"] == 0.7  # not the clean 0.9 carried on
     standings.add(_finished(2, 0.65), lambda: {"w": 3})
     assert standings.best_fitness == 0.7 and standings.end_generation(2, 0.65)["best_fitness"] == 0.7
+
+
+def test_a_fixed_path_is_no_longer_searched_and_every_candidate_has_its_value():
+    raw = _smoke()
+    raw["search"]["fixed"] = {"plasticity.input.rule": "none", "plasticity.recurrent.rule": "none"}
+    cfg = parse_config(raw)
+    assert cfg.plasticity.input.rule == cfg.plasticity.recurrent.rule == "none"
+    space = GenomeSpace.from_config(cfg.search)
+    paths = {g.path for g in space.genes}
+    assert not {"plasticity.input.rule", "plasticity.recurrent.rule"} & paths
+    assert "train.lr" in paths  # the rest is searched as before
+    child = space.config_for(cfg, space.decode([0.9] * len(space.genes)))
+    assert child.plasticity.input.rule == "none" and child.plasticity.recurrent.rule == "none"
+    raw["search"]["fixed"] = {"plasticity.input.rule": "bogus"}
+    with pytest.raises(ConfigError, match="bogus"):
+        parse_config(raw)
