@@ -41,8 +41,10 @@ def test_a_search_shows_its_candidates_and_ends_with_figures_and_where_to_look(r
     # the generation curves and the winner's test measure are the only series on the parent
     test = {"test/accuracy", "test/accuracy_se", "test/episodes", "test/chance", "test/observer", "test/observer_se"}
     assert set(parent.data.metrics) == {
-        "best_fitness", "mean_fitness", "failed", "cpu_s", "candidates", "candidates_in_generation", "fitness", *test
+        "best_fitness", "mean_fitness", "failed", "cpu_s", "candidates", "candidates_in_generation", "fitness",
+        "workers_lost", *test
     }  # fmt: skip
+    assert parent.data.metrics["workers_lost"] == 0  # nothing died
     # the search's result, said as such: the test measure beside the selection figure, chance, the observer
     acc = parent.data.metrics["test/accuracy"]
     assert f"test accuracy {acc:.4f} ±" in out and "(selection fitness" in out and "observer reading" in out
