@@ -185,7 +185,7 @@ class Nodes:
 
 
 @pytest.fixture
-def nodes():
+def nodes(default_ray):  # another Ray on the machine's default ports, beside the test's nodes
     why = _netns_available()
     if why:
         skip_unless_ci(why)
