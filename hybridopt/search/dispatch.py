@@ -97,7 +97,6 @@ class Pool:
         self._running: dict[Any, tuple[Any, _Job]] = {}  # object ref -> (actor, job)
         self._taken: list[Taken] = []
         self.replaced = 0  # actors that died (replaced where the cluster has room)
-        self.dropped = 0  # slots given up because the cluster had no room left for them
 
     def _new_actor(self):
         return CandidateWorker.options(**self._options).remote()
@@ -133,8 +132,6 @@ class Pool:
         live = len(self._idle) + len(self._running)
         if live == 0 or live < slots_for(self._options["num_cpus"], self._options["num_gpus"]):
             self._idle.append(self._new_actor())
-        else:
-            self.dropped += 1
 
     def next_result(self) -> tuple[Hashable, TrainResult]:
         """The next job to complete (a FAILED result for one whose actor died too often)."""
