@@ -76,10 +76,42 @@ inline T surrogate(int32_t kind, T x, T k) {
   return (k / T(2)) / (T(1) + h * h);
 }
 
+#if defined(__GNUC__)
+#define HYB_INLINE __attribute__((always_inline))
+#else
+#define HYB_INLINE
+#endif
+
+// sum of acc[0..W) as a tree of halves (each level one vector add)
+template <int W, typename T>
+inline T fold(T* acc) {
+  if constexpr (W == 1) {
+    return acc[0];
+  } else {
+#pragma omp simd
+    for (int l = 0; l < W / 2; ++l) acc[l] += acc[l + W / 2];
+    return fold<W / 2>(acc);
+  }
+}
+
+// sum of x[0..n), kept per vector lane and folded in a tree (an in-order sum is a chain of adds)
+template <int W, typename T>
+inline T lane_sum(const T* __restrict__ x, size_t n) {
+  alignas(64) T acc[W] = {};
+  size_t q0 = 0;
+  for (; q0 + W <= n; q0 += W) {
+#pragma omp simd
+    for (int l = 0; l < W; ++l) acc[l] += x[q0 + l];
+  }
+  for (size_t q = q0; q < n; ++q) acc[q - q0] += x[q];
+  return fold<W>(acc);
+}
+
 template <typename T>
 struct Seq {
   const Net& n;
   int B, N, nin, nout;
+  static constexpr int L = 64 / sizeof(T);  // vector lanes of a 64-byte register
   explicit Seq(const Net& net) : n(net), B(net.B), N(net.N), nin(net.n_in), nout(net.n_out) {}
 
   static const T* c(const void* p) { return static_cast<const T*>(p); }
@@ -140,17 +172,29 @@ struct Seq {
   }
 
   // per (b, j): the gain on D (plain, neuromodulated) and the rule's post factor q (Oja, BCM)
-  void post_factors(const Proj& p, int b, const T* yq, const T* phi_t, const T* M_t, T* gain, T* q) const {
-    const int J = p.n_post;
-    for (int j = 0; j < J; ++j) {
-      const int e = p.n_eta == 1 ? 0 : j;
-      if (p.mode == PLAIN) gain[j] = c(p.eta)[e];
-      else if (p.mode == NEUROMOD) gain[j] = c(p.mod_a)[e] * M_t[b] + c(p.mod_b)[e];
-      else gain[j] = T(p.c);
-      if (p.rule == OJA) q[j] = yq[j] / (T(1) + yq[j] * yq[j]);
-      else if (p.rule == BCM) q[j] = yq[j] * (yq[j] - phi_t[(size_t)b * J + j]);
-      else q[j] = T(0);
+  void post_factors(const Proj& p, int b, const T* __restrict__ yq, const T* __restrict__ phi_t, const T* M_t,
+                    T* __restrict__ gain, T* __restrict__ q) const {
+    const int J = p.n_post;  // (each case its own loop, so that every loop vectorises)
+    const bool one = p.n_eta == 1;
+    if (p.mode == PLAIN) {
+      const T* __restrict__ eta = c(p.eta);
+      for (int j = 0; j < J; ++j) gain[j] = eta[one ? 0 : j];
+    } else if (p.mode == NEUROMOD) {
+      const T* __restrict__ a = c(p.mod_a);
+      const T* __restrict__ bb = c(p.mod_b);
+      const T Mb = M_t[b];
+      if (one) std::fill(gain, gain + J, a[0] * Mb + bb[0]);
+      else
+        for (int j = 0; j < J; ++j) gain[j] = a[j] * Mb + bb[j];
+    } else {
+      std::fill(gain, gain + J, T(p.c));
     }
+    if (p.rule == OJA)
+      for (int j = 0; j < J; ++j) q[j] = yq[j] / (T(1) + yq[j] * yq[j]);
+    else if (p.rule == BCM)
+      for (int j = 0; j < J; ++j) q[j] = yq[j] * (yq[j] - phi_t[(size_t)b * J + j]);
+    else
+      std::fill(q, q + J, T(0));
   }
 
 #define HYB_RULES_MODES(X) \
@@ -470,35 +514,50 @@ struct Seq {
         const T* __restrict__ gn = F > 0 ? g_next + (size_t)b * J : nullptr;
         // A row whose input is silent at t + 1 adds nothing to the next step's current, whose
         // part (a read-modify-write of g_alpha) is then left out of the row's pass.
+        // The row sums are kept per vector lane and folded in a tree at the end of the row (an
+        // in-order sum over the lanes, as a reduction clause compiles, is a chain of dependent adds).
         auto sweep = [&](auto carry, T& Rs, T& R2, T& gMi, T& gEi, T& gAi) {
-#pragma omp simd reduction(+ : Rs, R2, gMi, gEi, gAi)
-          for (int j = 0; j < J; ++j) {
+          alignas(64) T aRs[L] = {}, aR2[L] = {}, aM[L] = {}, aE[L] = {}, aA[L] = {};
+          auto body = [&](int j, int l) HYB_INLINE {
             T gin = g[j];
             if constexpr (decltype(carry)::value) {  // the next step's current
               const T pg = an * gn[j];
               gin += Al[j] * pg;
               gal[j] += pg * Hn[j];
             }
-            if constexpr (F == 2) gAi += Al[j] * Hn[j] * gn[j];
+            if constexpr (F == 2) aA[l] += Al[j] * Hn[j] * gn[j];
             const T gU = (Hn[j] > -h && Hn[j] < h) ? gin : T(0);
             T gX;
             if constexpr (M == RETRO) {
               gX = ge[j] + Mb * gU;  // the total gradient on the new E
-              gMi += gU * En[j];
-              gEi += gX * Ep[j];
+              aM[l] += gU * En[j];
+              aE[l] += gX * Ep[j];
               ge[j] = (T(1) - cc) * gX;
             } else {
               gX = gU;
             }
             g[j] = R == OJA ? gU + gX * hs[j] : gU;
             Y[j] += gX * xi;
-            Rs += gX * wR[j];
+            aRs[l] += gX * wR[j];
             if constexpr (R == OJA) Z[j] += gX * Hp[j];
             if constexpr (R == STDP) {
               Y2[j] += gX * si;
-              R2 += gX * w2[j];
+              aR2[l] += gX * w2[j];
             }
+          };
+          int j0 = 0;
+          for (; j0 + L <= J; j0 += L) {
+#pragma omp simd
+            for (int l = 0; l < L; ++l) body(j0 + l, l);
           }
+          for (int j = j0; j < J; ++j) body(j, j - j0);
+          Rs = fold<L>(aRs);
+          if constexpr (R == STDP) R2 = fold<L>(aR2);
+          if constexpr (M == RETRO) {
+            gMi = fold<L>(aM);
+            gEi = fold<L>(aE);
+          }
+          if constexpr (F == 2) gAi = fold<L>(aA);
         };
         T Rs = 0, R2 = 0, gMi = 0, gEi = 0, gAi = 0;
         if (F > 0 && an != T(0)) sweep(std::integral_constant<bool, (F > 0)>{}, Rs, R2, gMi, gEi, gAi);
@@ -637,21 +696,37 @@ struct Seq {
           // the gain's parameters and M
           std::vector<T> gM(r.g_M);
           const T* M_t = p.mode != PLAIN ? c(p.M_all) + (size_t)t * B : nullptr;
+          // (sums kept in locals: accumulating through the output pointers would chain every
+          // addition through memory)
           if (p.mode == PLAIN) {
             T* ge = m(p.g_eta);
-            for (int b = 0; b < B; ++b)
-              for (int j = 0; j < J; ++j) ge[p.n_eta == 1 ? 0 : j] += r.g_gain[(size_t)b * J + j];
+            if (p.n_eta == 1) {
+              ge[0] += lane_sum<L>(r.g_gain.data(), (size_t)B * J);
+            } else {
+              for (int b = 0; b < B; ++b)
+                for (int j = 0; j < J; ++j) ge[j] += r.g_gain[(size_t)b * J + j];
+            }
           } else if (p.mode == NEUROMOD) {
-            T* ga = m(p.g_mod_a);
-            T* gb = m(p.g_mod_b);
-            for (int b = 0; b < B; ++b)
-              for (int j = 0; j < J; ++j) {
-                const int e = p.n_eta == 1 ? 0 : j;
-                const T g = r.g_gain[(size_t)b * J + j];
-                ga[e] += g * M_t[b];
-                gb[e] += g;
-                gM[b] += g * c(p.mod_a)[e];
+            T* __restrict__ ga = m(p.g_mod_a);
+            T* __restrict__ gb = m(p.g_mod_b);
+            const T* __restrict__ ma = c(p.mod_a);
+            for (int b = 0; b < B; ++b) {
+              const T* __restrict__ gg = r.g_gain.data() + (size_t)b * J;
+              if (p.n_eta == 1) {  // ga += M_b sum_j g_bj, gb += sum_j g_bj, gM_b += a sum_j g_bj
+                const T sg = lane_sum<L>(gg, J);
+                ga[0] += sg * M_t[b];
+                gb[0] += sg;
+                gM[b] += sg * ma[0];
+              } else {
+                T sm = 0;
+                for (int j = 0; j < J; ++j) {
+                  ga[j] += gg[j] * M_t[b];
+                  gb[j] += gg[j];
+                  sm += gg[j] * ma[j];
+                }
+                gM[b] += sm;
               }
+            }
           }
           // the activities: pre and post spikes, through the traces
           const T* pre;
