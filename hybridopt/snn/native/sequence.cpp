@@ -256,22 +256,37 @@ struct Seq {
     }
   }
 
-  // out (B x n) += a (B x m) w (m x n), row-major; 64 output columns at a time held in registers
+  // out (B x n) += a (B x m) w (m x n), row-major; 4 vectors of output columns at a time held in
+  // registers (a vector type: an array of accumulators would be kept in memory)
   static void matmul_acc(int B, int m, int n, const T* __restrict__ a, const T* __restrict__ w, T* __restrict__ out) {
+    typedef T V __attribute__((vector_size(64)));
+    constexpr int W = 4 * L;
     int c0 = 0;
-    for (; c0 + 64 <= n; c0 += 64)
+    for (; c0 + W <= n; c0 += W)
       for (int b = 0; b < B; ++b) {
-        T acc[64];
-#pragma omp simd
-        for (int q = 0; q < 64; ++q) acc[q] = out[(size_t)b * n + c0 + q];
+        T* o = out + (size_t)b * n + c0;
+        V a0, a1, a2, a3;
+        std::memcpy(&a0, o, sizeof(V));
+        std::memcpy(&a1, o + L, sizeof(V));
+        std::memcpy(&a2, o + 2 * L, sizeof(V));
+        std::memcpy(&a3, o + 3 * L, sizeof(V));
         for (int k = 0; k < m; ++k) {
           const T ak = a[(size_t)b * m + k];
           const T* wr = w + (size_t)k * n + c0;
-#pragma omp simd
-          for (int q = 0; q < 64; ++q) acc[q] += ak * wr[q];
+          V w0, w1, w2, w3;
+          std::memcpy(&w0, wr, sizeof(V));
+          std::memcpy(&w1, wr + L, sizeof(V));
+          std::memcpy(&w2, wr + 2 * L, sizeof(V));
+          std::memcpy(&w3, wr + 3 * L, sizeof(V));
+          a0 += ak * w0;
+          a1 += ak * w1;
+          a2 += ak * w2;
+          a3 += ak * w3;
         }
-#pragma omp simd
-        for (int q = 0; q < 64; ++q) out[(size_t)b * n + c0 + q] = acc[q];
+        std::memcpy(o, &a0, sizeof(V));
+        std::memcpy(o + L, &a1, sizeof(V));
+        std::memcpy(o + 2 * L, &a2, sizeof(V));
+        std::memcpy(o + 3 * L, &a3, sizeof(V));
       }
     if (c0 < n)
       for (int b = 0; b < B; ++b)
@@ -284,13 +299,30 @@ struct Seq {
         }
   }
 
+  // the indices of a's non-zero entries, ending in -1 (compacted without a branch per entry:
+  // spikes are too irregular for the branch predictor)
+  static int* active(const T* a, int I) {
+    static thread_local std::vector<int> idx;
+    if ((int)idx.size() < I + 1) idx.resize(I + 1);
+    int* x = idx.data();
+    int k = 0;
+    for (int i = 0; i < I; ++i) {
+      x[k] = i;
+      k += a[i] != T(0);
+    }
+    x[k] = -1;
+    return x;
+  }
+
   // cur_bj += sum_i a_bi (alpha_ij H_bij)   (a: spikes or inputs; zero rows skipped)
   static void plastic_current(int B, int I, int J, const T* a, const T* alpha, const T* H, T* cur) {
     for (int b = 0; b < B; ++b) {
       T* cb = cur + (size_t)b * J;
-      for (int i = 0; i < I; ++i) {
-        const T ai = a[(size_t)b * I + i];
-        if (ai == T(0)) continue;
+      const T* ab = a + (size_t)b * I;
+      int* act = active(ab, I);
+      for (int* it = act; *it >= 0; ++it) {
+        const int i = *it;
+        const T ai = ab[i];
         const T* Al = alpha + (size_t)i * J;
         const T* Hr = H + ((size_t)b * I + i) * J;
         for (int j = 0; j < J; ++j) cb[j] += ai * (Al[j] * Hr[j]);
@@ -302,9 +334,11 @@ struct Seq {
   static void dense_current(int B, int I, int J, const T* a, const T* W, T* cur) {
     for (int b = 0; b < B; ++b) {
       T* cb = cur + (size_t)b * J;
-      for (int i = 0; i < I; ++i) {
-        const T ai = a[(size_t)b * I + i];
-        if (ai == T(0)) continue;
+      const T* ab = a + (size_t)b * I;
+      int* act = active(ab, I);
+      for (int* it = act; *it >= 0; ++it) {
+        const int i = *it;
+        const T ai = ab[i];
         const T* Wr = W + (size_t)i * J;
         for (int j = 0; j < J; ++j) cb[j] += ai * Wr[j];
       }
