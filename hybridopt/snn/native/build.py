@@ -4,9 +4,10 @@ The kernel is plain C++ with a C ABI and no Python or PyTorch headers, so it bui
 system's C++ compiler (the one ``torch.compile`` already needs on CPU) in about 15 seconds, and
 one build serves every torch version, every genome and every process.  The library lands in
 ``$HYBRIDOPT_CACHE`` (default ``~/.cache/hybridopt``) under a name keyed by the source, the
-compiler, its flags and the processor (it is built with ``-march=native``), written to a
-temporary name and renamed, so concurrent workers on one machine build it at most a few
-times and never load a half-written file.  A process loads it with :mod:`ctypes`.
+compiler, its flags and the processor (it is built with ``-march=native``), built under a
+lock file beside it, so that of the workers starting at once on a fresh machine one builds and
+the others wait for its library (they pay no compiler CPU), and written to a temporary name and
+renamed, so that no process ever loads a half-written file.  A process loads it with :mod:`ctypes`.
 
 :func:`library` returns the loaded library, or ``None`` (after one warning) when no compiler
 is found or the build fails; the caller then runs another kernel, which gives the same values.
@@ -16,6 +17,7 @@ child process), for the training loop to report apart from its budget.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -25,8 +27,14 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: concurrent first builds are only wasteful, never wrong
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["CACHE_ENV", "NetArgs", "ProjArgs", "build_cpu_seconds", "library", "library_path", "unavailable"]
 
@@ -112,8 +120,25 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _build(compiler: str, target: Path) -> None:
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock`` (created if needed) while the block runs."""
+    with open(lock, "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
+
+
+def _build_once(compiler: str, target: Path) -> None:
+    """Build ``target`` unless it exists, one process at a time: a process that waited for the
+    lock finds the library its holder built."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.with_suffix(".lock")):
+        if not target.exists():
+            _build(compiler, target)
+
+
+def _build(compiler: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=target.parent)
     os.close(fd)
     try:
@@ -140,7 +165,7 @@ def library() -> Optional[ctypes.CDLL]:
             raise OSError("no C++ compiler (set CXX, or install g++)")
         path = library_path(compiler)
         if not path.exists():
-            _build(compiler, path)
+            _build_once(compiler, path)
         lib = ctypes.CDLL(str(path))
         lib.hyb_abi.restype = ctypes.c_int32
         want = ctypes.sizeof(NetArgs) * 1000 + ctypes.sizeof(ProjArgs)
