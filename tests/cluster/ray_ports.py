@@ -46,6 +46,21 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def service_ports(n: int) -> list[int]:
+    """``n`` distinct ports free now, for a server a test starts after Ray (MLflow, its UI),
+    chosen outside the kernel's ephemeral range: a port from that range, free when chosen, can be
+    taken by one of Ray's own servers (which bind ephemeral ports) before the test's server binds it."""
+    rng = random.Random()
+    ports: list[int] = []
+    for _ in range(1000):
+        p = rng.randrange(*_WORKER_RANGE)
+        if p not in ports and _bindable(p):
+            ports.append(p)
+            if len(ports) == n:
+                return ports
+    raise RuntimeError(f"no {n} free ports in {_WORKER_RANGE}")
+
+
 def _bindable(port: int) -> bool:
     with socket.socket() as s:
         try:

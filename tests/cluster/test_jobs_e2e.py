@@ -28,7 +28,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.cluster.ray_ports import DEFAULT_PORTS, DefaultRay, free_ports, head_ports, port_flags
+from tests.cluster.ray_ports import DEFAULT_PORTS, DefaultRay, free_ports, head_ports, port_flags, service_ports
 from tests.cluster.test_launcher_e2e import _healthy, _pidns_available, skip_unless_ci
 from tests.conftest import CONFIGS, REPO
 
@@ -43,7 +43,7 @@ class Head:
     def __init__(self, ports: Optional[dict[str, int]] = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="hj", dir="/tmp"))  # short: Ray's socket paths
         self.ports = {**head_ports(), **(ports or {})}
-        (mlflow,) = free_ports(1)
+        (mlflow,) = service_ports(1)  # bound after Ray: not from the range Ray's servers bind in
         self.address = f"http://127.0.0.1:{self.ports['dashboard-port']}"
         self.mlflow = f"http://127.0.0.1:{mlflow}"
         self.env = {

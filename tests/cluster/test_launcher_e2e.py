@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import hashlib
+import http.client
 import os
 import shlex
 import shutil
@@ -53,7 +54,7 @@ from typing import Optional
 import pytest
 import yaml
 
-from tests.cluster.ray_ports import DefaultRay, free_ports, head_ports, port_flags
+from tests.cluster.ray_ports import DefaultRay, head_ports, port_flags, service_ports
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET_S = 540.0  # the whole test, every ray command included
@@ -131,7 +132,7 @@ def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/health", timeout=3) as r:
             return r.status == 200
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):  # not up, or not an HTTP server
         return False
 
 
@@ -194,7 +195,7 @@ class Loopback:
         self.up_attempted = False
         self.down_done = False
         self.timings: dict[str, float] = {}
-        (self.ssh_port, self.mlflow_port, self.ui_port) = free_ports(3)
+        (self.ssh_port, self.mlflow_port, self.ui_port) = service_ports(3)
         self.ray_ports = head_ports()
         self.config = self.root / "cluster.yaml"
         self.cluster_name = f"hybridopt-e2e-{self.token[:8]}"
