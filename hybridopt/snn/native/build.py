@@ -1,7 +1,7 @@
 """Build and load the native sequence kernel (``sequence.cpp``): once per machine, then cached.
 
 The kernel is plain C++ with a C ABI and no Python or PyTorch headers, so it builds with the
-system's C++ compiler (the one ``torch.compile`` already needs on CPU) in about 15 seconds, and
+system's C++ compiler (the one ``torch.compile`` already needs on CPU) in about 30 CPU-seconds, and
 one build serves every torch version, every genome and every process.  The library lands in
 ``$HYBRIDOPT_CACHE`` (default ``~/.cache/hybridopt``) under a name keyed by the source, the
 compiler, its flags and the processor (it is built with ``-march=native``), built under a

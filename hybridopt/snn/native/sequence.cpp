@@ -23,7 +23,7 @@
 // weight gradients sum_t a_t^T g_t) are left to the caller as one matrix product each.
 //
 // Plain C ABI (one struct of pointers), no Python or PyTorch headers: the library builds in
-// about 15 seconds (once per machine) with the system compiler and is loaded with ctypes.
+// about 30 CPU-seconds (once per machine) with the system compiler and is loaded with ctypes.
 
 #include <algorithm>
 #include <cmath>
