@@ -46,15 +46,16 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def service_ports(n: int) -> list[int]:
+def service_ports(n: int, avoid: tuple[tuple[int, int], ...] = ()) -> list[int]:
     """``n`` distinct ports free now, for a server a test starts after Ray (MLflow, its UI),
     chosen outside the kernel's ephemeral range: a port from that range, free when chosen, can be
-    taken by one of Ray's own servers (which bind ephemeral ports) before the test's server binds it."""
+    taken by one of Ray's own servers (which bind ephemeral ports) before the test's server binds it.
+    ``avoid``: inclusive ranges to leave out (a head's own worker ports, from the same range)."""
     rng = random.Random()
     ports: list[int] = []
     for _ in range(1000):
         p = rng.randrange(*_WORKER_RANGE)
-        if p not in ports and _bindable(p):
+        if p not in ports and not any(lo <= p <= hi for lo, hi in avoid) and _bindable(p):
             ports.append(p)
             if len(ports) == n:
                 return ports

@@ -43,7 +43,8 @@ class Head:
     def __init__(self, ports: Optional[dict[str, int]] = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="hj", dir="/tmp"))  # short: Ray's socket paths
         self.ports = {**head_ports(), **(ports or {})}
-        (mlflow,) = service_ports(1)  # bound after Ray: not from the range Ray's servers bind in
+        workers = (self.ports["min-worker-port"], self.ports["max-worker-port"])
+        (mlflow,) = service_ports(1, avoid=(workers,))  # bound after Ray: not where Ray's servers bind
         self.address = f"http://127.0.0.1:{self.ports['dashboard-port']}"
         self.mlflow = f"http://127.0.0.1:{mlflow}"
         self.env = {

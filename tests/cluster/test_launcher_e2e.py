@@ -195,8 +195,9 @@ class Loopback:
         self.up_attempted = False
         self.down_done = False
         self.timings: dict[str, float] = {}
-        (self.ssh_port, self.mlflow_port, self.ui_port) = service_ports(3)
         self.ray_ports = head_ports()
+        workers = (self.ray_ports["min-worker-port"], self.ray_ports["max-worker-port"])
+        (self.ssh_port, self.mlflow_port, self.ui_port) = service_ports(3, avoid=(workers,))
         self.config = self.root / "cluster.yaml"
         self.cluster_name = f"hybridopt-e2e-{self.token[:8]}"
         self.mlflow_uri = f"http://127.0.0.1:{self.mlflow_port}"
