@@ -242,14 +242,14 @@ struct Seq {
             const T e = (T(1) - cc) * Ei[j] + cc * D;
             Eo[j] = e;
             const T u = Hi[j] + Mb * e;
-            Ho[j] = u < -h ? -h : (u > h ? h : u);
+            Ho[j] = std::min(std::max(u, -h), h);
           }
         } else {
 #pragma omp simd
           for (int j = 0; j < J; ++j) {
             const T D = rule_D<R>(xi, si, yq[j], so[j], Hi[j], q[j], ap, am);
             const T u = Hi[j] + gain[j] * D;
-            Ho[j] = u < -h ? -h : (u > h ? h : u);
+            Ho[j] = std::min(std::max(u, -h), h);
           }
         }
       }
