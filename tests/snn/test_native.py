@@ -160,6 +160,25 @@ def test_native_float32_at_the_task_size_twice_backward_and_without_gradients():
     assert torch.equal(y2, y.detach()) and torch.equal(s2, s.detach())
 
 
+def test_native_dense_weight_gradients_with_real_valued_inputs_and_silent_rows():
+    # the dense weights' gradients are summed over the non-zero rows of their inputs only: with
+    # real-valued inputs (a policy's observations), exact zeros and whole silent steps mixed in,
+    # they are still the full products sum_t a_t^T g_t
+    spec = _spec(input=ProjectionSpec(rule="hebbian", modulation="neuromodulated", **PLASTIC))
+    net = PlasticSNN(spec, seed=4).double()
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 60, spec.n_in, generator=gen, dtype=torch.float64) * 1.5
+    x = x * (torch.rand(x.shape, generator=gen) < 0.5)  # half the entries exactly zero
+    x[:, 10:20] = 0.0  # and ten silent steps
+    _, _, _, g_ref = _run(net, "reference", x)
+    _, _, _, g_nat = _run(net, "native", x)
+    for name in ("input.W", "recurrent.W", "readout.W", "b_hidden", "b_out"):
+        ref = g_ref[next(k for k in g_ref if k.endswith(name))]
+        got = g_nat[next(k for k in g_nat if k.endswith(name))]
+        assert ref.abs().max() > 0, name
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-11 * max(ref.abs().max().item(), 1.0))
+
+
 def test_native_work_memory_is_reused_from_one_step_to_the_next():
     # every tensor a sequence borrows goes back to the network's pool when its graph dies: a
     # training loop reuses the same few buffers (fresh memory is faulted in page by page)

@@ -69,8 +69,8 @@ class ProjArgs(ctypes.Structure):
 _NET_INTS = ("T", "B", "n_in", "N", "n_out", "reset", "surrogate", "K", "store", "pad")
 _NET_FLOATS = ("beta", "theta", "slope", "kappa")
 _NET_PTRS = (
-    "x", "cur_in", "W_rec", "W_out", "b_out", "v0", "s0", "y0", "v_all", "s_all", "y_all",
-    "gs_all", "gy_all", "gcur_all", "gv", "gs", "gy",
+    "x", "W_in", "b_hid", "W_rec", "W_out", "b_out", "v0", "s0", "y0", "v_all", "s_all", "y_all",
+    "gs_all", "gy_all", "gcur_all", "gv", "gs", "gy", "gW_in", "gb_hid", "gW_rec", "gW_out", "gb_out",
 )  # fmt: skip
 
 

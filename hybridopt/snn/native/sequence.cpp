@@ -3,7 +3,7 @@
 // The equations are those of hybridopt.snn.network.network_step (see its docstring) and of the
 // rule families and modulation modes in hybridopt.snn.rules / hybridopt.snn.modes:
 //
-//   I_t   = x_t W_in + b + x_t (alpha_in . H_in) + s_{t-1} (W + alpha . H)     (x_t W_in + b: given)
+//   I_t   = x_t W_in + b + x_t (alpha_in . H_in) + s_{t-1} (W + alpha . H)
 //   v_t   = beta v_{t-1} (1 - s_{t-1}) + I_t     or   beta v_{t-1} - theta s_{t-1} + I_t
 //   s_t   = Heaviside(v_t - theta)                (backward: the surrogate derivative)
 //   y_t   = kappa y_{t-1} + s_t (W_out + alpha_out . H_out) + b_out
@@ -19,8 +19,9 @@
 // genome.  Forward keeps the small per-step values (traces, M, phi, v, s, y) and H (and E)
 // every K steps; backward recomputes each chunk of K steps from its checkpoint (the same code,
 // so the same bits and clip masks) and walks it in reverse with the vector-Jacobian products
-// written out below.  The dense products that do not depend on the recurrence (x W_in, and the
-// weight gradients sum_t a_t^T g_t) are left to the caller as one matrix product each.
+// written out below.  The dense weights' gradients, sum_t a_t^T g_t, are summed over the non-zero
+// rows of a_t as the walk goes: spikes (and the tasks' inputs) are mostly zero, so this is a
+// small part of the dense product the caller would otherwise do over all T B rows.
 //
 // Plain C ABI (one struct of pointers), no Python or PyTorch headers: the library builds in
 // about 30 CPU-seconds (once per machine) with the system compiler and is loaded with ctypes.
@@ -57,12 +58,13 @@ struct Proj {
 struct Net {
   int32_t T, B, n_in, N, n_out, reset, surrogate, K, store, pad;
   double beta, theta, slope, kappa;
-  const void *x, *cur_in, *W_rec, *W_out, *b_out;  // x: T x B x n_in; cur_in: T x B x N
+  const void *x, *W_in, *b_hid, *W_rec, *W_out, *b_out;  // x: T x B x n_in
   const void *v0, *s0, *y0;
   void *v_all, *s_all, *y_all;  // T x B x N, T x B x N, T x B x n_out
   // backward: gs_all / gy_all (in: the loss's gradients; gy_all out: the total on y_t), gcur_all (out)
   void *gs_all, *gy_all, *gcur_all;
   void *gv, *gs, *gy;  // in: on the final v, s, y; out: on the initial ones
+  void *gW_in, *gb_hid, *gW_rec, *gW_out, *gb_out;  // out: the dense weights' gradients (accumulated)
   Proj p[3];           // input, recurrent, readout (rule NONE: static)
 };
 
@@ -345,6 +347,25 @@ struct Seq {
     }
   }
 
+  // out_ij += sum_b a_bi g_bj, and (with gsum) gsum_j += sum_b g_bj   (zero rows of a skipped)
+  static void outer_acc(int B, int I, int J, const T* a, const T* g, T* out, T* gsum) {
+    for (int b = 0; b < B; ++b) {
+      const T* ab = a + (size_t)b * I;
+      const T* __restrict__ gb = g + (size_t)b * J;
+      int* act = active(ab, I);
+      for (int* it = act; *it >= 0; ++it) {
+        const T ai = ab[*it];
+        T* __restrict__ o = out + (size_t)*it * J;
+#pragma omp simd
+        for (int j = 0; j < J; ++j) o[j] += ai * gb[j];
+      }
+      if (gsum) {
+#pragma omp simd
+        for (int j = 0; j < J; ++j) gsum[j] += gb[j];
+      }
+    }
+  }
+
   // Work memory that outlives a call (per thread): a large buffer freed after every call would
   // be handed back to the system and faulted in again, page by page, on the next one.
   static T* scratch(int slot, size_t size) {
@@ -420,7 +441,8 @@ struct Seq {
       }
     for (int t = 0; t < n.T; ++t) {
       const T* sp = s_at(t - 1);
-      std::memcpy(cur.data(), c(n.cur_in) + (size_t)t * B * N, sizeof(T) * B * N);
+      for (int b = 0; b < B; ++b) std::memcpy(cur.data() + (size_t)b * N, n.b_hid, sizeof(T) * N);
+      dense_current(B, nin, N, x_at(t), c(n.W_in), cur.data());
       dense_current(B, N, N, sp, c(n.W_rec), cur.data());
       if (n.p[0].rule != NONE) plastic_current(B, nin, N, x_at(t), c(n.p[0].alpha), Hc[0], cur.data());
       if (n.p[1].rule != NONE) plastic_current(B, N, N, sp, c(n.p[1].alpha), Hc[1], cur.data());
@@ -802,6 +824,7 @@ struct Seq {
         }
         // readout: y_t = kappa y_{t-1} + s_t (W_out + alpha_out . H_out_t) + b_out
         std::memcpy(gyt, gy.data(), sizeof(T) * gy.size());
+        outer_acc(B, N, nout, s, gy.data(), m(n.gW_out), m(n.gb_out));
         for (int b = 0; b < B; ++b)
           for (int o = 0; o < nout; ++o) {
             const T g = gy[(size_t)b * nout + o];
@@ -823,6 +846,8 @@ struct Seq {
           gcur[q] = g;
           gv[q] = n.reset == 0 ? beta * (T(1) - sp[q]) * g : beta * g;
         }
+        outer_acc(B, nin, N, x_at(t), gcur, m(n.gW_in), m(n.gb_hid));
+        outer_acc(B, N, N, sp, gcur, m(n.gW_rec), nullptr);
         // currents into the hidden layer
         matmul_acc(B, N, N, gcur, WT.data(), gs_prev.data());
         gs.swap(gs_prev);  // the plastic currents' part comes with step t - 1's update (above)

@@ -3,15 +3,15 @@
 Forward runs all ``T`` steps of :func:`~hybridopt.snn.step.network_step` in one call and
 keeps, besides the small per-step values, each plastic ``H`` (and ``E``) every ``K`` steps
 (``K = ceil(sqrt(T))`` unless the spec's ``checkpoint_interval`` says otherwise).  Backward is
-one call that recomputes each chunk of ``K`` steps and walks it in reverse; what does not
-depend on the recurrence is done here as one matrix product each over all steps:
+one call that recomputes each chunk of ``K`` steps and walks it in reverse, summing the dense
+weights' gradients over the non-zero rows of their inputs as it goes (spikes are sparse):
 
-    cur_in = x W_in + b             dW_in = sum_t x_t^T g_t      dW = sum_t s_{t-1}^T g_t
-    dW_out = sum_t s_t^T gy_t       dw_M = sum_t [x_t, s_t]^T gz_t
+    dW_in = sum_t x_t^T g_t      dW = sum_t s_{t-1}^T g_t      dW_out = sum_t s_t^T gy_t
 
-(``g_t``: the gradient on the hidden current, ``gy_t`` on the readout, ``gz_t`` on a modulator's
-drive).  The values are the reference's up to float rounding: the same operations per element,
-with sums in another order.  Runs on CPU tensors of float32 or float64 with the built-in rule
+(``g_t``: the gradient on the hidden current, ``gy_t`` on the readout); a modulator's
+``dw_M = sum_t [x_t, s_t]^T gz_t`` (``gz_t`` on its drive) is one matrix product here.  The
+values are the reference's up to float rounding: the same operations per element, with sums in
+another order.  Runs on CPU tensors of float32 or float64 with the built-in rule
 families and modes (:data:`NATIVE_RULES`, :data:`NATIVE_MODES`).
 """
 
@@ -116,14 +116,13 @@ class _NativeSequence(torch.autograd.Function):
         tape = _Borrowed(meta.pool)
         new = lambda *shape: tape.take(dt, *shape)  # noqa: E731
         xT = new(T, B, n_in).copy_(x.detach().transpose(0, 1))
-        cur_in = torch.addmm(b_hid.detach(), xT.view(T * B, n_in), W_in.detach(), out=new(T * B, N)).view(T, B, N)
         net = NetArgs(T=T, B=B, n_in=n_in, N=N, n_out=n_out, K=meta.K, store=int(meta.store))
         spec = meta.spec
         net.reset = 0 if spec.reset == "zero" else 1
         net.surrogate = _SURROGATES[spec.surrogate]
         net.beta, net.theta, net.slope, net.kappa = meta.beta, meta.theta, float(spec.slope), meta.kappa
-        consts_keep = [xT, cur_in, _c(W_rec), _c(W_out), _c(b_out), _c(v0), _c(s0), _c(y0)]
-        net.x, net.cur_in, net.W_rec, net.W_out, net.b_out, net.v0, net.s0, net.y0 = map(_ptr, consts_keep)
+        consts_keep = [xT, _c(W_in), _c(b_hid), _c(W_rec), _c(W_out), _c(b_out), _c(v0), _c(s0), _c(y0)]
+        net.x, net.W_in, net.b_hid, net.W_rec, net.W_out, net.b_out, net.v0, net.s0, net.y0 = map(_ptr, consts_keep)
         v_all = new(T, B, N)
         s_all, y_all = torch.empty(T, B, N, dtype=dt), torch.empty(T, B, n_out, dtype=dt)  # the outputs' own
         net.v_all, net.s_all, net.y_all = v_all.data_ptr(), s_all.data_ptr(), y_all.data_ptr()
@@ -189,6 +188,7 @@ class _NativeSequence(torch.autograd.Function):
         lib = library()
         meta, net, tapes = ctx.meta, ctx.net, ctx.tapes
         xT, s_all = ctx.keep[0], ctx.s_all
+        W_in, b_hid, W_rec, W_out, b_out = ctx.keep[1:6]
         T, B, n_in = xT.shape
         N, n_out = net.N, net.n_out
         dt = xT.dtype
@@ -206,6 +206,8 @@ class _NativeSequence(torch.autograd.Function):
         gv, gs, gy = own(gv, B, N), own(gs, B, N), own(gy, B, n_out)
         net.gs_all, net.gy_all, net.gcur_all = gs_all.data_ptr(), gy_all.data_ptr(), gcur.data_ptr()
         net.gv, net.gs, net.gy = gv.data_ptr(), gs.data_ptr(), gy.data_ptr()
+        dense = [torch.zeros_like(w) for w in (W_in, b_hid, W_rec, W_out, b_out)]
+        net.gW_in, net.gb_hid, net.gW_rec, net.gW_out, net.gb_out = (t.data_ptr() for t in dense)
         grads: dict[int, dict[str, Optional[Tensor]]] = {}
         it = iter(g_states)
         for k in meta.plastic:
@@ -234,21 +236,9 @@ class _NativeSequence(torch.autograd.Function):
             grads[k] = g
         getattr(lib, f"hyb_backward_{_DTYPES[dt]}")(ctypes.byref(net))
 
-        X, G, S = xT.view(T * B, n_in), gcur.view(T * B, N), s_all.view(T * B, N)
-        s0 = ctx.keep[6]
-        S_prev = torch.cat([s0.unsqueeze(0), s_all[:-1]], out=work.take(dt, T, B, N)).view(T * B, N)
-        GY = gy_all.view(T * B, n_out)
-        out: list[Optional[Tensor]] = [
-            None,  # x
-            X.t() @ G,
-            S_prev.t() @ G,
-            S.t() @ GY,
-            G.sum(0),
-            GY.sum(0),
-            gv,
-            gs,
-            gy,
-        ]
+        X, S = xT.view(T * B, n_in), s_all.view(T * B, N)
+        gW_in, gb_hid, gW_rec, gW_out, gb_out = dense
+        out: list[Optional[Tensor]] = [None, gW_in, gW_rec, gW_out, gb_hid, gb_out, gv, gs, gy]  # x: none
         pf = ctx.pf
         for j, k in enumerate(meta.plastic):
             a = dict(zip(_P_IN, pf[j * len(_P_IN) : (j + 1) * len(_P_IN)]))
