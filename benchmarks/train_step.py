@@ -25,7 +25,10 @@ L2 (a 256 KiB copy repeated): ``bound_dram_ms`` and ``bound_l2_ms`` per training
 arithmetic bound ``bound_flop_ms``: the floating-point operations a step must do per time step
 (:data:`FLOPS_PER_SYNAPSE` per plastic synapse and sample: current, update, its recomputation
 and its backward; ``6 * B * I * J`` per dense projection: forward and two backward products)
-over the single-core rate of a large float32 matrix product measured in a subprocess.
+over the single-core rate of a large float32 matrix product measured in a subprocess.  This
+machine's speed drifts (by 40 % within an hour, idle), so each worker also times a 256 KiB copy
+just before every step and reports ``over_l2_inproc``, the median of step / L2 bound at that
+moment; ``--rounds N`` measures every configuration N times, in turn, and reports medians.
 
 Forward only (``--policy``): the shipped ``configs/halfcheetah_locomotion.yaml`` policy (64
 hidden, neuromodulated Hebbian input) playing HalfCheetah episodes of 500 steps one at a time, as
@@ -39,6 +42,7 @@ with ``--policy``, JSON lines ``config, variant, episodes_per_cpu_s, ms_per_env_
 
     python -m benchmarks.train_step              # every row (about 30 minutes on 2 cores)
     python -m benchmarks.train_step --rows stdp-nm-input,static
+    python -m benchmarks.train_step --rows stdp-nm-input,static --variants compiled,native --rounds 3
     python -m benchmarks.train_step --rows '' --policy
 """
 
@@ -96,6 +100,9 @@ def flop_rate() -> float:
     return 2 * 1024**3 / best
 
 
+L2_KIB = 256
+
+
 def bandwidth(kib: int, repeats: int) -> float:
     """Single-thread copy bandwidth in bytes/s (bytes read plus written) for a ``kib`` KiB buffer."""
     import torch
@@ -127,6 +134,19 @@ def worker(row: str, variant: str, repeats: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     tc = cfg.train
 
+    l2_src = torch.ones(L2_KIB * 1024 // 4)
+    l2_dst = torch.empty_like(l2_src)
+
+    def l2_bandwidth() -> float:
+        """This thread's L2 copy bandwidth now (bytes/s; the best of 3 timings of 64 copies)."""
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(64):
+                l2_dst.copy_(l2_src)
+            best = min(best, (time.perf_counter() - t) / 64)
+        return 2 * l2_src.numel() * 4 / best
+
     def step() -> tuple[float, float]:
         batch = task.batch(tc.batch_size, gen)
         wall, cpu = time.perf_counter(), time.process_time()
@@ -141,7 +161,10 @@ def worker(row: str, variant: str, repeats: int) -> dict:
     w0 = time.perf_counter()
     warmup = [step() for _ in range(warm)]
     warm_wall = time.perf_counter() - w0
-    runs = [step() for _ in range(repeats)]
+    runs, l2 = [], []
+    for _ in range(repeats):  # each step beside a bandwidth timing: the machine's speed drifts
+        l2.append(l2_bandwidth())
+        runs.append(step())
     wall_med = statistics.median(r[0] for r in runs)
     T = task.batch(1, torch.Generator().manual_seed(0)).x.shape[1]
     spec = net.spec
@@ -165,6 +188,10 @@ def worker(row: str, variant: str, repeats: int) -> dict:
         "bytes_per_time_step": state_bytes + weight_bytes,
         "flops_per_time_step": flops,
         "T": T,
+        # the step against the L2 bound measured just before it, in this process: median over repeats
+        "over_l2_inproc": statistics.median(
+            r[1] / ((state_bytes + weight_bytes) * T / bw) for r, bw in zip(runs, l2, strict=True)
+        ),
     }
 
 
@@ -211,7 +238,7 @@ def table(rows: list[dict]) -> str:
     head = (
         f"{'config':<26} {'reference':>10} {'fused':>8} {'compiled':>8} {'native':>8} {'ms/time step':>12} "
         f"{'ref/native':>10} {'compiled/native':>15} {'build s':>7} {'compile s':>9} {'warm s':>7} "
-        f"{'DRAM bound':>10} {'L2 bound':>8} {'FLOP bound':>10}"
+        f"{'DRAM bound':>10} {'L2 bound':>8} {'FLOP bound':>10} {'native/L2':>9}"
     )
     lines = [head, "-" * len(head)]
     for name in dict.fromkeys(r["config"] for r in rows):
@@ -229,12 +256,13 @@ def table(rows: list[dict]) -> str:
             f"{ratio(ms['compiled'], ms['native']):>15} {f(d.get('compile_s'), '7.1f')} "
             f"{f(c.get('compile_s'), '9.1f')} {f(c.get('compile_warm_s'), '7.1f')} "
             f"{f(d.get('bound_dram_ms'), '10.2f')} {f(d.get('bound_l2_ms'), '8.2f')} "
-            f"{f(d.get('bound_flop_ms'), '10.2f')}"
+            f"{f(d.get('bound_flop_ms'), '10.2f')} {f(d.get('over_l2_inproc'), '9.2f')}"
         )
     lines.append(
         "ms: CPU ms per training step (median); build s: the native library's first build (once per machine); "
         "compile s / warm s: the compiled steps' compile (per structure) with an empty / a filled cache; "
-        "bounds: ms per training step at single-core bandwidth and FLOP rate"
+        "bounds: ms per training step at single-core bandwidth and FLOP rate; native/L2: the native step over "
+        "the L2 bound measured just before each step in its own process (median)"
     )
     return "\n".join(lines)
 
@@ -244,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measure every configuration this many times, in turn (medians)"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
     parser.add_argument("--policy", action="store_true", help="also time the HalfCheetah policy, forward only")
     parser.add_argument("--episodes", type=int, default=20, help="timed episodes per policy variant")
@@ -270,22 +301,39 @@ def main(argv: list[str] | None = None) -> None:
     if bad:
         parser.error(f"unknown row(s) or variant(s): {', '.join(bad)}")
     env: dict = {}
-    sizes = {"dram": 262144, "l2": 256}  # KiB
+    sizes = {"dram": 262144, "l2": L2_KIB}  # KiB
     bw = {k: _child(["--bandwidth-worker", str(kib)], env, args.timeout).get("bandwidth") for k, kib in sizes.items()}
     flops = _child(["--flops-worker"], env, args.timeout).get("flops")
     out = []
+    caches = {(r, v): tempfile.TemporaryDirectory() for r in rows for v in variants if v in BUILT}
+    first: dict[tuple[str, str], dict] = {}
+    later: dict[tuple[str, str], list[dict]] = {}
+    # round 1: each configuration with a cold cache, then a warm one; later rounds warm, in turn,
+    # so that a drift of the machine's speed falls on every configuration alike
+    for rnd in range(args.rounds):
+        for row in rows:
+            for variant in variants:
+                argv_ = ["--worker", row, variant, "--repeats", str(args.repeats)]
+                venv = {**env, BUILT[variant]: caches[row, variant].name} if variant in BUILT else env
+                r = _child(argv_, venv, args.timeout)
+                if rnd > 0:
+                    later.setdefault((row, variant), []).append(r)
+                    continue
+                if variant in BUILT:
+                    r["compile_warm_s"] = _child(argv_, venv, args.timeout).get("compile_s")
+                first[row, variant] = r
+    for c in caches.values():
+        c.cleanup()
     for row in rows:
         for variant in variants:
-            argv_ = ["--worker", row, variant, "--repeats", str(args.repeats)]
-            if variant in BUILT:
-                with tempfile.TemporaryDirectory() as cache:  # a cold cache, then a warm one
-                    r = _child(argv_, {**env, BUILT[variant]: cache}, args.timeout)
-                    again = _child(argv_, {**env, BUILT[variant]: cache}, args.timeout)
-                r["compile_warm_s"] = again.get("compile_s")
-            else:
-                r = _child(argv_, env, args.timeout)
+            r = first[row, variant]
             r.setdefault("config", row)
             r.setdefault("variant", variant)
+            done = [x for x in [r, *later.get((row, variant), [])] if "ms_per_step" in x]
+            if args.rounds > 1 and done:
+                r["ms_per_step_rounds"] = [x["ms_per_step"] for x in done]
+                for k in ("ms_per_step", "ms_per_time_step", "wall_ms_per_step", "over_l2_inproc"):
+                    r[k] = statistics.median(x[k] for x in done)
             if "bytes_per_time_step" in r:
                 for k in ("dram", "l2"):
                     if bw[k]:
