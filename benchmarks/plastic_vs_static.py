@@ -172,6 +172,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def _pm(mean: float, std: float) -> str:
+    """``mean ± std``, or ``-`` where nothing was measured (NaN)."""
+    return "-" if mean != mean else f"{mean:.3f} ± {std:.3f}"
+
+
 def markdown(table: list[dict[str, Any]]) -> str:
     lines = [
         "| stage | plasticity | noise | seeds | eval accuracy (mean ± std) | fresh test accuracy (mean ± std) "
@@ -181,7 +186,7 @@ def markdown(table: list[dict[str, Any]]) -> str:
     for t in table:
         lines.append(
             f"| {t['stage']} | {t['variant']} | {t['noise']} | {t['seeds']} | "
-            f"{t['acc_mean']:.3f} ± {t['acc_std']:.3f} | {t['test_mean']:.3f} ± {t['test_std']:.3f} | "
+            f"{t['acc_mean']:.3f} ± {t['acc_std']:.3f} | {_pm(t['test_mean'], t['test_std'])} | "
             f"{t['episodes']:.0f} | {t['wall_s']:.0f} | {t['cpu_min']} |"
         )
     return "\n".join(lines)

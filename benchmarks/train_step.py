@@ -314,13 +314,13 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             for variant in variants:
                 argv_ = ["--worker", row, variant, "--repeats", str(args.repeats)]
-                venv = {**env, BUILT[variant]: caches[row, variant].name} if variant in BUILT else env
-                r = _child(argv_, venv, args.timeout)
+                child_env = {**env, BUILT[variant]: caches[row, variant].name} if variant in BUILT else env
+                r = _child(argv_, child_env, args.timeout)
                 if rnd > 0:
                     later.setdefault((row, variant), []).append(r)
                     continue
                 if variant in BUILT:
-                    r["compile_warm_s"] = _child(argv_, venv, args.timeout).get("compile_s")
+                    r["compile_warm_s"] = _child(argv_, child_env, args.timeout).get("compile_s")
                 first[row, variant] = r
     for c in caches.values():
         c.cleanup()
