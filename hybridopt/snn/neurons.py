@@ -77,11 +77,17 @@ check_registry("surrogate", SURROGATE_DERIVATIVES, SURROGATE_NAMES)
 class _SurrogateSpike(torch.autograd.Function):
     """Heaviside forward ``s = H(x)``; backward ``d s / d x`` = the named surrogate derivative."""
 
+    generate_vmap_rule = True  # pure tensor maths both ways: it runs under torch.func.vmap
+
     @staticmethod
-    def forward(ctx, x: Tensor, slope: float, name: str) -> Tensor:  # type: ignore[override]
+    def forward(x: Tensor, slope: float, name: str) -> Tensor:  # type: ignore[override]
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, float, str], output: Tensor) -> None:  # type: ignore[override]
+        x, slope, name = inputs
         ctx.save_for_backward(x)
         ctx.slope, ctx.name = slope, name
-        return (x > 0).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]

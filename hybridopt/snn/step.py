@@ -7,11 +7,13 @@ step, the compiled kernel traces it, the native kernel is its transcription.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import NamedTuple, Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Optional, TypeVar
 
 import torch
 from torch import Tensor
+from torch.func import vmap
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from hybridopt.snn.catalogue import PROJECTIONS
 from hybridopt.snn.fused import fused_plastic_current, fused_plasticity_step
@@ -26,7 +28,15 @@ from hybridopt.snn.plasticity import (
 from hybridopt.snn.spec import NetworkSpec, ProjectionSpec
 from hybridopt.snn.tape import PlasticTape
 
-__all__ = ["NetworkParams", "NetworkState", "ProjectionParams", "StepConstants", "network_step"]
+__all__ = [
+    "NetworkParams",
+    "NetworkState",
+    "ProjectionParams",
+    "StepConstants",
+    "members_step",
+    "network_step",
+    "stack_members",
+]
 
 
 class ProjectionParams(NamedTuple):
@@ -174,3 +184,57 @@ def network_step(
         for i, name in enumerate(PROJECTIONS)
     }
     return y, s, NetworkState(lif=lif, y=y, **plastic)
+
+
+# --------------------------------------------------------------------------- many parameter sets
+_Tree = TypeVar("_Tree")
+
+
+def stack_members(items: Sequence[_Tree]) -> _Tree:
+    """``M`` parameter sets (or states) of the same structure as one, each tensor stacked along a
+    new leading *member* axis (``None`` entries stay ``None``)."""
+    return tree_map(lambda *xs: torch.stack(xs) if isinstance(xs[0], Tensor) else xs[0], *items)
+
+
+def _tensors(tree: Any) -> tuple[list[Tensor], tuple[list[Any], list[int], Any]]:
+    leaves, treespec = tree_flatten(tree)
+    at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
+    return [leaves[i] for i in at], (leaves, at, treespec)
+
+
+def _rebuild(values: Sequence[Tensor], how: tuple[list[Any], list[int], Any]) -> Any:
+    leaves, at, treespec = how
+    out = list(leaves)
+    for i, v in zip(at, values):
+        out[i] = v
+    return tree_unflatten(out, treespec)
+
+
+def members_step(
+    params: NetworkParams,
+    spec: NetworkSpec,
+    x: Tensor,
+    state: NetworkState,
+    consts: Optional[StepConstants] = None,
+) -> tuple[Tensor, Tensor, NetworkState]:
+    """:func:`network_step` for ``M`` networks of one structure at once, each with its own
+    parameters: every tensor of ``params`` and ``state`` has a leading member axis ``M``
+    (:func:`stack_members`), ``x`` is ``M x B x N_in``; returns ``y`` (``M x B x N_out``), ``s``
+    (``M x B x N``) and the new state, member ``m`` of each equal to
+    ``network_step(params[m], spec, x[m], state[m])`` up to float rounding (a product over the
+    members may sum in another order than a single member's) and independent of the others.
+    One call steps a whole population of candidates (``torch.func.vmap``), where a loop would pay
+    the per-operation overhead of every small step ``M`` times.  No gradient (a policy played in
+    its environment)."""
+    c = consts if consts is not None else StepConstants.of(spec)
+    p_values, p_how = _tensors(params)
+    s_values, s_how = _tensors(state)
+    out_how: dict[str, Any] = {}
+
+    def one(p_values: list[Tensor], x: Tensor, s_values: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        y, s, new = network_step(_rebuild(p_values, p_how), spec, x, _rebuild(s_values, s_how), None, c)
+        values, out_how["new"] = _tensors(new)
+        return y, s, values
+
+    y, s, values = vmap(one)(p_values, x, s_values)
+    return y, s, _rebuild(values, out_how["new"])

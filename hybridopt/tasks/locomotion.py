@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from hybridopt.snn.catalogue import PROJECTIONS
+from hybridopt.snn.step import StepConstants, members_step, stack_members
 from hybridopt.tasks.base import EVAL_SEED_OFFSET, ObsNormalizer, ObsStats, Rollout, eval_seeds
 from hybridopt.tasks.conditions import (
     CONDITIONS,
@@ -194,6 +195,72 @@ class Locomotion:
             if not alive.any():
                 break
         return Rollout(returns, steps, _h_saturation(net, state))
+
+    @torch.inference_mode()
+    def rollout_members(
+        self,
+        net,
+        members: Sequence,
+        seeds: Sequence[int],
+        normalizer: ObsNormalizer,
+        *,
+        conditions: Sequence[str],
+        stats: Optional[Sequence[ObsStats]] = None,
+    ) -> np.ndarray:
+        """Returns (``P x C x E``) of ``P`` parameter sets (``members``, one network structure:
+        ``net``'s), each played on the ``E`` ``seeds`` in each of the ``C`` ``conditions``, all
+        ``P C E`` episodes side by side: one network step per control step for the whole
+        population (:func:`~hybridopt.snn.step.members_step`), then one MuJoCo step per episode.
+        Member ``k``'s returns are ``rollout(net, members[k], seeds, ..., condition=c)``'s for
+        each ``c`` with the reference kernel, up to the float rounding of a batched product
+        (which a long episode can amplify), and do not depend on the other members.  With
+        ``stats`` (one per member) the observations member ``k`` saw, in every condition, are
+        added to ``stats[k]``.  With ``fresh_weights`` episode ``e`` plays on the weights drawn
+        from ``seeds[e]``, as :meth:`rollout` does."""
+        c = self.cfg
+        P, C, E = len(members), len(conditions), len(seeds)
+        scale = {"readout": c.readout_scale}
+        episodes = []  # episode m = (k C + j) E + e: member k, condition j, seed e
+        for params in members:
+            drawn = [net.fresh_weights(params, s, scale) if c.fresh_weights else params for s in seeds]
+            episodes += drawn * C
+        params = stack_members(episodes)
+        M = P * C * E
+        state = stack_members([net.initial_state(1)] * M)
+        envs_of = {cond: self.envs(cond, P * E) for cond in conditions}
+        envs = [envs_of[conditions[j]][k * E + e] for k in range(P) for j in range(C) for e in range(E)]
+        obs = np.stack([env.reset(seed=int(seeds[m % E]))[0] for m, env in enumerate(envs)]).astype(np.float64)
+        returns = np.zeros(M)
+        alive = np.ones(M, dtype=bool)
+        seen = np.zeros(M)
+        total = np.zeros_like(obs)
+        total_sq = np.zeros_like(obs)
+        consts = StepConstants.of(net.spec)
+        for _ in range(c.episode_steps):
+            if stats is not None:
+                seen += alive
+                total[alive] += obs[alive]
+                total_sq[alive] += np.square(obs[alive])
+            x = torch.from_numpy(normalizer.normalize(obs, c.obs_clip).astype(np.float32))
+            if c.obs_gain != 1.0:
+                x = x * c.obs_gain
+            y, _, state = members_step(params, net.spec, x.unsqueeze(1), state, consts)
+            action = self.decode(y[:, 0]).numpy()
+            for m in np.flatnonzero(alive):
+                o, r, terminated, truncated, _ = envs[m].step(action[m])
+                obs[m] = o
+                returns[m] += r
+                if terminated or truncated:
+                    alive[m] = False
+            if not alive.any():
+                break
+        if stats is not None:
+            per = C * E
+            for k, st in enumerate(stats):
+                st.count += float(seen[k * per : (k + 1) * per].sum())
+                st.total += total[k * per : (k + 1) * per].sum(0)
+                st.total_sq += total_sq[k * per : (k + 1) * per].sum(0)
+        return returns.reshape(P, C, E)
 
 
 def _h_saturation(net, state) -> float:

@@ -18,7 +18,10 @@ Each generation plays every sample on the same ``episodes_per_sample`` training 
 of the ``T`` training conditions ``task.train_conditions`` (common random numbers: every sample
 sees the same seeds and conditions) with the observation normaliser frozen; a sample's fitness
 is its mean return over them, and the observations it saw, in every training condition, are
-merged into the normaliser afterwards.  The result is the centre, evaluated (:func:`evaluate_policy`)
+merged into the normaliser afterwards.  A task that can (``rollout_members``) plays the
+whole generation side by side, one network step per control step for every sample, condition
+and seed at once (the network's per-step overhead, not the simulator, dominated a sample played
+alone).  The result is the centre, evaluated (:func:`evaluate_policy`)
 on held-out seeds in the training conditions, in the held-out ones ``task.conditions`` (``H``
 of them, never played in training) and in ``standard`` (always, even when not trained on)::
 
@@ -43,6 +46,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.utils._pytree import tree_map
 
 from hybridopt.config import Config, ESConfig, network_spec, parse_config
 from hybridopt.evo import PGPE, SNES, Problem, SolutionBatch
@@ -124,6 +128,25 @@ def _play(
     return float(np.mean(means)), stats
 
 
+def _play_all(
+    task: ControlTask, net: PlasticSNN, solutions: list[torch.Tensor], seeds: list[int], normalizer: ObsNormalizer
+) -> list[tuple[float, ObsStats]]:
+    """:func:`_play` for every sample, the same values; where the task plays many parameter sets
+    side by side (``rollout_members``), all samples' episodes are stepped together."""
+    rollout_members = getattr(task, "rollout_members", None)
+    if rollout_members is None:
+        return [_play(task, net, x, seeds, normalizer) for x in solutions]
+    searched_params = _searched(task, net)
+    members = []
+    for x in solutions:
+        vector_to_parameters(x, searched_params)
+        members.append(tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, net.params()))
+    stats = [ObsStats.empty(task.n_in) for _ in solutions]
+    returns = rollout_members(net, members, seeds, normalizer, conditions=task.cfg.train_conditions, stats=stats)
+    # the mean over the conditions of the mean over the seeds, as _play takes it
+    return [(float(np.mean([r.mean() for r in per])), st) for per, st in zip(returns, stats)]
+
+
 # Inside an episode-worker process only: its own task and network, built once.
 _WORKER_POLICY: dict[str, tuple[ControlTask, PlasticSNN]] = {}
 
@@ -139,7 +162,7 @@ def _worker_play(
     cpu0 = time.process_time()
     task, net = _WORKER_POLICY["policy"]
     solutions, seeds, normalizer = job
-    return [_play(task, net, x, seeds, normalizer) for x in solutions], time.process_time() - cpu0
+    return _play_all(task, net, solutions, seeds, normalizer), time.process_time() - cpu0
 
 
 class _Players:
@@ -160,7 +183,7 @@ class _Players:
         self, solutions: list[torch.Tensor], seeds: list[int], normalizer: ObsNormalizer
     ) -> list[tuple[float, ObsStats]]:
         if self.pool is None:
-            return [_play(self.task, self.net, x, seeds, normalizer) for x in solutions]
+            return _play_all(self.task, self.net, solutions, seeds, normalizer)
         n = len(solutions)
         bounds = [round(i * n / self.workers) for i in range(self.workers + 1)]
         jobs = [(solutions[a:b], seeds, normalizer) for a, b in zip(bounds, bounds[1:]) if b > a]

@@ -340,3 +340,53 @@ def test_fresh_weights_are_drawn_from_the_construction_distribution_by_seed():
         assert torch.equal(W, getattr(a2, name).W) and not torch.equal(W, getattr(b, name).W)
         assert not torch.equal(W, getattr(params, name).W)
     assert a.input.alpha is params.input.alpha and a.b_hidden is params.b_hidden  # only W is drawn anew
+
+
+# --------------------------------------------------------------------------- many parameter sets
+def _perturbed(net: PlasticSNN, k: int):
+    """The network's parameters, each tensor moved by its own draw for member ``k``."""
+    from torch.utils._pytree import tree_map
+
+    gen = torch.Generator().manual_seed(100 + k)
+    return tree_map(
+        lambda t: t + 0.2 * torch.randn(t.shape, generator=gen) if isinstance(t, torch.Tensor) else t, net.params()
+    )
+
+
+@pytest.mark.parametrize(
+    "projections",
+    [
+        {},
+        MIXED,
+        {"input": ProjectionSpec(rule="bcm", modulation="neuromodulated", modulator_tau=4.0)},
+        {"recurrent": ProjectionSpec(rule="abcd", modulation="plain", eta_per_neuron=False)},
+    ],
+    ids=["static", "mixed", "bcm-filtered", "abcd-scalar-eta"],
+)
+def test_members_step_equals_each_member_stepped_alone(projections):
+    from hybridopt.snn.step import StepConstants, members_step, network_step, stack_members
+
+    net = PlasticSNN(_spec(**projections), seed=3)
+    M, B = 3, 2
+    members = [_perturbed(net, k) for k in range(M)]
+    params = stack_members(members)
+    state = stack_members([net.initial_state(B)] * M)
+    alone = [net.initial_state(B) for _ in range(M)]
+    consts = StepConstants.of(net.spec)
+    x = torch.stack([_input(B, seed=k) for k in range(M)])  # M x B x T x N_in
+    with torch.inference_mode():
+        for t in range(STEPS):
+            y, s, state = members_step(params, net.spec, x[:, :, t], state, consts)
+            for k in range(M):
+                yk, sk, alone[k] = network_step(members[k], net.spec, x[k, :, t], alone[k], None, consts)
+                # the same operations; a batched product may sum in another order (float rounding)
+                torch.testing.assert_close(y[k], yk, rtol=1e-5, atol=1e-5)
+                assert torch.equal(s[k], sk)
+    for k in range(M):
+        for name in PROJECTIONS:
+            if getattr(alone[k], name) is not None:
+                torch.testing.assert_close(getattr(state, name).H[k], getattr(alone[k], name).H, rtol=1e-5, atol=1e-5)
+    assert float(s.mean()) > 0.0  # the members do fire
+    if projections:  # and their plastic states differ: each member runs its own parameters
+        H = next(getattr(state, n).H for n in PROJECTIONS if getattr(state, n) is not None)
+        assert not torch.equal(H[0], H[1]) and float(H.abs().max()) > 0.0

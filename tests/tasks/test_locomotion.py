@@ -182,6 +182,37 @@ def test_evaluation_is_deterministic_for_a_fixed_seed(cfg, policy):
     assert set(a) >= {f"eval/{k}/{c}" for k in ("return", "degradation") for c in ("standard", *cfg.task.conditions)}
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["trained-weights", "fresh-weights"])
+def test_a_population_played_side_by_side_equals_each_member_played_alone(fresh):
+    from torch.utils._pytree import tree_map
+
+    extra = ["task.fresh_weights=true", "plasticity.input.rule=abcd"] if fresh else []
+    # the reference kernel: the compiled single step rounds differently, and an episode amplifies it
+    cfg = load_config(SMOKE, ["network.kernel=reference", "task.conditions=[low_friction]", *extra])
+    task, net = build_policy(cfg)
+    norm = ObsNormalizer(np.zeros(task.n_in), np.full(task.n_in, 4.0), 1.0)
+    gen = torch.Generator().manual_seed(1)
+
+    def moved(t):
+        return t + 0.05 * torch.randn(t.shape, generator=gen) if isinstance(t, torch.Tensor) else t
+
+    members = [tree_map(moved, net.params()) for _ in range(3)]
+    conditions = ["standard", "crippled_leg"]
+    stats = [ObsStats.empty(task.n_in) for _ in members]
+    returns = task.rollout_members(net, members, [3, 4], norm, conditions=conditions, stats=stats)
+    assert returns.shape == (3, 2, 2)
+    for k, params in enumerate(members):
+        seen = ObsStats.empty(task.n_in)
+        alone = [task.rollout(net, params, [3, 4], norm, condition=c, stats=seen).returns for c in conditions]
+        np.testing.assert_allclose(returns[k], np.array(alone), rtol=1e-6)
+        assert stats[k].count == seen.count == 2 * 2 * cfg.task.episode_steps
+        np.testing.assert_allclose(stats[k].total, seen.total, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(stats[k].total_sq, seen.total_sq, rtol=1e-9, atol=1e-9)
+    assert len({float(r.sum()) for r in returns}) == 3  # each member played its own parameters
+    again = task.rollout_members(net, members[1:2], [3, 4], norm, conditions=conditions)
+    np.testing.assert_array_equal(again[0], returns[1])  # nor does the rest of the population matter
+
+
 # --------------------------------------------------------------------------- config
 @pytest.mark.parametrize(
     ("override", "message"),
