@@ -131,8 +131,9 @@ def _play(
 def _play_all(
     task: ControlTask, net: PlasticSNN, solutions: list[torch.Tensor], seeds: list[int], normalizer: ObsNormalizer
 ) -> list[tuple[float, ObsStats]]:
-    """:func:`_play` for every sample, the same values; where the task plays many parameter sets
-    side by side (``rollout_members``), all samples' episodes are stepped together."""
+    """:func:`_play` for every sample; where the task plays many parameter sets side by side
+    (``rollout_members``), all samples' episodes are stepped together (the same fitness up to the
+    float rounding of the batched step, whatever the samples it is played with)."""
     rollout_members = getattr(task, "rollout_members", None)
     if rollout_members is None:
         return [_play(task, net, x, seeds, normalizer) for x in solutions]
