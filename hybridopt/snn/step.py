@@ -33,7 +33,7 @@ __all__ = [
     "NetworkState",
     "ProjectionParams",
     "StepConstants",
-    "members_step",
+    "MembersStep",
     "network_step",
     "stack_members",
 ]
@@ -210,31 +210,33 @@ def _rebuild(values: Sequence[Tensor], how: tuple[list[Any], list[int], Any]) ->
     return tree_unflatten(out, treespec)
 
 
-def members_step(
-    params: NetworkParams,
-    spec: NetworkSpec,
-    x: Tensor,
-    state: NetworkState,
-    consts: Optional[StepConstants] = None,
-) -> tuple[Tensor, Tensor, NetworkState]:
+class MembersStep:
     """:func:`network_step` for ``M`` networks of one structure at once, each with its own
-    parameters: every tensor of ``params`` and ``state`` has a leading member axis ``M``
-    (:func:`stack_members`), ``x`` is ``M x B x N_in``; returns ``y`` (``M x B x N_out``), ``s``
-    (``M x B x N``) and the new state, member ``m`` of each equal to
+    parameters: every tensor of ``params`` and of a state has a leading member axis ``M``
+    (:func:`stack_members`).  ``step(x, state)`` with ``x`` of ``M x B x N_in`` returns ``y``
+    (``M x B x N_out``), ``s`` (``M x B x N``) and the new state, member ``m`` of each equal to
     ``network_step(params[m], spec, x[m], state[m])`` up to float rounding (a product over the
     members may sum in another order than a single member's) and independent of the others.
     One call steps a whole population of candidates (``torch.func.vmap``), where a loop would pay
-    the per-operation overhead of every small step ``M`` times.  No gradient (a policy played in
+    the per-operation overhead of every small step ``M`` times; the parameters are taken apart
+    once, at construction, not at every step of an episode.  No gradient (a policy played in
     its environment)."""
-    c = consts if consts is not None else StepConstants.of(spec)
-    p_values, p_how = _tensors(params)
-    s_values, s_how = _tensors(state)
-    out_how: dict[str, Any] = {}
 
-    def one(p_values: list[Tensor], x: Tensor, s_values: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
-        y, s, new = network_step(_rebuild(p_values, p_how), spec, x, _rebuild(s_values, s_how), None, c)
-        values, out_how["new"] = _tensors(new)
+    def __init__(self, params: NetworkParams, spec: NetworkSpec, consts: Optional[StepConstants] = None) -> None:
+        self._spec = spec
+        self._consts = consts if consts is not None else StepConstants.of(spec)
+        self._p_values, self._p_how = _tensors(params)
+        self._s_how: Any = None
+        self._out_how: Any = None
+        self._vstep = vmap(self._one)
+
+    def _one(self, p_values: list[Tensor], x: Tensor, s_values: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        params = _rebuild(p_values, self._p_how)
+        y, s, new = network_step(params, self._spec, x, _rebuild(s_values, self._s_how), None, self._consts)
+        values, self._out_how = _tensors(new)
         return y, s, values
 
-    y, s, values = vmap(one)(p_values, x, s_values)
-    return y, s, _rebuild(values, out_how["new"])
+    def __call__(self, x: Tensor, state: NetworkState) -> tuple[Tensor, Tensor, NetworkState]:
+        s_values, self._s_how = _tensors(state)
+        y, s, values = self._vstep(self._p_values, x, s_values)
+        return y, s, _rebuild(values, self._out_how)

@@ -28,6 +28,7 @@ __all__ = [
     "ObsNormalizer",
     "ObsStats",
     "Observer",
+    "PopulationControlTask",
     "Rollout",
     "Task",
     "eval_seeds",
@@ -213,4 +214,27 @@ class ControlTask(Protocol):
     ) -> Rollout:
         """Play ``len(seeds)`` episodes side by side under ``condition`` with the network's
         parameters ``params``; with ``stats``, the observations seen are added to it."""
+        ...
+
+
+@runtime_checkable
+class PopulationControlTask(ControlTask, Protocol):
+    """A control task that also plays many parameter sets of one network at once: ES plays a
+    whole generation's samples side by side through it, and each sample one by one through
+    :meth:`ControlTask.rollout` where a task does not have it."""
+
+    def rollout_members(
+        self,
+        net: Any,
+        members: Sequence[Any],
+        seeds: Sequence[int],
+        normalizer: ObsNormalizer,
+        *,
+        conditions: Sequence[str],
+        stats: Optional[Sequence[ObsStats]] = None,
+    ) -> np.ndarray:
+        """Returns (``P x C x E``): each of the ``P`` parameter sets ``members`` played on the
+        ``E`` ``seeds`` in each of the ``C`` ``conditions``, member ``k``'s returns equal to
+        ``rollout(net, members[k], seeds, ..., condition=c)``'s up to float rounding; with
+        ``stats`` (one per member) the observations member ``k`` saw are added to ``stats[k]``."""
         ...

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from hybridopt.snn.catalogue import PROJECTIONS
-from hybridopt.snn.step import StepConstants, members_step, stack_members
+from hybridopt.snn.step import MembersStep, stack_members
 from hybridopt.tasks.base import EVAL_SEED_OFFSET, ObsNormalizer, ObsStats, Rollout, eval_seeds
 from hybridopt.tasks.conditions import (
     CONDITIONS,
@@ -210,7 +210,7 @@ class Locomotion:
         """Returns (``P x C x E``) of ``P`` parameter sets (``members``, one network structure:
         ``net``'s), each played on the ``E`` ``seeds`` in each of the ``C`` ``conditions``, all
         ``P C E`` episodes side by side: one network step per control step for the whole
-        population (:func:`~hybridopt.snn.step.members_step`), then one MuJoCo step per episode.
+        population (:class:`~hybridopt.snn.step.MembersStep`), then one MuJoCo step per episode.
         Member ``k``'s returns are ``rollout(net, members[k], seeds, ..., condition=c)``'s for
         each ``c`` with the reference kernel, up to the float rounding of a batched product
         (which a long episode can amplify), and do not depend on the other members.  With
@@ -235,7 +235,7 @@ class Locomotion:
         seen = np.zeros(M)
         total = np.zeros_like(obs)
         total_sq = np.zeros_like(obs)
-        consts = StepConstants.of(net.spec)
+        step = MembersStep(params, net.spec)
         for _ in range(c.episode_steps):
             if stats is not None:
                 seen += alive
@@ -244,7 +244,7 @@ class Locomotion:
             x = torch.from_numpy(normalizer.normalize(obs, c.obs_clip).astype(np.float32))
             if c.obs_gain != 1.0:
                 x = x * c.obs_gain
-            y, _, state = members_step(params, net.spec, x.unsqueeze(1), state, consts)
+            y, _, state = step(x.unsqueeze(1), state)
             action = self.decode(y[:, 0]).numpy()
             for m in np.flatnonzero(alive):
                 o, r, terminated, truncated, _ = envs[m].step(action[m])

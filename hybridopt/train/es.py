@@ -53,7 +53,7 @@ from hybridopt.evo import PGPE, SNES, Problem, SolutionBatch
 from hybridopt.snn.kernels import KernelBudget
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import EVAL_SEED_OFFSET, make_task
-from hybridopt.tasks.base import ControlTask, ObsNormalizer, ObsStats
+from hybridopt.tasks.base import ControlTask, ObsNormalizer, ObsStats, PopulationControlTask
 from hybridopt.train.policy_eval import evaluate_policy
 from hybridopt.train.result import ProgressEvent, ProgressFn, TrainResult, TrainState
 from hybridopt.train.search_scale import group_masks, search_stdev, searched
@@ -132,10 +132,9 @@ def _play_all(
     task: ControlTask, net: PlasticSNN, solutions: list[torch.Tensor], seeds: list[int], normalizer: ObsNormalizer
 ) -> list[tuple[float, ObsStats]]:
     """:func:`_play` for every sample; where the task plays many parameter sets side by side
-    (``rollout_members``), all samples' episodes are stepped together (the same fitness up to the
+    (:class:`PopulationControlTask`), all samples' episodes are stepped together (the same fitness up to the
     float rounding of the batched step, whatever the samples it is played with)."""
-    rollout_members = getattr(task, "rollout_members", None)
-    if rollout_members is None:
+    if not isinstance(task, PopulationControlTask):
         return [_play(task, net, x, seeds, normalizer) for x in solutions]
     searched_params = _searched(task, net)
     members = []
@@ -143,7 +142,7 @@ def _play_all(
         vector_to_parameters(x, searched_params)
         members.append(tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, net.params()))
     stats = [ObsStats.empty(task.n_in) for _ in solutions]
-    returns = rollout_members(net, members, seeds, normalizer, conditions=task.cfg.train_conditions, stats=stats)
+    returns = task.rollout_members(net, members, seeds, normalizer, conditions=task.cfg.train_conditions, stats=stats)
     # the mean over the conditions of the mean over the seeds, as _play takes it
     return [(float(np.mean([r.mean() for r in per])), st) for per, st in zip(returns, stats)]
 

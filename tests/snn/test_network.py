@@ -363,8 +363,8 @@ def _perturbed(net: PlasticSNN, k: int):
     ],
     ids=["static", "mixed", "bcm-filtered", "abcd-scalar-eta"],
 )
-def test_members_step_equals_each_member_stepped_alone(projections):
-    from hybridopt.snn.step import StepConstants, members_step, network_step, stack_members
+def test_members_stepped_together_equal_each_member_stepped_alone(projections):
+    from hybridopt.snn.step import MembersStep, StepConstants, network_step, stack_members
 
     net = PlasticSNN(_spec(**projections), seed=3)
     M, B = 3, 2
@@ -373,10 +373,11 @@ def test_members_step_equals_each_member_stepped_alone(projections):
     state = stack_members([net.initial_state(B)] * M)
     alone = [net.initial_state(B) for _ in range(M)]
     consts = StepConstants.of(net.spec)
+    step = MembersStep(params, net.spec, consts)  # built once, stepped through the whole sequence
     x = torch.stack([_input(B, seed=k) for k in range(M)])  # M x B x T x N_in
     with torch.inference_mode():
         for t in range(STEPS):
-            y, s, state = members_step(params, net.spec, x[:, :, t], state, consts)
+            y, s, state = step(x[:, :, t], state)
             for k in range(M):
                 yk, sk, alone[k] = network_step(members[k], net.spec, x[k, :, t], alone[k], None, consts)
                 # the same operations; a batched product may sum in another order (float rounding)

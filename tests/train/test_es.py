@@ -254,6 +254,39 @@ def test_a_sample_plays_every_training_condition_and_its_observations_count():
     assert stats.count == sum(r.steps for r in per)
 
 
+class _OneAtATime:
+    """The locomotion task seen through :class:`ControlTask` alone (no side-by-side play)."""
+
+    def __init__(self, task):
+        self._task = task
+        self.name, self.n_in, self.n_out, self.cfg = task.name, task.n_in, task.n_out, task.cfg
+
+    def rollout(self, *args, **kwargs):
+        return self._task.rollout(*args, **kwargs)
+
+
+def test_a_generation_is_played_side_by_side_where_the_task_can_and_one_by_one_where_not():
+    from hybridopt.tasks.base import ControlTask, PopulationControlTask
+    from hybridopt.train.es import _play, _play_all
+
+    task, net = build_policy(_dist([]))
+    narrow = _OneAtATime(task)
+    assert isinstance(task, PopulationControlTask)
+    assert isinstance(narrow, ControlTask) and not isinstance(narrow, PopulationControlTask)
+    norm = ObsNormalizer.identity(task.n_in)
+    center = parameters_to_vector(net.parameters()).clone()
+    gen = torch.Generator().manual_seed(1)
+    samples = [center + 0.05 * torch.randn(center.shape, generator=gen) for _ in range(3)]
+    alone = [_play(task, net, x, [5], norm) for x in samples]
+    one_by_one = _play_all(narrow, net, samples, [5], norm)
+    together = _play_all(task, net, samples, [5], norm)
+    assert [f for f, _ in one_by_one] == [f for f, _ in alone]  # the same path, exactly
+    assert len({f for f, _ in alone}) == 3  # the samples differ
+    for (f, st), (fa, sta) in zip(together, alone):
+        assert f == pytest.approx(fa, rel=1e-3)  # float rounding of the batched step only
+        assert st.count == sta.count
+
+
 def test_a_train_run_logs_the_returns_figure_and_report_draws_it(tmp_path):
     from hybridopt.api import train
     from hybridopt.results.report import write_report
