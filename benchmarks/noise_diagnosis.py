@@ -37,10 +37,15 @@ trained and measured under noise everywhere:
 
     python benchmarks/noise_diagnosis.py --minutes 3          # ~32 CPU-minutes (10 trainings)
     python benchmarks/noise_diagnosis.py --minutes 0.1 --episodes 64 --out /tmp/nd   # a dry run
+    python benchmarks/noise_diagnosis.py --weights searched=mlruns/<exp>/<run>/artifacts/weights.pt
 
 ``--continued`` adds two runs of twice the budget: the clean-trained network trained on for
 ``--minutes`` under noise everywhere (a one-step noise curriculum), against the noise-trained one
-trained on as long.  Trained weights are kept under ``--out`` and reused (``--retrain`` trains again).  ``--lock PATH``
+trained on as long.  ``--weights NAME=PATH`` (repeatable) measures networks trained elsewhere (a
+``weights.pt`` a train run or a search wrote: a search's winner) instead of training any: the same
+channel-group columns, noise 0 / 0.1 / 0.2 / 0.3 on every channel beside the observer, and the
+probes, clean and under noise everywhere; evaluation only, a few CPU-seconds a network.
+Trained weights are kept under ``--out`` and reused (``--retrain`` trains again).  ``--lock PATH``
 takes an exclusive ``flock`` on PATH around each heavy piece (a machine shared by several users).
 """
 
@@ -67,6 +72,7 @@ from hybridopt.snn.plasticity import MODES, RULES, Activity, modulator_signal
 from hybridopt.tasks import make_task
 from hybridopt.tasks.base import observer_accuracy
 from hybridopt.train.gradient import build
+from hybridopt.train.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_SEED = 7_000_001  # test episodes: above the evaluation seeds, below nothing training draws
@@ -322,30 +328,77 @@ def probe(net: Any, task: Any, clean_task: Any, episodes: int, seed: int) -> dic
     return out
 
 
+PROBE_HEAD = (
+    "| trained / measured | proj | rate | M fb+ | M fb- | M ok | M wrong | M sd out | sep | size aM / b "
+    "| mean abs H t1 / t6 / t12 | clip | noise share | H rows cue / mk / fb |"
+)
+
+
+def probe_row(label: str, n: str, p: Probe) -> str:
+    sep = (p.m_present - p.m_absent) / p.m_sd_out if p.m_sd_out > 0 else math.nan
+    share = f"{p.noise_share:.2f}" if p.noise_share is not None else "-"
+    rows = " / ".join(f"{r:.2f}" for r in p.rows) if p.rows is not None else "-"
+    return (
+        f"| {label} | {n} | {p.rate:.3f} | {p.m_present:+.3f} | {p.m_absent:+.3f} "
+        f"| {p.m_right:+.3f} | {p.m_wrong:+.3f} | {p.m_sd_out:.3f} | {sep:+.2f} "
+        f"| {p.gain_mod:.4f} / {p.gain_const:.4f} "
+        f"| {' / '.join(f'{h:.3f}' for h in p.h_trials)} | {p.clip:.3f} | {share} | {rows} |"
+    )
+
+
 def probe_table(args: argparse.Namespace, network: str) -> list[str]:
     cases = [("nowhere", m) for m in ("nowhere", "cue", "feedback", "everywhere")]
     cases += [("everywhere", "everywhere"), ("everywhere", "nowhere")]
-    head = (
-        "| trained / measured | proj | rate | M fb+ | M fb- | M ok | M wrong | M sd out | sep | size aM / b "
-        "| mean abs H t1 / t6 / t12 | clip | noise share | H rows cue / mk / fb |"
-    )
-    lines = [f"**{network}**: probes on {args.probe_episodes} test episodes", "", head, "|---" * 14 + "|"]
+    lines = [f"**{network}**: probes on {args.probe_episodes} test episodes", "", PROBE_HEAD, "|---" * 14 + "|"]
     clean_task = make_task(config(network, "nowhere", args.noise).task)
     for trained, measured in cases:
         with locked(args.lock):
             net, _ = load(args.out, network, trained, args.noise)
             task = make_task(config(network, measured, args.noise).task)
             probes = probe(net, task, clean_task, args.probe_episodes, TEST_SEED)
-        for n, p in probes.items():
-            sep = (p.m_present - p.m_absent) / p.m_sd_out if p.m_sd_out > 0 else math.nan
-            share = f"{p.noise_share:.2f}" if p.noise_share is not None else "-"
-            rows = " / ".join(f"{r:.2f}" for r in p.rows) if p.rows is not None else "-"
-            lines.append(
-                f"| {trained} / {measured} | {n} | {p.rate:.3f} | {p.m_present:+.3f} | {p.m_absent:+.3f} "
-                f"| {p.m_right:+.3f} | {p.m_wrong:+.3f} | {p.m_sd_out:.3f} | {sep:+.2f} "
-                f"| {p.gain_mod:.4f} / {p.gain_const:.4f} "
-                f"| {' / '.join(f'{h:.3f}' for h in p.h_trials)} | {p.clip:.3f} | {share} | {rows} |"
-            )
+        lines += [probe_row(f"{trained} / {measured}", n, p) for n, p in probes.items()]
+    return lines
+
+
+def with_noise(task_cfg: Any, noise: float, groups: Optional[list[str]]) -> Any:
+    """A task built from ``task_cfg`` with ``noise`` on the channel groups ``groups`` (none: clean)."""
+    if groups is None:
+        return make_task(task_cfg.model_copy(update={"noise": 0.0}))
+    return make_task(task_cfg.model_copy(update={"noise": noise, "noise_on": list(groups)}))
+
+
+def weights_tables(args: argparse.Namespace, name: str, path: str) -> list[str]:
+    """A network trained elsewhere, measured under every condition and noise level, then probed."""
+    cfg, _, net = load_weights(path)
+    net.eval()
+    conds = list(CONDITIONS)
+    lines = [
+        f"**{name}** (`{path}`, trained at noise {cfg.task.noise:g}): measured on {args.episodes} fresh"
+        f" episodes (seed {TEST_SEED}); chance 0.5",
+        "",
+        "| | " + " | ".join(f"measured: {c}" for c in conds) + " |",
+        "|---|" + "---|" * len(conds),
+    ]
+    tasks = {c: with_noise(cfg.task, args.noise, CONDITIONS[c]) for c in conds}
+    with locked(args.lock):
+        lines.append(
+            f"| {name} | " + " | ".join(cell(*accuracy(net, tasks[c], args.episodes, TEST_SEED)) for c in conds) + " |"
+        )
+        lines.append(
+            "| *observer* | "
+            + " | ".join(cell(*observer_accuracy(tasks[c], args.episodes, TEST_SEED)) for c in conds)
+            + " |"
+        )
+        lines += ["", "| noise everywhere | network | observer |", "|---|---|---|"]
+        for q in (0.0, 0.1, 0.2, 0.3):
+            task = with_noise(cfg.task, q, CONDITIONS["everywhere"])
+            net_acc = cell(*accuracy(net, task, args.episodes, TEST_SEED))
+            lines.append(f"| {q:g} | {net_acc} | {cell(*observer_accuracy(task, args.episodes, TEST_SEED))} |")
+        clean = tasks["nowhere"]
+        probed = {m: probe(net, tasks[m], clean, args.probe_episodes, TEST_SEED) for m in ("nowhere", "everywhere")}
+    lines += ["", f"probes on {args.probe_episodes} test episodes", "", PROBE_HEAD, "|---" * 14 + "|"]
+    for measured, probes in probed.items():
+        lines += [probe_row(f"{name} / {measured}", n, p) for n, p in probes.items()]
     return lines
 
 
@@ -372,9 +425,22 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--continued", action="store_true", help="also train and measure the runs of CONTINUATIONS")
     ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("--weights", action="append", default=[], metavar="NAME=PATH", help="measure a trained network")
     ap.add_argument("--train-one", nargs=2, metavar=("NETWORK", "CONDITION"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.weights:
+        t0 = time.process_time()
+        lines = []
+        for item in args.weights:
+            name, _, path = item.partition("=")
+            lines += [*weights_tables(args, name, path), ""]
+        lines.append(f"(measurement: {(time.process_time() - t0) / 60:.2f} CPU-min)")
+        text = "\n".join(lines)
+        print(text)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "summary_weights.md").write_text(text + "\n")
+        return
     if args.train_one:
         train_one(*args.train_one, args.noise, args.minutes, args.out)
         return
