@@ -206,6 +206,14 @@ def cell(m: float, se: float) -> str:
     return f"{m:.3f} ± {se:.3f}"
 
 
+def columns(lead: list[str], conds: list[str]) -> list[str]:
+    """A table's head: the ``lead`` columns, then one per condition measured under."""
+    return [
+        "| " + " | ".join(lead + [f"measured: {c}" for c in conds]) + " |",
+        "|" + "---|" * (len(lead) + len(conds)),
+    ]
+
+
 def accuracy_table(args: argparse.Namespace, network: str) -> list[str]:
     """Rows: trained under each condition; columns: measured under each; then the observer."""
     conds = list(CONDITIONS)
@@ -213,8 +221,7 @@ def accuracy_table(args: argparse.Namespace, network: str) -> list[str]:
         f"**{network}**: trained ({args.minutes:g} CPU-min each) under the row's noise, measured under the"
         f" column's on {args.episodes} fresh episodes (seed {TEST_SEED}); chance 0.5",
         "",
-        "| trained under | steps | CPU-min | " + " | ".join(f"measured: {c}" for c in conds) + " |",
-        "|---|---|---|" + "---|" * len(conds),
+        *columns(["trained under", "steps", "CPU-min"], conds),
     ]
     tasks = {c: make_task(config(network, c, args.noise).task) for c in conds}
     for trained in runs(args):
@@ -376,8 +383,7 @@ def weights_tables(args: argparse.Namespace, name: str, path: str) -> list[str]:
         f"**{name}** (`{path}`, trained at noise {cfg.task.noise:g}): measured on {args.episodes} fresh"
         f" episodes (seed {TEST_SEED}); chance 0.5",
         "",
-        "| | " + " | ".join(f"measured: {c}" for c in conds) + " |",
-        "|---|" + "---|" * len(conds),
+        *columns([""], conds),
     ]
     tasks = {c: with_noise(cfg.task, args.noise, CONDITIONS[c]) for c in conds}
     with locked(args.lock):
