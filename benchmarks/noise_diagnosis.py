@@ -278,7 +278,7 @@ def probe(net: Any, task: Any, clean_task: Any, episodes: int, seed: int) -> dic
         y, s, state = network_step(params, spec, x, state, None, consts)
         ys.append(y)
         spikes += s.mean().item() / T
-        features = torch.cat([x, s], dim=1)
+        features = torch.cat([x, s, y] if spec.modulator_reads_output else [x, s], dim=1)
         for n in names:
             p, ps = getattr(params, n), spec.projection(n)
             M, _ = modulator_signal(features, p.w_M, p.b_M, getattr(old, n).drive, ps.modulator_tau)

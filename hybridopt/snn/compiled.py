@@ -63,6 +63,7 @@ def structure_key(spec: NetworkSpec) -> tuple:
         spec.reset,
         spec.surrogate,
         spec.slope,
+        spec.modulator_reads_output,
         tuple((p.rule, p.modulation, p.h_max) for p in (spec.input, spec.recurrent, spec.readout)),
     )
 

@@ -6,7 +6,8 @@ leaky-integrator readout ``y`` (``B x N_out``)::
     I_t = x_t (W_in + alpha_in ⊙ H_in) + s_{t-1} (W + alpha ⊙ H) + b
     s_t = LIF(I_t)                                   (see ``neurons.lif_step``)
     y_t = kappa * y_{t-1} + s_t (W_out + alpha_out ⊙ H_out) + b_out
-    M_t = tanh(w_M · [x_t, s_t] + b_M)               (per modulated projection)
+    M_t = tanh(w_M · [x_t, s_t] + b_M)               (per modulated projection;
+                                                      [x_t, s_t, y_t] with modulator_reads_output)
 
 then each plastic projection updates its ``H`` from its own pre/post activity: input
 ``(x_t, s_t)``, recurrent ``(s_{t-1}, s_t)``, readout ``(s_t, tanh(y_t))``.  A projection
@@ -68,7 +69,14 @@ class _Projection(nn.Module):
     the modulator's ``w_M``/``b_M`` when modulated, and the rule's own coefficients."""
 
     def __init__(
-        self, n_pre: int, n_post: int, n_features: int, spec: ProjectionSpec, gain: float, gen: torch.Generator
+        self,
+        n_pre: int,
+        n_post: int,
+        n_features: int,
+        spec: ProjectionSpec,
+        gain: float,
+        gen: torch.Generator,
+        n_output_features: int = 0,
     ):
         super().__init__()
         self.spec = spec
@@ -83,7 +91,8 @@ class _Projection(nn.Module):
             setattr(self, p.name, nn.Parameter(torch.full((n_eta,) if p.per_post else (), float(p.init(spec)))))
             self.groups[p.name] = p.group
         if spec.modulated:
-            self.w_M = nn.Parameter(torch.randn(n_features, generator=gen) / math.sqrt(n_features))
+            w = torch.randn(n_features, generator=gen) / math.sqrt(n_features)
+            self.w_M = nn.Parameter(torch.cat([w, torch.zeros(n_output_features)]))  # the output's start at 0
             self.b_M = nn.Parameter(torch.zeros(()))
             self.groups |= {"w_M": "plasticity", "b_M": "plasticity"}
         initial = {**RULES[spec.rule].coefficients, **spec.coefficients}
@@ -115,10 +124,13 @@ class PlasticSNN(nn.Module):
         self.spec = spec
         gen = torch.Generator().manual_seed(seed)
         n_features = spec.n_in + spec.hidden
+        n_out_features = spec.n_out if spec.modulator_reads_output else 0
         gains = self.gains()
         self.projections = nn.ModuleDict(
             {
-                name: _Projection(*spec.shape(name), n_features, spec.projection(name), gains[name], gen)
+                name: _Projection(
+                    *spec.shape(name), n_features, spec.projection(name), gains[name], gen, n_out_features
+                )
                 for name in PROJECTIONS
             }
         )

@@ -103,7 +103,13 @@ class ProjectionSpec:
 @dataclass(frozen=True, config=_STRICT)
 class NetworkConfig:
     """The hidden LIF layer, the readout and how a sequence is differentiated (a config's
-    ``network`` section)."""
+    ``network`` section).
+
+    ``modulator_reads_output``: every neuromodulator also reads the network's output, its
+    drive ``w_M . [x_t, s_t, y_t] + b_M`` (the output's weights start at zero).  With a learned
+    weight on ``y_t`` the modulator can carry a prediction error, feedback minus the network's
+    own answer, and a modulated update ``eta(t) D`` becomes error-driven (a delta rule) rather
+    than Hebbian: it stops changing ``H`` once the answer is right."""
 
     hidden: Annotated[int, Field(ge=1, le=8192)] = 64
     beta: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
@@ -115,6 +121,7 @@ class NetworkConfig:
     input_gain: Positive = 1.0
     recurrent_gain: Annotated[float, Field(ge=0.0)] = 0.5
     readout_gain: Positive = 1.0
+    modulator_reads_output: bool = False
     kernel: Kernel = "auto"
     compile: Compile = "auto"
 

@@ -162,9 +162,9 @@ def network_step(
     )
     s, lif = lif_step(current, state.lif, lif_p)
     y = c.readout_decay * state.y + _projection_forward(params.readout, s, state.readout, tp["readout"]) + params.b_out
-    features = (
-        torch.cat([x, s], dim=1) if (spec.input.modulated or spec.recurrent.modulated or spec.readout.modulated) else s
-    )
+    features = s
+    if spec.input.modulated or spec.recurrent.modulated or spec.readout.modulated:
+        features = torch.cat([x, s, y] if spec.modulator_reads_output else [x, s], dim=1)
     pre_post = {
         "input": (x, s),
         "recurrent": (s_prev, s),

@@ -7,10 +7,13 @@
 //   v_t   = beta v_{t-1} (1 - s_{t-1}) + I_t     or   beta v_{t-1} - theta s_{t-1} + I_t
 //   s_t   = Heaviside(v_t - theta)                (backward: the surrogate derivative)
 //   y_t   = kappa y_{t-1} + s_t (W_out + alpha_out . H_out) + b_out
-//   M_t   = tanh(w_M . [x_t, s_t] + b_M)          (per modulated projection)
+//   M_t   = tanh(w_M . [x_t, s_t] + b_M)          (per modulated projection; [x_t, s_t, y_t]
+//                                                   when it reads the output: w_M_y set)
 //      or   zbar_t = zbar_{t-1} + (w_M . [x_t, s_t] + b_M - zbar_{t-1}) / tau_M,  M_t = tanh(zbar_t)
 //   xpre  = lambda xpre + pre,  xpost = lambda xpost + post
 //   D     = rule(xpre, xpost, pre, post, H_{t-1}, phi_{t-1})
+//           (ABCD: A_ij xpre_i xpost_j + B_ij xpre_i + C_ij xpost_j + D_ij, a coefficient of each
+//            kind per synapse)
 //   U     = H + gain . D   or   E <- (1 - c) E + c D,  U = H + M E
 //   H_t   = clip(U, -h_max, h_max)
 //   phi_t = phi_{t-1} + (xpost^2 - phi_{t-1}) / tau
@@ -35,14 +38,16 @@
 
 namespace {
 
-enum Rule : int32_t { NONE = 0, HEBBIAN = 1, OJA = 2, BCM = 3, STDP = 4 };
+enum Rule : int32_t { NONE = 0, HEBBIAN = 1, OJA = 2, BCM = 3, STDP = 4, ABCD = 5 };
 enum Mode : int32_t { PLAIN = 0, NEUROMOD = 1, RETRO = 2 };
 
 struct Proj {
   int32_t rule, mode, n_pre, n_post, n_eta, c_inside, tau_inside, pad;
   double h_max, lam, c, a_plus, a_minus, tau, mtau;  // mtau: the modulator's filter (zb: its state)
   // parameters
-  const void *alpha, *eta, *mod_a, *mod_b, *w_M_s, *zx;  // zx: T x B, x . w_M[:n_in] + b_M
+  // zx: T x B, x . w_M[:n_in] + b_M; w_M_s, w_M_y: w_M's parts on s and y (w_M_y null: not read)
+  const void *alpha, *eta, *mod_a, *mod_b, *w_M_s, *w_M_y, *zx;
+  const void *cA, *cB, *cC, *cD;  // ABCD: the per-synapse coefficients (I x J each)
   // state: read at start, written at the end (H, E: B x I x J; traces B x I, B x J; phi B x J)
   void *H, *E, *xpre, *xpost, *phi, *zb;
   // tape: xpre_all T x B x I, xpost_all T x B x J, phi_all T x B x J (before the step), M_all T x B,
@@ -52,6 +57,7 @@ struct Proj {
   void *gH, *gE, *gxpre, *gxpost, *gphi, *gzb;
   // backward: gradients of the parameters (accumulated) and of the modulator's drive (T x B)
   void *g_alpha, *g_eta, *g_mod_a, *g_mod_b, *g_z;
+  void *g_cA, *g_cB, *g_cC, *g_cD;  // ABCD (accumulated, I x J each)
   double g_c, g_a_plus, g_a_minus, g_tau;
 };
 
@@ -201,7 +207,8 @@ struct Seq {
 
 #define HYB_RULES_MODES(X) \
   X(HEBBIAN, PLAIN) X(HEBBIAN, NEUROMOD) X(HEBBIAN, RETRO) X(OJA, PLAIN) X(OJA, NEUROMOD) X(OJA, RETRO) \
-  X(BCM, PLAIN) X(BCM, NEUROMOD) X(BCM, RETRO) X(STDP, PLAIN) X(STDP, NEUROMOD) X(STDP, RETRO)
+  X(BCM, PLAIN) X(BCM, NEUROMOD) X(BCM, RETRO) X(STDP, PLAIN) X(STDP, NEUROMOD) X(STDP, RETRO) \
+  X(ABCD, PLAIN) X(ABCD, NEUROMOD) X(ABCD, RETRO)
 
   // The B x I x J update of projection k at step t, H_in -> H_out, E_in -> E_out (distinct
   // buffers); traces, phi (before the step) and M from the tape.
@@ -235,12 +242,20 @@ struct Seq {
         const T* __restrict__ Hi = H_in + row;
         T* __restrict__ Ho = H_out + row;
         const T xi = xpre_t[(size_t)b * I + i], si = pre[(size_t)b * I + i];
+        const size_t ij = (size_t)i * J;  // ABCD: the row's coefficients (read only by that family)
+        const bool abcd = R == ABCD;
+        const T *__restrict__ cA = abcd ? c(p.cA) + ij : nullptr, *__restrict__ cB = abcd ? c(p.cB) + ij : nullptr;
+        const T *__restrict__ cC = abcd ? c(p.cC) + ij : nullptr, *__restrict__ cD = abcd ? c(p.cD) + ij : nullptr;
+        auto D_at = [&](int j) HYB_INLINE {
+          if constexpr (R == ABCD) return cA[j] * (xi * yq[j]) + cB[j] * xi + cC[j] * yq[j] + cD[j];
+          else return rule_D<R>(xi, si, yq[j], so[j], Hi[j], q[j], ap, am);
+        };
         if constexpr (M == RETRO) {
           const T* __restrict__ Ei = E_in + row;
           T* __restrict__ Eo = E_out + row;
 #pragma omp simd
           for (int j = 0; j < J; ++j) {
-            const T D = rule_D<R>(xi, si, yq[j], so[j], Hi[j], q[j], ap, am);
+            const T D = D_at(j);
             const T e = (T(1) - cc) * Ei[j] + cc * D;
             Eo[j] = e;
             const T u = Hi[j] + Mb * e;
@@ -249,7 +264,7 @@ struct Seq {
         } else {
 #pragma omp simd
           for (int j = 0; j < J; ++j) {
-            const T D = rule_D<R>(xi, si, yq[j], so[j], Hi[j], q[j], ap, am);
+            const T D = D_at(j);
             const T u = Hi[j] + gain[j] * D;
             Ho[j] = std::min(std::max(u, -h), h);
           }
@@ -399,6 +414,10 @@ struct Seq {
         T z = c(p.zx)[(size_t)t * B + b];
 #pragma omp simd reduction(+ : z)
         for (int j = 0; j < N; ++j) z += s[(size_t)b * N + j] * w[j];
+        if (p.w_M_y) {
+          const T* y = y_at(t) + (size_t)b * nout;
+          for (int o = 0; o < nout; ++o) z += y[o] * c(p.w_M_y)[o];
+        }
         if (p.zb) {  // the filtered drive
           T* zb = m(p.zb);
           zb[b] = zb[b] + (z - zb[b]) / T(p.mtau);
@@ -546,6 +565,8 @@ struct Seq {
       // every family's D is a sum of pre x post outer products (Oja's also times H):
       //   P_j = sum_i gX_ij xpre_i,  Q_j = sum_i gX_ij s_pre_i (STDP),  Z_j = sum_i gX_ij H_ij (Oja),
       //   sum_i gX_ij D_ij = ypart_j (from P, Q, Z),  d xpre_i = sum_j gX_ij gain_j w_j.
+      // ABCD's coefficients differ per synapse, so its D is rebuilt in the pass (into Z) and the
+      // gradient on xpost summed there (into Y), beside its coefficients' own gradients.
       for (int j = 0; j < J; ++j) {
         const T w = R == HEBBIAN ? yq[j] : (R == STDP ? so[j] : q[j]);
         wR[j] = gain[j] * w;
@@ -568,6 +589,12 @@ struct Seq {
         const T* __restrict__ Al = c(p.alpha) + (size_t)i * J;
         T* __restrict__ gal = m(p.g_alpha) + (size_t)i * J;
         const T* __restrict__ gn = F > 0 ? g_next + (size_t)b * J : nullptr;
+        const bool abcd = R == ABCD;  // the row's coefficients and their gradients
+        const size_t ij = (size_t)i * J;
+        const T *__restrict__ cA = abcd ? c(p.cA) + ij : nullptr, *__restrict__ cB = abcd ? c(p.cB) + ij : nullptr;
+        const T *__restrict__ cC = abcd ? c(p.cC) + ij : nullptr, *__restrict__ cD = abcd ? c(p.cD) + ij : nullptr;
+        T *__restrict__ gcA = abcd ? m(p.g_cA) + ij : nullptr, *__restrict__ gcB = abcd ? m(p.g_cB) + ij : nullptr;
+        T *__restrict__ gcC = abcd ? m(p.g_cC) + ij : nullptr, *__restrict__ gcD = abcd ? m(p.g_cD) + ij : nullptr;
         // A row whose input is silent at t + 1 adds nothing to the next step's current, whose
         // part (a read-modify-write of g_alpha) is then left out of the row's pass.
         // The row sums are kept per vector lane and folded in a tree at the end of the row (an
@@ -593,8 +620,19 @@ struct Seq {
               gX = gU;
             }
             g[j] = R == OJA ? gU + gX * hs[j] : gU;
-            Y[j] += gX * xi;
-            aRs[l] += gX * wR[j];
+            if constexpr (R == ABCD) {  // D_ij = A xpre_i xpost_j + B xpre_i + C xpost_j + D, per synapse
+              const T y = yq[j], gD = gX * gain[j];
+              aRs[l] += gD * (cA[j] * y + cB[j]);
+              Y[j] += gD * (cA[j] * xi + cC[j]);                               // on xpost_j
+              Z[j] += gX * (cA[j] * (xi * y) + cB[j] * xi + cC[j] * y + cD[j]);  // sum_i gX_ij D_ij
+              gcA[j] += gD * (xi * y);
+              gcB[j] += gD * xi;
+              gcC[j] += gD * y;
+              gcD[j] += gD;
+            } else {
+              Y[j] += gX * xi;
+              aRs[l] += gX * wR[j];
+            }
             if constexpr (R == OJA) Z[j] += gX * Hp[j];
             if constexpr (R == STDP) {
               Y2[j] += gX * si;
@@ -647,6 +685,9 @@ struct Seq {
           sum_gD = q[j] * P;
           gpo[j] = gP * (T(2) * y - phi_t[(size_t)b * J + j]);
           gph[j] = -gP * y;
+        } else if constexpr (R == ABCD) {  // (Y: the gradient on xpost, gain included; Z: sum_i gX D)
+          sum_gD = Z[j];
+          gpo[j] = P;
         } else {  // STDP: the post spike a+ gain P, xpost -a- gain Q
           const T gQ = gain[j] * Y2[j];
           sum_gD = ap * (so[j] * P) - am * (y * Y2[j]);
@@ -819,6 +860,8 @@ struct Seq {
               }
               gz[b] = g;
               for (int j = 0; j < N; ++j) gs[(size_t)b * N + j] += g * w[j];
+              if (p.w_M_y)  // y_t's part of the drive (gy: the gradient on y_t, not yet used)
+                for (int o = 0; o < nout; ++o) gy[(size_t)b * nout + o] += g * c(p.w_M_y)[o];
             }
           }
         }

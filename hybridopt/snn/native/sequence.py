@@ -9,7 +9,8 @@ weights' gradients over the non-zero rows of their inputs as it goes (spikes are
     dW_in = sum_t x_t^T g_t      dW = sum_t s_{t-1}^T g_t      dW_out = sum_t s_t^T gy_t
 
 (``g_t``: the gradient on the hidden current, ``gy_t`` on the readout); a modulator's
-``dw_M = sum_t [x_t, s_t]^T gz_t`` (``gz_t`` on its drive) is one matrix product here.  The
+``dw_M = sum_t [x_t, s_t]^T gz_t`` (``gz_t`` on its drive; ``[x_t, s_t, y_t]`` where the modulator
+reads the output) is one matrix product here.  The
 values are the reference's up to float rounding: the same operations per element, with sums in
 another order.  Runs on CPU tensors of float32 or float64 with the built-in rule
 families and modes (:data:`NATIVE_RULES`, :data:`NATIVE_MODES`).
@@ -38,13 +39,14 @@ if TYPE_CHECKING:
 
 __all__ = ["NATIVE_MODES", "NATIVE_RULES", "native_sequence", "supports"]
 
-NATIVE_RULES = {"hebbian": 1, "oja": 2, "bcm": 3, "stdp": 4}
+NATIVE_RULES = {"hebbian": 1, "oja": 2, "bcm": 3, "stdp": 4, "abcd": 5}
+_ABCD = ("A", "B", "C", "D")
 NATIVE_MODES = {"plain": 0, "neuromodulated": 1, "retroactive": 2}
 _SURROGATES = {"fast_sigmoid": 0, "arctan": 1}
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 # per plastic projection: the inputs after the shared ones, in this order (None where unused)
-_P_IN = ("alpha", "eta", "mod_a", "mod_b", "eta_E", "w_M", "b_M", "a_plus", "a_minus", "tau_phi",
+_P_IN = ("alpha", "eta", "mod_a", "mod_b", "eta_E", "w_M", "b_M", "a_plus", "a_minus", "tau_phi", *_ABCD,
          "H", "pre_trace", "post_trace", "E", "phi", "drive")  # fmt: skip
 
 
@@ -138,6 +140,7 @@ class _NativeSequence(torch.autograd.Function):
             p.n_pre, p.n_post = n_pre, n_post
             p.h_max, p.lam, p.mtau = meta.h_max[k], meta.lam[k], float(ps.modulator_tau)
             tp: dict[str, Optional[Tensor]] = {n: _c(a[n]) for n in ("alpha", "eta", "mod_a", "mod_b")}
+            tp |= {f"c{n}": _c(a[n]) for n in _ABCD}
             p.n_eta = (tp["eta"] if tp["eta"] is not None else tp["mod_a"]).numel() if p.mode != 2 else 1
             if a["eta_E"] is not None:
                 e = float(a["eta_E"])
@@ -149,7 +152,8 @@ class _NativeSequence(torch.autograd.Function):
                 p.a_plus, p.a_minus = float(a["a_plus"]), float(a["a_minus"])
             if a["w_M"] is not None:
                 w = a["w_M"].detach()
-                tp["w_M_s"] = w[n_in:].contiguous()
+                tp["w_M_s"] = w[n_in : n_in + N].contiguous()
+                tp["w_M_y"] = w[n_in + N :].contiguous() if spec.modulator_reads_output else None
                 zx = torch.mv(xT.view(T * B, n_in), w[:n_in], out=new(T * B)).add_(a["b_M"].detach())
                 tp["zx"] = zx.view(T, B)
                 tp["M_all"] = new(T, B)
@@ -162,8 +166,9 @@ class _NativeSequence(torch.autograd.Function):
             tp["H_ck"] = new(n_ck, B, n_pre, n_post) if meta.store else None
             tp["E_ck"] = new(n_ck, B, n_pre, n_post) if meta.store and st["E"] is not None else None
             for name, t in tp.items():
-                if name in ("alpha", "eta", "mod_a", "mod_b", "w_M_s", "zx", "H", "E", "xpre", "xpost", "phi", "zb",
-                            "xpre_all", "xpost_all", "phi_all", "M_all", "H_ck", "E_ck"):  # fmt: skip
+                if name in ("alpha", "eta", "mod_a", "mod_b", "w_M_s", "w_M_y", "zx", "cA", "cB", "cC", "cD", "H",
+                            "E", "xpre", "xpost", "phi", "zb", "xpre_all", "xpost_all", "phi_all", "M_all", "H_ck",
+                            "E_ck"):  # fmt: skip
                     setattr(p, name, _ptr(t))
             # the final state is an output: the context keeps only its shapes (an output held by the
             # node that made it would be a reference cycle through C++, never freed)
@@ -178,7 +183,7 @@ class _NativeSequence(torch.autograd.Function):
             tape.give_back()
         ctx.meta, ctx.net, ctx.tapes, ctx.keep, ctx.borrowed = meta, net, tapes, consts_keep, tape
         ctx.v_all, ctx.pf = v_all, [None if t is None else t.detach() for t in pf]
-        ctx.s_all = s_all  # not an output itself (its view is): no cycle
+        ctx.s_all, ctx.y_all = s_all, y_all  # not outputs themselves (their views are): no cycle
         ys, ss = y_all.transpose(0, 1), s_all.transpose(0, 1)
         return (ys, ss, v_all[-1].clone(), s_all[-1].clone(), y_all[-1].clone(), *finals)
 
@@ -226,17 +231,20 @@ class _NativeSequence(torch.autograd.Function):
                 "mod_b": None if tp["mod_b"] is None else torch.zeros_like(tp["mod_b"]),
                 "z": torch.zeros(T, B, dtype=dt) if tp.get("M_all") is not None else None,
             }
+            g |= {f"c{n}": None if tp[f"c{n}"] is None else torch.zeros_like(tp[f"c{n}"]) for n in _ABCD}
             p.gH, p.gE, p.gxpre, p.gxpost, p.gphi, p.gzb = map(
                 _ptr, (g["H"], g["E"], g["xpre"], g["xpost"], g["phi"], g["drive"])
             )
             p.g_alpha, p.g_eta, p.g_mod_a, p.g_mod_b, p.g_z = map(
                 _ptr, (g["alpha"], g["eta"], g["mod_a"], g["mod_b"], g["z"])
             )
+            p.g_cA, p.g_cB, p.g_cC, p.g_cD = (_ptr(g[f"c{n}"]) for n in _ABCD)
             p.g_c = p.g_a_plus = p.g_a_minus = p.g_tau = 0.0
             grads[k] = g
         getattr(lib, f"hyb_backward_{_DTYPES[dt]}")(ctypes.byref(net))
 
         X, S = xT.view(T * B, n_in), s_all.view(T * B, N)
+        features = (X, S, ctx.y_all.view(T * B, n_out)) if meta.spec.modulator_reads_output else (X, S)
         gW_in, gb_hid, gW_rec, gW_out, gb_out = dense
         out: list[Optional[Tensor]] = [None, gW_in, gW_rec, gW_out, gb_hid, gb_out, gv, gs, gy]  # x: none
         pf = ctx.pf
@@ -251,11 +259,12 @@ class _NativeSequence(torch.autograd.Function):
                 g["mod_a"],
                 g["mod_b"],
                 None if a["eta_E"] is None else scalar(p.g_c if p.c_inside else 0.0),
-                None if gz is None else torch.cat([X.t() @ gz.view(-1), S.t() @ gz.view(-1)]),
+                None if gz is None else torch.cat([f.t() @ gz.view(-1) for f in features]),
                 None if gz is None else gz.sum(),
                 None if a["a_plus"] is None else scalar(p.g_a_plus),
                 None if a["a_minus"] is None else scalar(p.g_a_minus),
                 None if a["tau_phi"] is None else scalar(p.g_tau),
+                *(g[f"c{n}"] for n in _ABCD),
                 g["H"],
                 g["xpre"],
                 g["xpost"],
@@ -289,7 +298,7 @@ def native_sequence(
         pp, st = getattr(params, name), getattr(state, name)
         m, c = pp.mod, pp.coeffs
         flat += [pp.alpha, m.eta, m.mod_a, m.mod_b, m.eta_E, pp.w_M, pp.b_M]
-        flat += [c.get("a_plus"), c.get("a_minus"), c.get("tau_phi")]
+        flat += [c.get("a_plus"), c.get("a_minus"), c.get("tau_phi"), *(c.get(n) for n in _ABCD)]
         drive = None
         if spec.projection(name).filtered:  # a state without the filter yet starts it from zero
             drive = st.drive if st.drive is not None else st.H.new_zeros(st.H.shape[0])
