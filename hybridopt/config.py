@@ -88,8 +88,8 @@ class ESConfig(Strict):
     over the flat vector of learned parameters.
 
     Weights and biases are sampled with stdev ``stdev``; plasticity coefficients (``alpha``,
-    ``eta``, ``mod_a``/``mod_b``, ``eta_E``, ``w_M``/``b_M`` and the rule's own coefficients,
-    the latter relative to their magnitude) with ``plastic_stdev``: perturbed as much as the
+    ``eta``, ``mod_a``/``mod_b``, ``eta_E``, ``w_M``/``b_M``, a gate's ``w_G``/``b_G`` and the rule's
+    own coefficients, the latter relative to their magnitude) with ``plastic_stdev``: perturbed as much as the
     weights they drive ``H`` to its clip within a few steps.  PGPE samples antithetic pairs
     (``popsize`` even) and moves its centre with ``optimizer`` (ClipUp: step ``center_lr``,
     speed limit ``max_speed``, default ``2 * center_lr``).  Each sample plays

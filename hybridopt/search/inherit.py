@@ -6,7 +6,7 @@ every entry that still means the same thing:
 - ``weights``: every weight, bias and readout (and a policy's observation statistics) whose
   name and shape match;
 - ``<projection>.plasticity``: a projection's plastic coefficients (``alpha``, ``eta`` or the
-  modulator ``mod_a``/``mod_b``/``w_M``/``b_M``/``eta_E``, and the rule's own coefficients), only
+  modulator ``mod_a``/``mod_b``/``w_M``/``b_M``/``w_G``/``b_G``/``eta_E``, and the rule's own coefficients), only
   where the projection's rule family and modulation mode are the parent's, shapes matching.
 
 Whatever changed starts from the child config's own initialisation.  Training steps, CPU

@@ -7,7 +7,8 @@ leaky-integrator readout ``y`` (``B x N_out``)::
     s_t = LIF(I_t)                                   (see ``neurons.lif_step``)
     y_t = kappa * y_{t-1} + s_t (W_out + alpha_out ⊙ H_out) + b_out
     M_t = tanh(w_M · [x_t, s_t] + b_M)               (per modulated projection;
-                                                      [x_t, s_t, y_t] with modulator_reads_output)
+                                                      [x_t, s_t, y_t] with modulator_reads_output;
+                                                      times sigmoid(w_G · [...] + b_G) when gated)
 
 then each plastic projection updates its ``H`` from its own pre/post activity: input
 ``(x_t, s_t)``, recurrent ``(s_{t-1}, s_t)``, readout ``(s_t, tanh(y_t))``.  A projection
@@ -66,7 +67,7 @@ __all__ = [
 class _Projection(nn.Module):
     """Owns the learned tensors of one projection (see :class:`ProjectionSpec`): ``W``; when
     plastic, ``alpha``, the parameters its mode declares (:class:`~hybridopt.snn.modes.ModeParam`),
-    the modulator's ``w_M``/``b_M`` when modulated, and the rule's own coefficients."""
+    the modulator's ``w_M``/``b_M`` when modulated (and its gate's ``w_G``/``b_G``), and the rule's own coefficients."""
 
     def __init__(
         self,
@@ -95,6 +96,10 @@ class _Projection(nn.Module):
             self.w_M = nn.Parameter(torch.cat([w, torch.zeros(n_output_features)]))  # the output's start at 0
             self.b_M = nn.Parameter(torch.zeros(()))
             self.groups |= {"w_M": "plasticity", "b_M": "plasticity"}
+        if spec.gated:  # the gate starts at 1/2 everywhere (and draws nothing from the generator)
+            self.w_G = nn.Parameter(torch.zeros(n_features + n_output_features))
+            self.b_G = nn.Parameter(torch.zeros(()))
+            self.groups |= {"w_G": "plasticity", "b_G": "plasticity"}
         initial = {**RULES[spec.rule].coefficients, **spec.coefficients}
         shapes = {k: (n_pre, n_post) if k in RULES[spec.rule].per_synapse else () for k in initial}
         self.coeffs = nn.ParameterDict({k: nn.Parameter(torch.full(shapes[k], float(v))) for k, v in initial.items()})
@@ -110,6 +115,8 @@ class _Projection(nn.Module):
             coeffs=dict(self.coeffs.items()),
             w_M=getattr(self, "w_M", None),
             b_M=getattr(self, "b_M", None),
+            w_G=getattr(self, "w_G", None),
+            b_G=getattr(self, "b_G", None),
         )
 
 

@@ -26,6 +26,8 @@ neuromodulated  ``M_t = tanh(w_M · z_t + b_M)``; ``eta_j(t) = a_j M_t + b_j``; 
 retroactive     ``E <- (1 - eta_E) E + eta_E D``; ``H <- clip(H + M_t E)`` (eligibility trace)
 ==============  ==============================================================================
 
+(a gated modulator is ``sigmoid(w_G · z_t + b_G) tanh(w_M · z_t + b_M)``: see :func:`modulator_signal`)
+
 Both tables are registries: :data:`RULES` in :mod:`hybridopt.snn.rules` (a new family is one
 function plus one :func:`register_rule` call) and :data:`MODES` in :mod:`hybridopt.snn.modes`;
 this module re-exports both and holds what a projection does with them.  Nothing here holds
@@ -108,7 +110,13 @@ def clip_state(U: Tensor, h_max: float) -> Tensor:
 
 # --------------------------------------------------------------------------- a plastic projection
 def modulator_signal(
-    features: Tensor, w_M: Tensor, b_M: Tensor, drive: Optional[Tensor] = None, tau: float = 1.0
+    features: Tensor,
+    w_M: Tensor,
+    b_M: Tensor,
+    drive: Optional[Tensor] = None,
+    tau: float = 1.0,
+    w_G: Optional[Tensor] = None,
+    b_G: Optional[Tensor] = None,
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Neuromodulator ``M_t``, one scalar per sample (``B``), and the filter's new value.
 
@@ -116,12 +124,17 @@ def modulator_signal(
     steps, from the previous value ``zbar_{t-1}`` (``drive``)::
 
         zbar_t = zbar_{t-1} + (w_M · z_t + b_M - zbar_{t-1}) / tau,    M_t = tanh(zbar_t)
+
+    Gated (``w_G`` given), the same times a gate on the unfiltered features::
+
+        M_t = sigmoid(w_G · z_t + b_G) tanh(zbar_t)
     """
     z = features @ w_M + b_M
-    if drive is None:
-        return torch.tanh(z), None
-    zbar = drive + (z - drive) / tau
-    return torch.tanh(zbar), zbar
+    zbar = None if drive is None else drive + (z - drive) / tau
+    M = torch.tanh(z if zbar is None else zbar)
+    if w_G is not None:
+        M = torch.sigmoid(features @ w_G + b_G) * M
+    return M, zbar
 
 
 def plastic_current(pre: Tensor, W: Tensor, alpha: Optional[Tensor], H: Optional[Tensor]) -> Tensor:

@@ -57,7 +57,14 @@ class ProjectionSpec:
     ``modulator_tau`` (modulated modes): the neuromodulator's drive is low-pass filtered over
     that many steps before its ``tanh``, ``zbar_t = zbar_{t-1} + (w_M . z_t + b_M - zbar_{t-1}) / tau``,
     ``M_t = tanh(zbar_t)``, so that it follows a count of its inputs rather than each step's
-    spikes; ``1`` (the default) is the unfiltered ``M_t = tanh(w_M . z_t + b_M)``."""
+    spikes; ``1`` (the default) is the unfiltered ``M_t = tanh(w_M . z_t + b_M)``.
+
+    ``modulator_gate`` (modulated modes): the neuromodulator is a product, a gate that says
+    *when* times the (filtered) signal that says *how much*,
+    ``M_t = sigmoid(w_G . z_t + b_G) tanh(zbar_t)``; the gate reads the same ``z_t`` unfiltered
+    and starts at ``1/2`` everywhere (``w_G = 0``, ``b_G = 0``).  A sum of its inputs cannot be
+    zero outside a window and signed within it (an error during feedback, nothing elsewhere); a
+    product can."""
 
     rule: str = "none"
     modulation: str = "plain"
@@ -68,6 +75,7 @@ class ProjectionSpec:
     h_max: Positive = 1.0
     trace_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.8
     modulator_tau: Annotated[float, Field(ge=1.0)] = 1.0
+    modulator_gate: bool = False
     coefficients: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @field_validator("rule", "modulation")
@@ -98,6 +106,11 @@ class ProjectionSpec:
         """Whether its neuromodulator's drive is low-pass filtered (``modulator_tau > 1``): the
         filter's value ``zbar`` is then part of the plastic state."""
         return self.modulated and self.modulator_tau > 1.0
+
+    @property
+    def gated(self) -> bool:
+        """Whether its neuromodulator is gated: ``M_t = sigmoid(w_G . z_t + b_G) tanh(zbar_t)``."""
+        return self.modulated and self.modulator_gate
 
 
 @dataclass(frozen=True, config=_STRICT)

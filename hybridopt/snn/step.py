@@ -48,6 +48,8 @@ class ProjectionParams(NamedTuple):
     coeffs: dict[str, Tensor] = {}
     w_M: Optional[Tensor] = None
     b_M: Optional[Tensor] = None
+    w_G: Optional[Tensor] = None
+    b_G: Optional[Tensor] = None
 
 
 class NetworkParams(NamedTuple):
@@ -118,7 +120,7 @@ def _projection_update(
     if spec.modulated:  # a filtered one starts from zero where the state has no filter yet
         if spec.filtered:
             drive = st.drive if st.drive is not None else features.new_zeros(features.shape[0])
-        M, drive = modulator_signal(features, p.w_M, p.b_M, drive, spec.modulator_tau)
+        M, drive = modulator_signal(features, p.w_M, p.b_M, drive, spec.modulator_tau, p.w_G, p.b_G)
     if tape is not None:
         new = fused_plasticity_step(tape, st, pre, post, trace_decay=trace_decay, coeffs=p.coeffs, mod=p.mod, M=M)
         return new if drive is None else new._replace(drive=drive)

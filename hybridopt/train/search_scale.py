@@ -27,7 +27,7 @@ __all__ = ["group_masks", "parameter_group", "search_stdev", "searched"]
 
 def parameter_group(net: PlasticSNN, name: str) -> str:
     """``"weights"`` (``W``, biases), ``"plasticity"`` (``alpha``, the modes' parameters such as
-    ``eta``, ``mod_a``/``mod_b``, ``eta_E``, and ``w_M``/``b_M``) or ``"rule"`` (a rule's own
+    ``eta``, ``mod_a``/``mod_b``, ``eta_E``, ``w_M``/``b_M`` and ``w_G``/``b_G``) or ``"rule"`` (a rule's own
     coefficients) for a parameter of ``net``, as the network declares it."""
     return net.parameter_groups()[name]
 

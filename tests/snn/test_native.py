@@ -131,15 +131,65 @@ def test_a_modulator_that_reads_the_output_is_the_same_on_every_kernel_and_diffe
     other.load_state_dict({k: v[:n_x_s] if k.endswith("w_M") else v for k, v in net.state_dict().items()})
     with torch.no_grad():
         assert (other(x)[0] - y0).abs().max() > 1e-3  # the output's part of the drive changes what it does
+    _assert_kernels_match_reference(net, x, (y0, s0, st0, g0), 1e-10, 1e-12, 1e-8, 1e-10)
+    assert all(g0[f"projections.{n}.w_M"][n_x_s:].abs().sum() > 0 for n in PROJECTIONS)
+
+
+@pytest.mark.parametrize(("tau", "reads_output"), [(1.0, False), (3.0, True)], ids=["unfiltered", "filtered-reads-y"])
+def test_a_gated_modulator_is_the_same_on_every_kernel_and_differentiated_through_its_gate(tau, reads_output):
+    gated = dict(modulator_gate=True, modulator_tau=tau, **PLASTIC)
+    spec = dataclasses.replace(
+        _spec(
+            input=ProjectionSpec(rule="stdp", modulation="neuromodulated", **gated),
+            recurrent=ProjectionSpec(rule="oja", modulation="retroactive", **gated),
+            readout=ProjectionSpec(rule="abcd", modulation="neuromodulated", **gated),
+        ),
+        modulator_reads_output=reads_output,
+    )
+    net = PlasticSNN(spec, seed=4).double()
+    n_features = spec.n_in + spec.hidden + (spec.n_out if reads_output else 0)
+    gen = torch.Generator().manual_seed(9)
+    for name in PROJECTIONS:  # the gate starts at 1/2 everywhere; here it must vary to be tested
+        proj = net.projections[name]
+        assert torch.equal(proj.w_G, torch.zeros(n_features, dtype=torch.float64)) and proj.b_G.item() == 0.0
+        with torch.no_grad():
+            proj.w_G.copy_(torch.randn(n_features, generator=gen, dtype=torch.float64) * 1.5)
+            proj.b_G.fill_(0.5)
+            if reads_output:
+                proj.w_M[spec.n_in + spec.hidden :] = 0.7
+    x = _input().double()
+    y0, s0, st0, g0 = _run(net, "reference", x)
+    ungated = PlasticSNN(
+        dataclasses.replace(
+            spec,
+            kernel="reference",
+            **{n: dataclasses.replace(spec.projection(n), modulator_gate=False) for n in PROJECTIONS},
+        ),
+        seed=4,
+    ).double()
+    ungated.load_state_dict({k: v for k, v in net.state_dict().items() if not k.endswith(("w_G", "b_G"))})
+    with torch.no_grad():
+        assert (ungated(x)[0] - y0).abs().max() > 1e-3  # the gate changes what the network does
+    _assert_kernels_match_reference(net, x, (y0, s0, st0, g0), 1e-8, 1e-9, 1e-7, 1e-8)
+    for name in PROJECTIONS:
+        assert g0[f"projections.{name}.w_G"].abs().sum() > 0 and g0[f"projections.{name}.b_G"].abs() > 0
+        if reads_output:  # the gate's part on y_t is differentiated too
+            assert g0[f"projections.{name}.w_G"][spec.n_in + spec.hidden :].abs().sum() > 0
+
+
+def _assert_kernels_match_reference(net, x, reference, rtol, atol, grad_rtol, grad_atol):
+    """The native and fused kernels give ``reference`` (``_run``'s outputs on the reference
+    kernel): the same spikes, outputs and states within ``rtol``/``atol``, every gradient within
+    ``grad_rtol`` and ``grad_atol`` times its largest magnitude (at least 1)."""
+    y0, s0, st0, g0 = reference
     for kernel in ("native", "fused"):
         y1, s1, st1, g1 = _run(net, kernel, x)
         assert torch.equal(s1, s0), kernel
-        torch.testing.assert_close(y1, y0, rtol=1e-10, atol=1e-12)
-        _assert_close_states(st0, st1, 1e-10, 1e-12)
+        torch.testing.assert_close(y1, y0, rtol=rtol, atol=atol)
+        _assert_close_states(st0, st1, rtol, atol)
         assert g0.keys() == g1.keys()
         for name, g in g0.items():
-            torch.testing.assert_close(g1[name], g, rtol=1e-8, atol=1e-10 * max(g.abs().max().item(), 1.0))
-    assert all(g0[f"projections.{n}.w_M"][n_x_s:].abs().sum() > 0 for n in PROJECTIONS)
+            torch.testing.assert_close(g1[name], g, rtol=grad_rtol, atol=grad_atol * max(g.abs().max().item(), 1.0))
 
 
 def _continue_and_differentiate(spec, seed, extra):

@@ -450,6 +450,22 @@ def test_filtered_modulator_by_hand():
     assert zbar.item() == pytest.approx(2.0 * (1 - 0.5**3))
 
 
+def test_gated_modulator_by_hand():
+    # drives 0.1 and 1.1 (as above), filtered over tau = 4 from zbar = [0.5, -1] to [0.4, -0.475];
+    # the gate reads the same features unfiltered: w_G = [1, 1], b_G = -3
+    # z = [1, 2] -> sigmoid(0) = 1/2;  z = [2, 0] -> sigmoid(-1)
+    z, w_M, b_M, w_G, b_G = T([[1.0, 2.0], [2.0, 0.0]]), T([0.5, -0.25]), T(0.1), T([1.0, 1.0]), T(-3.0)
+    M, drive = modulator_signal(z, w_M, b_M, T([0.5, -1.0]), 4.0, w_G, b_G)
+    assert drive.tolist() == pytest.approx([0.4, -0.475])  # the filter does not see the gate
+    sig = 1.0 / (1.0 + math.exp(1.0))
+    assert M.tolist() == pytest.approx([0.5 * math.tanh(0.4), sig * math.tanh(-0.475)])
+    M, drive = modulator_signal(z, w_M, b_M, None, 1.0, w_G, b_G)  # unfiltered
+    assert drive is None and M.tolist() == pytest.approx([0.5 * math.tanh(0.1), sig * math.tanh(1.1)])
+    # a shut gate silences the modulator whatever its drive
+    M, _ = modulator_signal(z, w_M, b_M, None, 1.0, w_G, T(-60.0))
+    assert M.abs().max() < 1e-20
+
+
 def test_registries():
     assert {"none", "hebbian", "oja", "bcm", "stdp"} <= set(RULES) == {"none", *FAMILIES}
     assert set(MODES) == set(MODULATIONS)

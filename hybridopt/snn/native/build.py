@@ -46,11 +46,11 @@ FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=off", "-std=c++
 _PROJ_INTS = ("rule", "mode", "n_pre", "n_post", "n_eta", "c_inside", "tau_inside", "pad")
 _PROJ_FLOATS = ("h_max", "lam", "c", "a_plus", "a_minus", "tau", "mtau")
 _PROJ_PTRS = (
-    "alpha", "eta", "mod_a", "mod_b", "w_M_s", "w_M_y", "zx", "cA", "cB", "cC", "cD",
+    "alpha", "eta", "mod_a", "mod_b", "w_M_s", "w_M_y", "zx", "w_G_s", "w_G_y", "zgx", "cA", "cB", "cC", "cD",
     "H", "E", "xpre", "xpost", "phi", "zb",
-    "xpre_all", "xpost_all", "phi_all", "M_all", "H_ck", "E_ck",
+    "xpre_all", "xpost_all", "phi_all", "M_all", "H_ck", "E_ck", "G_all", "Mu_all",
     "gH", "gE", "gxpre", "gxpost", "gphi", "gzb",
-    "g_alpha", "g_eta", "g_mod_a", "g_mod_b", "g_z", "g_cA", "g_cB", "g_cC", "g_cD",
+    "g_alpha", "g_eta", "g_mod_a", "g_mod_b", "g_z", "g_zg", "g_cA", "g_cB", "g_cC", "g_cD",
 )  # fmt: skip
 _PROJ_GRADS = ("g_c", "g_a_plus", "g_a_minus", "g_tau")
 

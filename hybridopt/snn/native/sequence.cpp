@@ -10,6 +10,7 @@
 //   M_t   = tanh(w_M . [x_t, s_t] + b_M)          (per modulated projection; [x_t, s_t, y_t]
 //                                                   when it reads the output: w_M_y set)
 //      or   zbar_t = zbar_{t-1} + (w_M . [x_t, s_t] + b_M - zbar_{t-1}) / tau_M,  M_t = tanh(zbar_t)
+//      times  G_t = sigmoid(w_G . [x_t, s_t] + b_G)  where gated
 //   xpre  = lambda xpre + pre,  xpost = lambda xpost + post
 //   D     = rule(xpre, xpost, pre, post, H_{t-1}, phi_{t-1})
 //           (ABCD: A_ij xpre_i xpost_j + B_ij xpre_i + C_ij xpost_j + D_ij, a coefficient of each
@@ -47,16 +48,21 @@ struct Proj {
   // parameters
   // zx: T x B, x . w_M[:n_in] + b_M; w_M_s, w_M_y: w_M's parts on s and y (w_M_y null: not read)
   const void *alpha, *eta, *mod_a, *mod_b, *w_M_s, *w_M_y, *zx;
+  // gated: the gate's drive zgx (T x B, x . w_G[:n_in] + b_G) and w_G's parts on s and y (zgx null:
+  // not gated; w_G_y null: not read)
+  const void *w_G_s, *w_G_y, *zgx;
   const void *cA, *cB, *cC, *cD;  // ABCD: the per-synapse coefficients (I x J each)
   // state: read at start, written at the end (H, E: B x I x J; traces B x I, B x J; phi B x J)
   void *H, *E, *xpre, *xpost, *phi, *zb;
   // tape: xpre_all T x B x I, xpost_all T x B x J, phi_all T x B x J (before the step), M_all T x B,
   // checkpoints H_ck / E_ck (T / K + 1) x B x I x J
   void *xpre_all, *xpost_all, *phi_all, *M_all, *H_ck, *E_ck;
+  void *G_all, *Mu_all;  // gated: the gate and the ungated tanh(zbar), T x B each
   // backward: carried gradients (in: on the final state, out: on the initial one)
   void *gH, *gE, *gxpre, *gxpost, *gphi, *gzb;
   // backward: gradients of the parameters (accumulated) and of the modulator's drive (T x B)
   void *g_alpha, *g_eta, *g_mod_a, *g_mod_b, *g_z;
+  void *g_zg;  // gated: the gradient on the gate's drive (T x B)
   void *g_cA, *g_cB, *g_cC, *g_cD;  // ABCD (accumulated, I x J each)
   double g_c, g_a_plus, g_a_minus, g_tau;
 };
@@ -391,6 +397,28 @@ struct Seq {
 
   size_t bij(int k) const { return (size_t)B * n.p[k].n_pre * n.p[k].n_post; }
 
+  // a modulator's (or its gate's) drive at step t for sample b: zx_tb + s_tb . w_s (+ y_tb . w_y)
+  T read_drive(const void* zx, const void* w_s, const void* w_y, int t, int b) const {
+    const T* s = s_at(t) + (size_t)b * N;
+    const T* w = c(w_s);
+    T z = c(zx)[(size_t)t * B + b];
+#pragma omp simd reduction(+ : z)
+    for (int j = 0; j < N; ++j) z += s[j] * w[j];
+    if (w_y) {
+      const T* y = y_at(t) + (size_t)b * nout;
+      for (int o = 0; o < nout; ++o) z += y[o] * c(w_y)[o];
+    }
+    return z;
+  }
+
+  // its backward: the gradient g on that drive reaches s_tb (gs) and y_tb (gy, where read)
+  void spread_drive(T g, const void* w_s, const void* w_y, int b, std::vector<T>& gs, std::vector<T>& gy) const {
+    const T* w = c(w_s);
+    for (int j = 0; j < N; ++j) gs[(size_t)b * N + j] += g * w[j];
+    if (w_y)
+      for (int o = 0; o < nout; ++o) gy[(size_t)b * nout + o] += g * c(w_y)[o];
+  }
+
   // small per-step bookkeeping before a projection's update: traces, phi, M into the tape
   void drive(int k, int t, std::vector<T>& buf) {
     Proj& p = const_cast<Proj&>(n.p[k]);
@@ -407,23 +435,21 @@ struct Seq {
     std::memcpy(m(p.xpost_all) + (size_t)t * B * J, xo, sizeof(T) * B * J);
     if (p.rule == BCM) std::memcpy(m(p.phi_all) + (size_t)t * B * J, p.phi, sizeof(T) * B * J);
     if (p.mode != PLAIN) {
-      const T* s = s_at(t);
-      const T* w = c(p.w_M_s);
       T* M = m(p.M_all) + (size_t)t * B;
       for (int b = 0; b < B; ++b) {
-        T z = c(p.zx)[(size_t)t * B + b];
-#pragma omp simd reduction(+ : z)
-        for (int j = 0; j < N; ++j) z += s[(size_t)b * N + j] * w[j];
-        if (p.w_M_y) {
-          const T* y = y_at(t) + (size_t)b * nout;
-          for (int o = 0; o < nout; ++o) z += y[o] * c(p.w_M_y)[o];
-        }
+        T z = read_drive(p.zx, p.w_M_s, p.w_M_y, t, b);
         if (p.zb) {  // the filtered drive
           T* zb = m(p.zb);
           zb[b] = zb[b] + (z - zb[b]) / T(p.mtau);
           z = zb[b];
         }
         M[b] = std::tanh(z);
+        if (p.zgx) {  // gated: M = G tanh(zbar), G = sigmoid(w_G . features + b_G)
+          const T G = T(1) / (T(1) + std::exp(-read_drive(p.zgx, p.w_G_s, p.w_G_y, t, b)));
+          m(p.G_all)[(size_t)t * B + b] = G;
+          m(p.Mu_all)[(size_t)t * B + b] = M[b];
+          M[b] = G * M[b];
+        }
       }
     }
   }
@@ -846,22 +872,30 @@ struct Seq {
             for (size_t q = 0; q < gs.size(); ++q) gs[q] += gpre[q];
             for (size_t q = 0; q < gy.size(); ++q) gy[q] += gpost[q] * (T(1) - post[q] * post[q]);
           }
-          if (p.mode != PLAIN) {  // M = tanh(z): z's gradient, and s_t's part of the drive
+          if (p.mode != PLAIN) {  // M = tanh(z) (or G tanh(z)): z's gradient, and s_t's (y_t's) part of the drive
             T* gz = m(p.g_z) + (size_t)t * B;
-            const T* w = c(p.w_M_s);
             T* gzb = p.zb ? m(p.gzb) : nullptr;  // filtered: the gradient on zbar from later steps
             const T mtau = T(p.mtau);
+            const T* G_t = p.zgx ? c(p.G_all) + (size_t)t * B : nullptr;
+            const T* Mu_t = p.zgx ? c(p.Mu_all) + (size_t)t * B : nullptr;
             for (int b = 0; b < B; ++b) {
-              T g = gM[b] * (T(1) - M_t[b] * M_t[b]);
+              T g;
+              if (G_t) {  // M = G u, u = tanh(zbar), G = sigmoid(zg): dM/dzbar = G (1 - u^2), dM/dzg = u G (1 - G)
+                const T G = G_t[b], u = Mu_t[b];
+                const T gg = gM[b] * u * (G * (T(1) - G));
+                m(p.g_zg)[(size_t)t * B + b] = gg;
+                spread_drive(gg, p.w_G_s, p.w_G_y, b, gs, gy);
+                g = gM[b] * G * (T(1) - u * u);
+              } else {
+                g = gM[b] * (T(1) - M_t[b] * M_t[b]);
+              }
               if (gzb) {  // zbar_t = zbar_{t-1} + (z_t - zbar_{t-1}) / tau
                 g += gzb[b];
                 gzb[b] = g * (T(1) - T(1) / mtau);
                 g = g / mtau;
               }
               gz[b] = g;
-              for (int j = 0; j < N; ++j) gs[(size_t)b * N + j] += g * w[j];
-              if (p.w_M_y)  // y_t's part of the drive (gy: the gradient on y_t, not yet used)
-                for (int o = 0; o < nout; ++o) gy[(size_t)b * nout + o] += g * c(p.w_M_y)[o];
+              spread_drive(g, p.w_M_s, p.w_M_y, b, gs, gy);  // (gy: the gradient on y_t, not yet used)
             }
           }
         }

@@ -10,7 +10,7 @@ weights' gradients over the non-zero rows of their inputs as it goes (spikes are
 
 (``g_t``: the gradient on the hidden current, ``gy_t`` on the readout); a modulator's
 ``dw_M = sum_t [x_t, s_t]^T gz_t`` (``gz_t`` on its drive; ``[x_t, s_t, y_t]`` where the modulator
-reads the output) is one matrix product here.  The
+reads the output) is one matrix product here, and a gate's ``dw_G`` likewise.  The
 values are the reference's up to float rounding: the same operations per element, with sums in
 another order.  Runs on CPU tensors of float32 or float64 with the built-in rule
 families and modes (:data:`NATIVE_RULES`, :data:`NATIVE_MODES`).
@@ -46,7 +46,7 @@ _SURROGATES = {"fast_sigmoid": 0, "arctan": 1}
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 # per plastic projection: the inputs after the shared ones, in this order (None where unused)
-_P_IN = ("alpha", "eta", "mod_a", "mod_b", "eta_E", "w_M", "b_M", "a_plus", "a_minus", "tau_phi", *_ABCD,
+_P_IN = ("alpha", "eta", "mod_a", "mod_b", "eta_E", "w_M", "b_M", "w_G", "b_G", "a_plus", "a_minus", "tau_phi", *_ABCD,
          "H", "pre_trace", "post_trace", "E", "phi", "drive")  # fmt: skip
 
 
@@ -157,6 +157,13 @@ class _NativeSequence(torch.autograd.Function):
                 zx = torch.mv(xT.view(T * B, n_in), w[:n_in], out=new(T * B)).add_(a["b_M"].detach())
                 tp["zx"] = zx.view(T, B)
                 tp["M_all"] = new(T, B)
+            if a["w_G"] is not None:  # gated: the gate's drive, as the modulator's
+                w = a["w_G"].detach()
+                tp["w_G_s"] = w[n_in : n_in + N].contiguous()
+                tp["w_G_y"] = w[n_in + N :].contiguous() if spec.modulator_reads_output else None
+                zgx = torch.mv(xT.view(T * B, n_in), w[:n_in], out=new(T * B)).add_(a["b_G"].detach())
+                tp["zgx"] = zgx.view(T, B)
+                tp["G_all"], tp["Mu_all"] = new(T, B), new(T, B)
             names = ("H", "pre_trace", "post_trace", "E", "phi", "drive")
             st = {n: (None if a[n] is None else _own(a[n])) for n in names}
             tp |= {"H": st["H"], "E": st["E"], "xpre": st["pre_trace"], "xpost": st["post_trace"], "phi": st["phi"]}
@@ -166,9 +173,9 @@ class _NativeSequence(torch.autograd.Function):
             tp["H_ck"] = new(n_ck, B, n_pre, n_post) if meta.store else None
             tp["E_ck"] = new(n_ck, B, n_pre, n_post) if meta.store and st["E"] is not None else None
             for name, t in tp.items():
-                if name in ("alpha", "eta", "mod_a", "mod_b", "w_M_s", "w_M_y", "zx", "cA", "cB", "cC", "cD", "H",
-                            "E", "xpre", "xpost", "phi", "zb", "xpre_all", "xpost_all", "phi_all", "M_all", "H_ck",
-                            "E_ck"):  # fmt: skip
+                if name in ("alpha", "eta", "mod_a", "mod_b", "w_M_s", "w_M_y", "zx", "w_G_s", "w_G_y", "zgx", "cA",
+                            "cB", "cC", "cD", "H", "E", "xpre", "xpost", "phi", "zb", "xpre_all", "xpost_all",
+                            "phi_all", "M_all", "H_ck", "E_ck", "G_all", "Mu_all"):  # fmt: skip
                     setattr(p, name, _ptr(t))
             # the final state is an output: the context keeps only its shapes (an output held by the
             # node that made it would be a reference cycle through C++, never freed)
@@ -230,13 +237,14 @@ class _NativeSequence(torch.autograd.Function):
                 "mod_a": None if tp["mod_a"] is None else torch.zeros_like(tp["mod_a"]),
                 "mod_b": None if tp["mod_b"] is None else torch.zeros_like(tp["mod_b"]),
                 "z": torch.zeros(T, B, dtype=dt) if tp.get("M_all") is not None else None,
+                "zg": torch.zeros(T, B, dtype=dt) if tp.get("G_all") is not None else None,
             }
             g |= {f"c{n}": None if tp[f"c{n}"] is None else torch.zeros_like(tp[f"c{n}"]) for n in _ABCD}
             p.gH, p.gE, p.gxpre, p.gxpost, p.gphi, p.gzb = map(
                 _ptr, (g["H"], g["E"], g["xpre"], g["xpost"], g["phi"], g["drive"])
             )
-            p.g_alpha, p.g_eta, p.g_mod_a, p.g_mod_b, p.g_z = map(
-                _ptr, (g["alpha"], g["eta"], g["mod_a"], g["mod_b"], g["z"])
+            p.g_alpha, p.g_eta, p.g_mod_a, p.g_mod_b, p.g_z, p.g_zg = map(
+                _ptr, (g["alpha"], g["eta"], g["mod_a"], g["mod_b"], g["z"], g["zg"])
             )
             p.g_cA, p.g_cB, p.g_cC, p.g_cD = (_ptr(g[f"c{n}"]) for n in _ABCD)
             p.g_c = p.g_a_plus = p.g_a_minus = p.g_tau = 0.0
@@ -252,7 +260,7 @@ class _NativeSequence(torch.autograd.Function):
             a = dict(zip(_P_IN, pf[j * len(_P_IN) : (j + 1) * len(_P_IN)]))
             g, p = grads[k], net.p[k]
             scalar = lambda v: torch.tensor(v, dtype=dt)  # noqa: E731
-            gz = g["z"]
+            gz, gzg = g["z"], g["zg"]
             out += [
                 g["alpha"],
                 g["eta"],
@@ -261,6 +269,8 @@ class _NativeSequence(torch.autograd.Function):
                 None if a["eta_E"] is None else scalar(p.g_c if p.c_inside else 0.0),
                 None if gz is None else torch.cat([f.t() @ gz.view(-1) for f in features]),
                 None if gz is None else gz.sum(),
+                None if gzg is None else torch.cat([f.t() @ gzg.view(-1) for f in features]),
+                None if gzg is None else gzg.sum(),
                 None if a["a_plus"] is None else scalar(p.g_a_plus),
                 None if a["a_minus"] is None else scalar(p.g_a_minus),
                 None if a["tau_phi"] is None else scalar(p.g_tau),
@@ -297,7 +307,7 @@ def native_sequence(
         name = PROJECTIONS[k]
         pp, st = getattr(params, name), getattr(state, name)
         m, c = pp.mod, pp.coeffs
-        flat += [pp.alpha, m.eta, m.mod_a, m.mod_b, m.eta_E, pp.w_M, pp.b_M]
+        flat += [pp.alpha, m.eta, m.mod_a, m.mod_b, m.eta_E, pp.w_M, pp.b_M, pp.w_G, pp.b_G]
         flat += [c.get("a_plus"), c.get("a_minus"), c.get("tau_phi"), *(c.get(n) for n in _ABCD)]
         drive = None
         if spec.projection(name).filtered:  # a state without the filter yet starts it from zero
