@@ -72,14 +72,16 @@ class NetworkState(NamedTuple):
 
 class StepConstants(NamedTuple):
     """The float hyper-parameters a step reads, as Python floats or as 0-d tensors (with tensors
-    one compiled step serves every value; see :mod:`hybridopt.snn.compiled`).  ``trace_decay`` and
-    ``h_max`` are per projection, in :data:`PROJECTIONS` order."""
+    one compiled step serves every value; see :mod:`hybridopt.snn.compiled`).  ``trace_decay``,
+    ``h_max`` and ``modulator_tau`` are per projection, in :data:`PROJECTIONS` order (whether a
+    modulator is filtered at all, ``modulator_tau > 1``, is the spec's structure, not a value)."""
 
     beta: float | Tensor
     theta: float | Tensor
     readout_decay: float | Tensor
     trace_decay: tuple[float | Tensor, ...]
     h_max: tuple[float | Tensor, ...]
+    modulator_tau: tuple[float | Tensor, ...] = (1.0, 1.0, 1.0)
 
     @classmethod
     def of(cls, spec: NetworkSpec, like: Optional[Tensor] = None) -> StepConstants:
@@ -92,6 +94,7 @@ class StepConstants(NamedTuple):
             as_t(spec.readout_decay),
             tuple(as_t(p.trace_decay) for p in projs),
             tuple(float(p.h_max) for p in projs),  # a constant of the step: it bounds B x I x J work
+            tuple(as_t(p.modulator_tau) for p in projs),
         )
 
 
@@ -113,6 +116,7 @@ def _projection_update(
     tape: Optional[PlasticTape],
     trace_decay: float | Tensor,
     h_max: float | Tensor,
+    modulator_tau: float | Tensor,
 ) -> Optional[PlasticState]:
     if st is None:
         return None
@@ -120,7 +124,7 @@ def _projection_update(
     if spec.modulated:  # a filtered one starts from zero where the state has no filter yet
         if spec.filtered:
             drive = st.drive if st.drive is not None else features.new_zeros(features.shape[0])
-        M, drive = modulator_signal(features, p.w_M, p.b_M, drive, spec.modulator_tau, p.w_G, p.b_G)
+        M, drive = modulator_signal(features, p.w_M, p.b_M, drive, modulator_tau, p.w_G, p.b_G)
     if tape is not None:
         new = fused_plasticity_step(tape, st, pre, post, trace_decay=trace_decay, coeffs=p.coeffs, mod=p.mod, M=M)
         return new if drive is None else new._replace(drive=drive)
@@ -182,6 +186,7 @@ def network_step(
             tp[name],
             c.trace_decay[i],
             c.h_max[i],
+            c.modulator_tau[i],
         )  # fmt: skip
         for i, name in enumerate(PROJECTIONS)
     }

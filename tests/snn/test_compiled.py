@@ -84,15 +84,18 @@ def test_compiled_float32_on_the_task_size_with_the_default_unrolling():
 
 
 def test_a_structure_compiles_once_for_every_value_of_its_hyper_parameters():
-    spec = _spec(kernel="compiled", recurrent=ProjectionSpec(rule="oja", **PLASTIC))
+    filtered = dict(modulation="neuromodulated", modulator_tau=2.0)
+    spec = _spec(kernel="compiled", recurrent=ProjectionSpec(rule="oja", **filtered, **PLASTIC))
     x = _input(steps=16)
     before = len(compiled._units)
     outs = []
-    for beta, decay in ((0.9, 0.6), (0.8, 0.7)):
-        other = dataclasses.replace(spec, beta=beta, recurrent=dataclasses.replace(spec.recurrent, trace_decay=decay))
+    for beta, decay, tau in ((0.9, 0.6, 2.0), (0.8, 0.7, 6.0)):
+        recurrent = dataclasses.replace(spec.recurrent, trace_decay=decay, modulator_tau=tau)
+        other = dataclasses.replace(spec, beta=beta, recurrent=recurrent)
         net = PlasticSNN(other, seed=2)
         y, s, _ = net(x)
         y.sum().backward()
+        net.spec = dataclasses.replace(other, kernel="reference")
         with torch.no_grad():
             y_ref, _, _ = net(x)
         torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)  # each run used its own values
@@ -102,6 +105,7 @@ def test_a_structure_compiles_once_for_every_value_of_its_hyper_parameters():
     # the floats of a step are graph inputs; h_max bounds B x I x J work and stays a constant
     c = StepConstants.of(spec, like=x)
     assert isinstance(c.beta, torch.Tensor) and c.beta.dim() == 0 and all(isinstance(h, float) for h in c.h_max)
+    assert all(isinstance(t, torch.Tensor) and t.dim() == 0 for t in c.modulator_tau)
 
 
 FALLBACK = """

@@ -102,6 +102,7 @@ class _Meta:
         self.beta, self.theta, self.kappa = float(consts.beta), float(consts.theta), float(consts.readout_decay)
         self.lam = [float(v) for v in consts.trace_decay]
         self.h_max = [float(v) for v in consts.h_max]
+        self.mtau = [float(v) for v in consts.modulator_tau]
         k = spec.checkpoint_interval
         self.K = max(1, math.isqrt(max(T, 1) - 1) + 1) if not k else min(k, T)
         self.store = torch.is_grad_enabled()  # checkpoints for backward
@@ -138,7 +139,7 @@ class _NativeSequence(torch.autograd.Function):
             p = net.p[k]
             p.rule, p.mode = NATIVE_RULES[ps.rule], NATIVE_MODES[ps.modulation]
             p.n_pre, p.n_post = n_pre, n_post
-            p.h_max, p.lam, p.mtau = meta.h_max[k], meta.lam[k], float(ps.modulator_tau)
+            p.h_max, p.lam, p.mtau = meta.h_max[k], meta.lam[k], meta.mtau[k]
             tp: dict[str, Optional[Tensor]] = {n: _c(a[n]) for n in ("alpha", "eta", "mod_a", "mod_b")}
             tp |= {f"c{n}": _c(a[n]) for n in _ABCD}
             p.n_eta = (tp["eta"] if tp["eta"] is not None else tp["mod_a"]).numel() if p.mode != 2 else 1
