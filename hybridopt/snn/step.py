@@ -81,7 +81,7 @@ class StepConstants(NamedTuple):
     readout_decay: float | Tensor
     trace_decay: tuple[float | Tensor, ...]
     h_max: tuple[float | Tensor, ...]
-    modulator_tau: tuple[float | Tensor, ...] = (1.0, 1.0, 1.0)
+    modulator_tau: tuple[float | Tensor, ...]
 
     @classmethod
     def of(cls, spec: NetworkSpec, like: Optional[Tensor] = None) -> StepConstants:

@@ -151,19 +151,19 @@ class _NativeSequence(torch.autograd.Function):
                 p.tau, p.tau_inside = max(tau, 1.0), int(tau >= 1.0)
             if a["a_plus"] is not None:
                 p.a_plus, p.a_minus = float(a["a_plus"]), float(a["a_minus"])
+            reads_y = spec.modulator_reads_output
+            for w_name, b_name, tag, zx_name in (("w_M", "b_M", "M", "zx"), ("w_G", "b_G", "G", "zgx")):
+                if a[w_name] is None:  # not modulated / not gated
+                    continue
+                # the drive's parts: on s and y (read per step in C++), and x . w[:n_in] + b for all T
+                w = a[w_name].detach()
+                tp[f"w_{tag}_s"] = w[n_in : n_in + N].contiguous()
+                tp[f"w_{tag}_y"] = w[n_in + N :].contiguous() if reads_y else None
+                zx = torch.mv(xT.view(T * B, n_in), w[:n_in], out=new(T * B)).add_(a[b_name].detach())
+                tp[zx_name] = zx.view(T, B)
             if a["w_M"] is not None:
-                w = a["w_M"].detach()
-                tp["w_M_s"] = w[n_in : n_in + N].contiguous()
-                tp["w_M_y"] = w[n_in + N :].contiguous() if spec.modulator_reads_output else None
-                zx = torch.mv(xT.view(T * B, n_in), w[:n_in], out=new(T * B)).add_(a["b_M"].detach())
-                tp["zx"] = zx.view(T, B)
                 tp["M_all"] = new(T, B)
-            if a["w_G"] is not None:  # gated: the gate's drive, as the modulator's
-                w = a["w_G"].detach()
-                tp["w_G_s"] = w[n_in : n_in + N].contiguous()
-                tp["w_G_y"] = w[n_in + N :].contiguous() if spec.modulator_reads_output else None
-                zgx = torch.mv(xT.view(T * B, n_in), w[:n_in], out=new(T * B)).add_(a["b_G"].detach())
-                tp["zgx"] = zgx.view(T, B)
+            if a["w_G"] is not None:  # gated: the gate, and the ungated tanh(zbar)
                 tp["G_all"], tp["Mu_all"] = new(T, B), new(T, B)
             names = ("H", "pre_trace", "post_trace", "E", "phi", "drive")
             st = {n: (None if a[n] is None else _own(a[n])) for n in names}
