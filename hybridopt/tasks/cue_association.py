@@ -37,7 +37,7 @@ from torch import Tensor
 
 from hybridopt.tasks.base import Batch, poisson_spikes
 
-__all__ = ["BitReader", "CueAssociation", "observe_episode"]
+__all__ = ["BitReader", "CueAssociation", "CueGrouper", "observe_episode"]
 
 
 class CueAssociation:
@@ -196,23 +196,16 @@ def observe_episode(
        if fewer, the coin if as many.
     """
     trials, _, bits = fractions.shape
-    max_mismatch = reader.max_mismatch(bits)
-    sums: list[tuple[np.ndarray, int]] = []  # per pattern: summed fractions, readings assigned
+    grouper = CueGrouper(n_cues, reader, bits)
     violations: list[int] = []  # per pattern: earlier feedback it contradicts
     unseen_violations = 0  # a cue not seen yet was in no pair: it contradicts every "present"
     answers = np.zeros(trials, dtype=bool)
     for k in range(trials):
-        pattern_bits = [s / n > reader.tau for s, n in sums]
-        assigned = _assign(fractions[k] > reader.tau, pattern_bits, n_cues, max_mismatch)
-        for idx, bank in sorted(zip(assigned, range(2))):  # new patterns in the order of their index
-            if idx == len(sums):
-                sums.append((fractions[k, bank].astype(float), 1))
-                violations.append(unseen_violations)
-            else:
-                s, n = sums[idx]
-                sums[idx] = (s + fractions[k, bank], n + 1)
+        seen = len(grouper)
+        assigned = grouper.assign(fractions[k])
+        violations += [unseen_violations] * (len(grouper) - seen)  # new patterns, in index order
         pair = set(assigned)
-        scores = violations + [unseen_violations] * (n_cues - len(sums))
+        scores = violations + [unseen_violations] * (n_cues - len(grouper))
         best = min(scores)
         consistent = [h for h, v in enumerate(scores) if v == best]
         yes = sum(1 for h in consistent if h in pair)
@@ -224,6 +217,35 @@ def observe_episode(
                 violations[h] += int((h in pair) != present)
             unseen_violations += int(present)
     return answers
+
+
+class CueGrouper:
+    """Steps 1 and 2 of the observer (:func:`observe_episode`): reads each trial's two banks and
+    groups the readings of an episode into at most ``n_cues`` cue patterns, trial by trial.
+
+    A pattern is the mean of the fractions assigned to it, read as bits by ``reader``;
+    :meth:`assign` gives each bank's pattern index (``len(self)`` before the call or above: a new
+    pattern) and adds the readings to their patterns."""
+
+    def __init__(self, n_cues: int, reader: BitReader, bits: int) -> None:
+        self.n_cues, self.reader = n_cues, reader
+        self.max_mismatch = reader.max_mismatch(bits)
+        self.sums: list[tuple[np.ndarray, int]] = []  # per pattern: summed fractions, readings assigned
+
+    def __len__(self) -> int:
+        return len(self.sums)
+
+    def assign(self, fractions: np.ndarray) -> list[int]:
+        """The pattern index of each bank (``fractions``: ``2 x bits``, spikes per channel per step)."""
+        pattern_bits = [s / n > self.reader.tau for s, n in self.sums]
+        assigned = _assign(fractions > self.reader.tau, pattern_bits, self.n_cues, self.max_mismatch)
+        for idx, bank in sorted(zip(assigned, range(2))):  # new patterns in the order of their index
+            if idx == len(self.sums):
+                self.sums.append((fractions[bank].astype(float), 1))
+            else:
+                s, n = self.sums[idx]
+                self.sums[idx] = (s + fractions[bank], n + 1)
+        return assigned
 
 
 def _assign(bank_bits: np.ndarray, pattern_bits: list[np.ndarray], n_cues: int, max_mismatch: int) -> list[int]:

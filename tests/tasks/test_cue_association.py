@@ -7,7 +7,7 @@ import torch
 from hybridopt.config import ConfigError, parse_config
 from hybridopt.tasks import Batch, make_task
 from hybridopt.tasks.base import has_observer, observer_accuracy
-from hybridopt.tasks.cue_association import BitReader, observe_episode
+from hybridopt.tasks.cue_association import BitReader, CueGrouper, observe_episode
 
 
 def make(**kw):
@@ -188,6 +188,21 @@ def test_observer_keeps_the_targets_consistent_with_feedback_and_answers_by_thei
         # "absent": only B is left, and from then on every answer is right.
         assert ans[0] == coin and ans[1] == coin
         assert list(ans[2:]) == [True, False, False, True]
+
+
+def test_grouper_assigns_each_reading_to_its_cue_pattern_and_keeps_at_most_n_cues():
+    A, B, C, D = (np.array(v, dtype=float) for v in np.eye(4, 8) + np.eye(4, 8, 4))
+    reader = BitReader.of(0.5, 0.0, 10)  # clean: any bit off is another cue while a new one may start
+    grouper = CueGrouper(3, reader, 8)
+    assert grouper.assign(np.stack([A, B]) * 0.5) == [0, 1] and len(grouper) == 2
+    assert grouper.assign(np.stack([C, A]) * 0.5) == [2, 0] and len(grouper) == 3  # a new one, then A again
+    # n_cues patterns exist: D, never seen, joins the nearest pattern the other bank (B) left free
+    assert grouper.assign(np.stack([D, B]) * 0.5) == [0, 1] and len(grouper) == 3
+    assert [n for _, n in grouper.sums] == [3, 2, 1]  # readings per pattern: A, A, D; B, B; C
+    # the two banks of a trial never share a pattern
+    twice = CueGrouper(4, reader, 8)
+    twice.assign(np.stack([A, B]) * 0.5)
+    assert twice.assign(np.stack([A, A]) * 0.5) == [0, 2]
 
 
 def test_bit_reader_threshold_and_mismatch_follow_the_likelihoods():
