@@ -196,7 +196,7 @@ def test_grouper_assigns_each_reading_to_its_cue_pattern_and_keeps_at_most_n_cue
     grouper = CueGrouper(3, reader, 8)
     assert grouper.assign(np.stack([A, B]) * 0.5) == [0, 1] and len(grouper) == 2
     assert grouper.assign(np.stack([C, A]) * 0.5) == [2, 0] and len(grouper) == 3  # a new one, then A again
-    # n_cues patterns exist: D, never seen, joins the nearest pattern the other bank (B) left free
+    # n_cues patterns exist: D, never seen, joins the nearest one B left free (A and C tie: the lower index)
     assert grouper.assign(np.stack([D, B]) * 0.5) == [0, 1] and len(grouper) == 3
     assert [n for _, n in grouper.sums] == [3, 2, 1]  # readings per pattern: A, A, D; B, B; C
     # the two banks of a trial never share a pattern
