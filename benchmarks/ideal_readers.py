@@ -56,7 +56,7 @@ import torch
 from hybridopt.config import load_config
 from hybridopt.tasks import make_task
 from hybridopt.tasks.base import Batch, observer_accuracy
-from hybridopt.tasks.cue_association import BitReader, CueGrouper
+from hybridopt.tasks.cue_association import CueGrouper
 from hybridopt.train.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def readings(task, episodes: int, seed: int) -> Readings:
     c = task.cfg
     batch = task.batch(episodes, torch.Generator().manual_seed(seed))
     x = batch.x.reshape(episodes, c.trials, task.trial_steps, task.n_in).numpy()
-    W = c.cue_steps + c.response_steps if c.hold_cue else c.cue_steps
+    W = task.reading_steps
     nb = c.cue_bits
     fractions = x[:, :, :W, : 2 * nb].sum(2).reshape(episodes, c.trials, 2, nb) / W
     fb = x[:, :, c.cue_steps + c.response_steps :, 2 * nb + 1 : 2 * nb + 3].sum(2)
@@ -118,7 +118,7 @@ def network_code(r: Readings, task, net) -> tuple[np.ndarray, tuple[float, float
     before the feedback, per trial (``E x trials x hidden``), its plasticity running as in
     training; and the network's own accuracy on these episodes (mean, standard error)."""
     c = task.cfg
-    W = c.cue_steps + c.response_steps if c.hold_cue else c.cue_steps
+    W = task.reading_steps
     codes, fits = [], []
     for i in range(0, len(r.target), 256):
         x = r.batch.x[i : i + 256]
@@ -133,9 +133,7 @@ def grouped_code(r: Readings, task) -> np.ndarray:
     """Each bank's cue pattern as the observer groups them, one-hot, summed (``E x trials x n_cues``)."""
     c = task.cfg
     E, T, _, nb = r.fractions.shape
-    W = c.cue_steps + c.response_steps if c.hold_cue else c.cue_steps
-    q = c.noise if "cue" in c.noise_on else 0.0
-    reader = BitReader.of(1 - (1 - c.rate_on) * (1 - q), 1 - (1 - c.rate_off) * (1 - q), W)
+    reader = task.bit_reader()
     z = np.zeros((E, T, c.n_cues))
     for e in range(E):
         grouper = CueGrouper(c.n_cues, reader, nb)

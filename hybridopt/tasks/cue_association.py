@@ -109,6 +109,21 @@ class CueAssociation:
         correct = ((self.logits(y) > 0).float() == batch.target).float()
         return correct[:, self.cfg.trials // 2 :].mean(1)
 
+    @property
+    def reading_steps(self) -> int:
+        """``W``: the steps of a trial its pair is shown before the feedback (cue and response
+        windows with ``hold_cue``, else the cue window)."""
+        c = self.cfg
+        return c.cue_steps + c.response_steps if c.hold_cue else c.cue_steps
+
+    def bit_reader(self) -> BitReader:
+        """How a cue bit is read from a channel's spike fraction over :attr:`reading_steps`:
+        ``p_on = 1 - (1 - rate_on)(1 - q)``, ``p_off = 1 - (1 - rate_off)(1 - q)``, ``q`` the noise
+        on the cue channels."""
+        c = self.cfg
+        q = c.noise if "cue" in c.noise_on else 0.0
+        return BitReader.of(1 - (1 - c.rate_on) * (1 - q), 1 - (1 - c.rate_off) * (1 - q), self.reading_steps)
+
     def observe(self, batch: Batch, generator: torch.Generator) -> Tensor:
         """The reference observer's answers as a readout (``B x T x 1``: ``+1`` through a trial it
         answers "target in the pair", ``-1`` otherwise), scored by :meth:`fitness` like a network's.
@@ -122,12 +137,11 @@ class CueAssociation:
         c = self.cfg
         B, nb = batch.x.shape[0], c.cue_bits
         x = batch.x.reshape(B, c.trials, self.trial_steps, self.n_in).numpy()
-        W = c.cue_steps + c.response_steps if c.hold_cue else c.cue_steps
+        W = self.reading_steps
         counts = x[:, :, :W, : 2 * nb].sum(2).reshape(B, c.trials, 2, nb)
         fb = x[:, :, c.cue_steps + c.response_steps :, 2 * nb + 1 : 2 * nb + 3].sum(2)
         feedback = np.sign(fb[..., 0] - fb[..., 1])  # +1 present, -1 absent, 0 unreadable
-        q = c.noise if "cue" in c.noise_on else 0.0
-        reader = BitReader.of(1 - (1 - c.rate_on) * (1 - q), 1 - (1 - c.rate_off) * (1 - q), W)
+        reader = self.bit_reader()
         coins = torch.rand(B, c.trials, generator=generator).numpy() < 0.5
         answers = np.stack([observe_episode(counts[b] / W, feedback[b], c.n_cues, coins[b], reader) for b in range(B)])
         y = torch.from_numpy(np.where(answers, 1.0, -1.0)).float()
