@@ -64,6 +64,7 @@ def structure_key(spec: NetworkSpec) -> tuple:
         spec.surrogate,
         spec.slope,
         spec.modulator_reads_output,
+        spec.winners,
         tuple((p.rule, p.modulation, p.h_max, p.filtered, p.gated) for p in (spec.input, spec.recurrent, spec.readout)),
     )
 

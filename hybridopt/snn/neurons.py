@@ -6,6 +6,11 @@ Discrete time, one step per call.  With input current ``I_t``::
     v_t = beta * v_{t-1} - theta * s_{t-1} + I_t        (reset="subtract")
     s_t = Heaviside(v_t - theta)
 
+With ``k`` winners (``LIFParameters.winners``), the units of a sample compete: the threshold is
+raised to the ``(k+1)``-th largest potential of the sample, ``s_t = Heaviside(v_t - theta_t)``
+with ``theta_t = max(theta, v_t^(k+1))``, so that at most ``k`` units spike per step.  Like the
+reset, ``theta_t`` is detached: the surrogate derivative is taken at ``v_t - theta_t``.
+
 ``beta = exp(-dt / tau_mem)`` is the membrane decay per step (dimensionless; ``v`` and
 ``theta`` are in the same arbitrary units as ``I``).  The Heaviside step has zero
 derivative almost everywhere, so its backward pass uses a *surrogate* derivative
@@ -30,6 +35,7 @@ __all__ = [
     "LIFState",
     "SURROGATE_DERIVATIVES",
     "arctan_spike",
+    "competition_threshold",
     "fast_sigmoid_spike",
     "lif_initial_state",
     "lif_step",
@@ -46,6 +52,7 @@ class LIFParameters(NamedTuple):
     reset: str = "zero"
     surrogate: str = "fast_sigmoid"
     slope: float = 10.0
+    winners: int = 0  # k > 0: at most k units spike per step (k winners take all)
 
 
 class LIFState(NamedTuple):
@@ -137,5 +144,14 @@ def lif_step(current: Tensor, state: LIFState, p: LIFParameters) -> tuple[Tensor
         v = p.beta * state.v - p.theta * s_prev + current
     else:
         raise ValueError(f"unknown reset mode {p.reset!r}; known: 'zero', 'subtract'")
-    s = spike(v - p.theta, p.slope, p.surrogate)
+    s = spike(v - competition_threshold(v, p.theta, p.winners), p.slope, p.surrogate)
     return s, LIFState(v=v, s=s)
+
+
+def competition_threshold(v: Tensor, theta: float | Tensor, winners: int) -> float | Tensor:
+    """``theta_t = max(theta, v^(k+1))`` per sample (``B x 1``, detached), the ``(k+1)``-th
+    largest potential of the row; ``theta`` itself without competition (``k = 0`` or ``k >= N``)."""
+    if winners <= 0 or winners >= v.shape[-1]:
+        return theta
+    kth = v.detach().topk(winners + 1, dim=-1).values[..., -1:]
+    return torch.clamp(kth, min=theta)

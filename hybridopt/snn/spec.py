@@ -122,7 +122,14 @@ class NetworkConfig:
     drive ``w_M . [x_t, s_t, y_t] + b_M`` (the output's weights start at zero).  With a learned
     weight on ``y_t`` the modulator can carry a prediction error, feedback minus the network's
     own answer, and a modulated update ``eta(t) D`` becomes error-driven (a delta rule) rather
-    than Hebbian: it stops changing ``H`` once the answer is right."""
+    than Hebbian: it stops changing ``H`` once the answer is right.
+
+    ``winners``: ``k > 0`` makes the hidden units compete, ``k`` winners take all at each step.
+    A unit spikes only above the threshold and above the ``(k+1)``-th largest membrane
+    potential of its sample, ``s_j = H(v_j - max(theta, v_(k+1)))``, so at most ``k`` units spike
+    per step: an instantaneous global inhibition.  The competition's threshold is not
+    differentiated (it acts like the reset), so the surrogate gradient reaches every unit near
+    it, winner or not.  ``0`` (the default), or ``k >= hidden``, is no competition."""
 
     hidden: Annotated[int, Field(ge=1, le=8192)] = 64
     beta: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
@@ -135,6 +142,7 @@ class NetworkConfig:
     recurrent_gain: Annotated[float, Field(ge=0.0)] = 0.5
     readout_gain: Positive = 1.0
     modulator_reads_output: bool = False
+    winners: Annotated[int, Field(ge=0)] = 0
     kernel: Kernel = "auto"
     compile: Compile = "auto"
 

@@ -159,7 +159,7 @@ def network_step(
     (default: the spec's) gives the float hyper-parameters the step reads."""
     tp = {name: (tapes or {}).get(name) for name in PROJECTIONS}
     c = consts if consts is not None else StepConstants.of(spec)
-    lif_p = LIFParameters(c.beta, c.theta, spec.reset, spec.surrogate, spec.slope)
+    lif_p = LIFParameters(c.beta, c.theta, spec.reset, spec.surrogate, spec.slope, spec.winners)
     s_prev = state.lif.s
     current = (
         _projection_forward(params.input, x, state.input, tp["input"])

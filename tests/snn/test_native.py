@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from hybridopt.snn import kernels
+from hybridopt.snn import compiled, fused, kernels
 from hybridopt.snn.kernels import KernelBudget, choose_kernel
 from hybridopt.snn.native import NATIVE_RULES, build, unavailable
 from hybridopt.snn.network import PROJECTIONS, NetworkSpec, PlasticSNN, ProjectionSpec
@@ -135,17 +135,24 @@ def test_a_modulator_that_reads_the_output_is_the_same_on_every_kernel_and_diffe
     assert all(g0[f"projections.{n}.w_M"][n_x_s:].abs().sum() > 0 for n in PROJECTIONS)
 
 
+def _three_modes(readout: str, projection: dict, **network) -> NetworkSpec:
+    """Every projection plastic, one per mode: neuromodulated STDP on the input, retroactive Oja
+    on the recurrent, a neuromodulated ``readout`` family; ``projection`` adds to each
+    projection's options, ``network`` to the network's."""
+    kw = dict(PLASTIC, **projection)
+    return dataclasses.replace(
+        _spec(
+            input=ProjectionSpec(rule="stdp", modulation="neuromodulated", **kw),
+            recurrent=ProjectionSpec(rule="oja", modulation="retroactive", **kw),
+            readout=ProjectionSpec(rule=readout, modulation="neuromodulated", **kw),
+        ),
+        **network,
+    )
+
+
 @pytest.mark.parametrize(("tau", "reads_output"), [(1.0, False), (3.0, True)], ids=["unfiltered", "filtered-reads-y"])
 def test_a_gated_modulator_is_the_same_on_every_kernel_and_differentiated_through_its_gate(tau, reads_output):
-    gated = dict(modulator_gate=True, modulator_tau=tau, **PLASTIC)
-    spec = dataclasses.replace(
-        _spec(
-            input=ProjectionSpec(rule="stdp", modulation="neuromodulated", **gated),
-            recurrent=ProjectionSpec(rule="oja", modulation="retroactive", **gated),
-            readout=ProjectionSpec(rule="abcd", modulation="neuromodulated", **gated),
-        ),
-        modulator_reads_output=reads_output,
-    )
+    spec = _three_modes("abcd", dict(modulator_gate=True, modulator_tau=tau), modulator_reads_output=reads_output)
     net = PlasticSNN(spec, seed=4).double()
     n_features = spec.n_in + spec.hidden + (spec.n_out if reads_output else 0)
     gen = torch.Generator().manual_seed(9)
@@ -175,6 +182,28 @@ def test_a_gated_modulator_is_the_same_on_every_kernel_and_differentiated_throug
         assert g0[f"projections.{name}.w_G"].abs().sum() > 0 and g0[f"projections.{name}.b_G"].abs() > 0
         if reads_output:  # the gate's part on y_t is differentiated too
             assert g0[f"projections.{name}.w_G"][spec.n_in + spec.hidden :].abs().sum() > 0
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+def test_k_winners_bind_and_are_the_same_on_every_kernel(reset, monkeypatch):
+    spec = _three_modes("hebbian", {}, reset=reset, winners=2)
+    net = PlasticSNN(spec, seed=4).double()
+    x = _input().double()
+    y0, s0, st0, g0 = _run(net, "reference", x)
+    assert s0.sum(-1).max() == 2  # at most k units spike per step, and k do
+    free = PlasticSNN(dataclasses.replace(spec, winners=0, kernel="reference"), seed=4).double()
+    with torch.no_grad():
+        assert free(x)[1].sum(-1).max() > 4  # without the competition more units spike: it binds
+    _assert_kernels_match_reference(net, x, (y0, s0, st0, g0), 1e-8, 1e-9, 1e-7, 1e-8)
+    if reset == "subtract":
+        return  # one compile is enough: the compiled unit runs the reference's own step
+    monkeypatch.setattr(compiled, "STEPS_PER_CALL", 4)  # a short compile; the same maths
+    y1, s1, _, g1 = _run(net, "compiled", x)
+    assert fused.compile_available() is None  # it really ran compiled
+    assert torch.equal(s1, s0)
+    torch.testing.assert_close(y1, y0, rtol=1e-10, atol=1e-12)
+    for name, g in g0.items():
+        torch.testing.assert_close(g1[name], g, rtol=1e-8, atol=1e-10 * max(g.abs().max().item(), 1.0))
 
 
 def _assert_kernels_match_reference(net, x, reference, rtol, atol, grad_rtol, grad_atol):

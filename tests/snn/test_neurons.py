@@ -179,3 +179,33 @@ def test_subtractive_reset_gradient_ignores_the_spike():
     assert s1.item() == 1.0
     assert state.v.item() == pytest.approx(-0.1)
     assert g.item() == pytest.approx(0.5 / 144)
+
+
+def test_k_winners_raise_the_threshold_to_the_next_potential_and_differentiate_every_unit_near_it():
+    # one step from rest, so v = I.  Sample 0: v = (1.5, 2.0, 0.5, 1.2), theta 1, k = 2: the third
+    # largest potential is 1.2, so theta_t = max(1, 1.2) = 1.2 and only 2.0 and 1.5 spike (1.2 is
+    # above theta but not above theta_t).  Sample 1: v = (0.2, 1.1, 0.3, 0.9): the third largest is
+    # 0.3 < theta, so theta_t = theta and the one unit above it spikes.
+    p = LIFParameters(beta=0.9, theta=1.0, slope=2.0, winners=2)
+    current = torch.tensor([[1.5, 2.0, 0.5, 1.2], [0.2, 1.1, 0.3, 0.9]], requires_grad=True)
+    s, _ = lif_step(current, lif_initial_state(2, 4), p)
+    assert s.tolist() == [[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]
+    s.sum().backward()
+    # d s_j / d I_j = 1 / (k |v_j - theta_t| + 1)^2 with k = 2, theta_t detached: every unit,
+    # winner or not, gets the surrogate derivative at its distance from the raised threshold
+    d = lambda x: 1.0 / (2.0 * abs(x) + 1.0) ** 2  # noqa: E731
+    expected = [[d(0.3), d(0.8), d(-0.7), d(0.0)], [d(-0.8), d(0.1), d(-0.7), d(-0.1)]]
+    torch.testing.assert_close(current.grad, torch.tensor(expected))
+
+
+@pytest.mark.parametrize("winners", [0, 4, 9])
+def test_without_competition_k_winners_change_nothing(winners):
+    # k = 0 is off, and k >= N (here 4) leaves no (k+1)-th unit to compete with
+    gen = torch.Generator().manual_seed(0)
+    current = torch.rand(3, 4, generator=gen) * 3
+    plain, _ = lif_step(current, lif_initial_state(3, 4), LIFParameters())
+    competing, _ = lif_step(current, lif_initial_state(3, 4), LIFParameters(winners=winners))
+    assert torch.equal(competing, plain)
+    assert plain.sum(1).max() > 2  # more than 2 of 4 units fire in some sample: k = 2 would bind
+    fewer, _ = lif_step(current, lif_initial_state(3, 4), LIFParameters(winners=2))
+    assert fewer.sum(1).max() == 2

@@ -66,7 +66,7 @@ class ProjArgs(ctypes.Structure):
     )
 
 
-_NET_INTS = ("T", "B", "n_in", "N", "n_out", "reset", "surrogate", "K", "store", "pad")
+_NET_INTS = ("T", "B", "n_in", "N", "n_out", "reset", "surrogate", "K", "store", "winners")
 _NET_FLOATS = ("beta", "theta", "slope", "kappa")
 _NET_PTRS = (
     "x", "W_in", "b_hid", "W_rec", "W_out", "b_out", "v0", "s0", "y0", "v_all", "s_all", "y_all",

@@ -6,6 +6,8 @@
 //   I_t   = x_t W_in + b + x_t (alpha_in . H_in) + s_{t-1} (W + alpha . H)
 //   v_t   = beta v_{t-1} (1 - s_{t-1}) + I_t     or   beta v_{t-1} - theta s_{t-1} + I_t
 //   s_t   = Heaviside(v_t - theta)                (backward: the surrogate derivative)
+//           with k winners: Heaviside(v_t - max(theta, v_t^(k+1))), the (k+1)-th largest of the
+//           sample's potentials, its threshold detached as the reset is
 //   y_t   = kappa y_{t-1} + s_t (W_out + alpha_out . H_out) + b_out
 //   M_t   = tanh(w_M . [x_t, s_t] + b_M)          (per modulated projection; [x_t, s_t, y_t]
 //                                                   when it reads the output: w_M_y set)
@@ -68,7 +70,7 @@ struct Proj {
 };
 
 struct Net {
-  int32_t T, B, n_in, N, n_out, reset, surrogate, K, store, pad;
+  int32_t T, B, n_in, N, n_out, reset, surrogate, K, store, winners;  // winners: k (0: no competition)
   double beta, theta, slope, kappa;
   const void *x, *W_in, *b_hid, *W_rec, *W_out, *b_out;  // x: T x B x n_in
   const void *v0, *s0, *y0;
@@ -88,6 +90,16 @@ inline T surrogate(int32_t kind, T x, T k) {
   }
   const T h = T(3.14159265358979323846) * k * x / T(2);
   return (k / T(2)) / (T(1) + h * h);
+}
+
+// k winners take all: theta_t = max(theta, the (k+1)-th largest of a sample's N potentials);
+// theta itself when there is no competition (k = 0 or k >= N)
+template <typename T>
+inline T competition_threshold(const T* v, int N, int k, T theta, std::vector<T>& work) {
+  if (k <= 0 || k >= N) return theta;
+  work.assign(v, v + N);
+  std::nth_element(work.begin(), work.begin() + k, work.end(), [](T a, T b) { return a > b; });
+  return std::max(theta, work[k]);
 }
 
 #if defined(__GNUC__)
@@ -465,7 +477,7 @@ struct Seq {
 
   void forward() {
     std::vector<T> v(c(n.v0), c(n.v0) + (size_t)B * N), cur((size_t)B * N), y(c(n.y0), c(n.y0) + (size_t)B * nout);
-    std::vector<T> o((size_t)B * nout), buf;
+    std::vector<T> o((size_t)B * nout), buf, work;
     const T beta = T(n.beta), theta = T(n.theta), kappa = T(n.kappa);
     // each plastic state alternates between the caller's buffer and a second one
     T *Hc[3], *Hx[3], *Ec[3], *Ex[3];
@@ -499,6 +511,12 @@ struct Seq {
         vt[q] = vv;
         s[q] = (vv - theta) > T(0) ? T(1) : T(0);
       }
+      if (n.winners > 0 && n.winners < N)  // competition: the raised threshold, sample by sample
+        for (int b = 0; b < B; ++b) {
+          const T* vb = vt + (size_t)b * N;
+          const T thr = competition_threshold(vb, N, n.winners, theta, work);
+          for (int j = 0; j < N; ++j) s[(size_t)b * N + j] = (vb[j] - thr) > T(0) ? T(1) : T(0);
+        }
       std::fill(o.begin(), o.end(), T(0));
       dense_current(B, N, nout, s, c(n.W_out), o.data());
       if (n.p[2].rule != NONE) plastic_current(B, N, nout, s, c(n.p[2].alpha), Hc[2], o.data());
@@ -739,7 +757,7 @@ struct Seq {
   void backward() {
     const T beta = T(n.beta), theta = T(n.theta), kappa = T(n.kappa), slope = T(n.slope);
     std::vector<T> gv(c(n.gv), c(n.gv) + (size_t)B * N), gs(c(n.gs), c(n.gs) + (size_t)B * N);
-    std::vector<T> gy(c(n.gy), c(n.gy) + (size_t)B * nout), gs_prev((size_t)B * N), buf;
+    std::vector<T> gy(c(n.gy), c(n.gy) + (size_t)B * nout), gs_prev((size_t)B * N), buf, work;
     const int K = n.K;
     const int n_chunks = (n.T + K - 1) / K;
     T *cH[3], *cE[3];  // the chunk's states: cH[k] + u * bij(k) = H after t0 + u updates
@@ -918,10 +936,14 @@ struct Seq {
         // LIF
         const T* vt = c(n.v_all) + (size_t)t * B * N;
         T* gcur = m(n.gcur_all) + (size_t)t * B * N;
-        for (size_t q = 0; q < (size_t)B * N; ++q) {
-          const T g = gv[q] + gs[q] * surrogate<T>(n.surrogate, vt[q] - theta, slope);
-          gcur[q] = g;
-          gv[q] = n.reset == 0 ? beta * (T(1) - sp[q]) * g : beta * g;
+        for (int b = 0; b < B; ++b) {
+          const size_t o0 = (size_t)b * N;
+          const T thr = competition_threshold(vt + o0, N, n.winners, theta, work);
+          for (size_t q = o0; q < o0 + N; ++q) {
+            const T g = gv[q] + gs[q] * surrogate<T>(n.surrogate, vt[q] - thr, slope);
+            gcur[q] = g;
+            gv[q] = n.reset == 0 ? beta * (T(1) - sp[q]) * g : beta * g;
+          }
         }
         outer_acc(B, nin, N, x_at(t), gcur, m(n.gW_in), m(n.gb_hid));
         outer_acc(B, N, N, sp, gcur, m(n.gW_rec), nullptr);

@@ -123,6 +123,7 @@ class _NativeSequence(torch.autograd.Function):
         spec = meta.spec
         net.reset = 0 if spec.reset == "zero" else 1
         net.surrogate = _SURROGATES[spec.surrogate]
+        net.winners = spec.winners
         net.beta, net.theta, net.slope, net.kappa = meta.beta, meta.theta, float(spec.slope), meta.kappa
         consts_keep = [xT, _c(W_in), _c(b_hid), _c(W_rec), _c(W_out), _c(b_out), _c(v0), _c(s0), _c(y0)]
         net.x, net.W_in, net.b_hid, net.W_rec, net.W_out, net.b_out, net.v0, net.s0, net.y0 = map(_ptr, consts_keep)
