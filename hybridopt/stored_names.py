@@ -13,6 +13,8 @@ A candidate's child run carries, as tags:
 * ``hybridopt.rung``: the last rung of successive halving it completed (integer);
 * ``hybridopt.inherited_from`` / ``hybridopt.inherited``: the run whose trained state it started
   from, and what it kept (comma-separated groups: ``weights``, ``<projection>.plasticity``);
+* ``hybridopt.lineage_genes``: the genes whose values in its genome are its parent's, as they only
+  set initial values of what it inherited (comma-separated gene paths; absent when none);
 * ``hybridopt.failure``: why it failed (FAILED or KILLED runs);
 * ``hybridopt.node``: the Ray node (its IP address) that trained it, several comma-separated
   where its rungs trained on different nodes.
@@ -84,6 +86,7 @@ TAG_GENOME_UNIT = "hybridopt.genome_unit"
 TAG_RUNG = "hybridopt.rung"
 TAG_INHERITED_FROM = "hybridopt.inherited_from"
 TAG_INHERITED = "hybridopt.inherited"
+TAG_LINEAGE_GENES = "hybridopt.lineage_genes"
 TAG_NODE = "hybridopt.node"
 
 # Metrics.
@@ -125,7 +128,8 @@ class CandidateRecord:
     ``fitness`` is ``None`` unless it finished with a finite fitness.  ``rung`` is the last rung
     it completed, ``rung_fitness`` its fitness at each (when read back from the store).
     ``cpu_s`` is its own training, ``budget_cpu_s`` the training behind its state, inherited
-    included."""
+    included.  ``lineage_genes`` are the genes whose values in ``genome`` are its parent's: they only
+    set initial values of tensors it inherited (see :mod:`hybridopt.search.inherit`)."""
 
     run_id: str
     generation: int
@@ -141,6 +145,7 @@ class CandidateRecord:
     budget_cpu_s: float = 0.0
     inherited_from: Optional[str] = None
     inherited: tuple[str, ...] = ()
+    lineage_genes: tuple[str, ...] = ()
     rung_fitness: list[float] = field(default_factory=list)
     name: str = ""
     node: str = ""  # the node(s) that trained it, comma-separated
@@ -173,6 +178,7 @@ def candidate_tags(
     genome: Mapping[str, Any],
     inherited_from: Optional[str] = None,
     inherited: Sequence[str] = (),
+    lineage_genes: Sequence[str] = (),
 ) -> dict[str, str]:
     """The tags a candidate's child run starts with (at rung 0)."""
     tags = {
@@ -185,6 +191,8 @@ def candidate_tags(
     if inherited_from is not None:  # lineage: whose trained state it started from, and what it kept
         tags[TAG_INHERITED_FROM] = inherited_from
         tags[TAG_INHERITED] = ",".join(inherited)
+    if lineage_genes:
+        tags[TAG_LINEAGE_GENES] = ",".join(lineage_genes)
     return tags
 
 
@@ -206,7 +214,7 @@ def decode_candidate(
     """A child run read back from the store (``wall_s``: when it logged no ``wall_time_s``, its
     duration)."""
     finished = status == "FINISHED" and METRIC_FITNESS in metrics
-    inherited = tags.get(TAG_INHERITED, "")
+    inherited, lineage = tags.get(TAG_INHERITED, ""), tags.get(TAG_LINEAGE_GENES, "")
     return CandidateRecord(
         run_id=run_id,
         generation=int(tags.get(TAG_GENERATION, 0)),
@@ -222,6 +230,7 @@ def decode_candidate(
         budget_cpu_s=float(metrics.get(METRIC_BUDGET_CPU_S, metrics.get(METRIC_CPU_TIME_S, 0.0))),
         inherited_from=tags.get(TAG_INHERITED_FROM),
         inherited=tuple(inherited.split(",")) if inherited else (),
+        lineage_genes=tuple(lineage.split(",")) if lineage else (),
         rung_fitness=list(rung_fitness),
         name=name,
         node=tags.get(TAG_NODE, ""),

@@ -45,6 +45,7 @@ class Job:
     start: Optional[TrainState] = None
     inherited_from: Optional[str] = None  # the run whose state it started from
     inherited: tuple[str, ...] = ()
+    lineage_genes: tuple[str, ...] = ()  # genes whose values are its lineage's (see hybridopt.search.inherit)
     row: Optional[int] = None  # an elite training on: its row in the GA's population
     run_id: Optional[str] = None  # its child run, opened when a worker first takes it
     fitness: list[float] = field(default_factory=list)  # at each completed rung
@@ -91,6 +92,7 @@ class Job:
             budget_cpu_s=result.state.cpu_s if result.state is not None else self.cpu_s,
             inherited_from=self.inherited_from,
             inherited=self.inherited,
+            lineage_genes=self.lineage_genes,
             node=",".join(self.nodes),
         )
 

@@ -12,6 +12,13 @@ every entry that still means the same thing:
 Whatever changed starts from the child config's own initialisation.  Training steps, CPU
 seconds and episodes behind the parent's state come along (the child's curves go on from the
 parent's step); the optimiser starts afresh unless the child's config is the parent's.
+
+A gene that only sets an initial value (``plasticity.<p>.alpha_init``, ``eta_init``,
+``eta_E_init``, ``coefficients``) no longer acts on a child that inherits the tensors it
+initialises: the child starts where its parent's lineage started.  Such a gene is a *lineage
+gene* of the child, and its genome carries the parent's value of it (the value that did
+initialise those tensors, at the lineage's root), not the value the GA proposed; so a winner's
+recorded genome, trained from scratch, starts as its lineage did.
 """
 
 from __future__ import annotations
@@ -20,15 +27,17 @@ from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import numpy as np
+import torch
 
 from hybridopt.config import Config
 from hybridopt.search.genome import Gene
 from hybridopt.search.halving import Job
 from hybridopt.snn.catalogue import PROJECTIONS
+from hybridopt.snn.spec import PROJECTION_INITIAL_VALUES
 from hybridopt.stored_names import CandidateRecord
 from hybridopt.train import TrainState, initial_model
 
-__all__ = ["Lineage", "inherit", "parameter_owner"]
+__all__ = ["Lineage", "inherit", "initial_value_gene", "lineage_genes", "parameter_owner"]
 
 
 def parameter_owner(name: str) -> str:
@@ -48,15 +57,31 @@ def _same_plasticity(a: Config, b: Config, projection: str) -> bool:
     return pa.rule == pb.rule and pa.modulation == pb.modulation
 
 
+def initial_value_gene(path: str) -> bool:
+    """Whether a gene's config path only sets the initial value of a projection's learned
+    plastic tensors (``plasticity.<p>.<field>``, ``field`` one of ``PROJECTION_INITIAL_VALUES``)."""
+    parts = path.split(".")
+    if len(parts) < 3 or parts[0] != "plasticity":
+        return False
+    return parts[1] in PROJECTIONS and parts[2] in PROJECTION_INITIAL_VALUES
+
+
 def inherit(parent: TrainState, parent_cfg: Config, child_cfg: Config) -> tuple[TrainState, list[str]]:
     """The state a child of ``child_cfg`` starts from, and which groups it kept from ``parent``.
 
     The groups are listed in a fixed order (``weights`` first, then the projections' plasticity
     in network order); an empty list means nothing matched (the child starts fresh but for its
     step count)."""
+    state, groups, _ = _start(parent, parent_cfg, child_cfg)
+    return state, groups
+
+
+def _start(parent: TrainState, parent_cfg: Config, child_cfg: Config) -> tuple[TrainState, list[str], set[str]]:
+    """:func:`inherit`'s state and groups, and the names of the entries taken from ``parent``."""
     fresh: dict[str, Any] = initial_model(child_cfg)
     model: dict[str, Any] = {}
     kept: set[str] = set()
+    copied: set[str] = set()
     for name, value in fresh.items():
         owner = parameter_owner(name)
         src = parent.model.get(name)
@@ -64,6 +89,7 @@ def inherit(parent: TrainState, parent_cfg: Config, child_cfg: Config) -> tuple[
         if src is not None and same_meaning and tuple(src.shape) == tuple(value.shape):
             model[name] = src.clone()
             kept.add(owner)
+            copied.add(name)
         else:
             model[name] = value
     order = ["weights", *(f"{p}.plasticity" for p in PROJECTIONS)]
@@ -77,7 +103,41 @@ def inherit(parent: TrainState, parent_cfg: Config, child_cfg: Config) -> tuple[
         episodes=parent.episodes,
         rng=parent.rng if identical else None,
     )
-    return state, groups
+    return state, groups, copied
+
+
+def _other_value(value: float) -> float:
+    """A value unlike ``value`` that every initial-value field accepts (half of it; 0.5 for 0)."""
+    return value / 2 if value else 0.5
+
+
+def lineage_genes(
+    genes: Sequence[Gene], genome: dict[str, Any], copied: set[str], config_for: Callable[[dict[str, Any]], Config]
+) -> list[str]:
+    """The genes of a child's ``genome`` that no longer act: each only sets initial values
+    (:func:`initial_value_gene`), and every entry of the fresh model whose value it sets is among
+    ``copied`` (taken from the parent).  What a gene sets is found by changing its value alone and
+    seeing which entries of :func:`initial_model` change; a gene that sets nothing here (the
+    projection is static) is not one."""
+    paths = [g.path for g in genes if initial_value_gene(g.path) and _number(genome.get(g.path))]
+    if not paths:
+        return []
+    fresh = initial_model(config_for(genome))
+    moot = []
+    for path in paths:
+        other = initial_model(config_for({**genome, path: _other_value(float(genome[path]))}))
+        sets = [
+            name
+            for name, v in fresh.items()
+            if name not in other or other[name].shape != v.shape or not torch.equal(other[name], v)
+        ]
+        if sets and all(name in copied for name in sets):
+            moot.append(path)
+    return moot
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Lineage:
@@ -147,12 +207,18 @@ class Lineage:
 
     def child(self, job: Job, config_for: Callable[[dict[str, Any]], Config]) -> Job:
         """``job`` set to start from the trained state of the member it shares most genes with
-        (``config_for(genome)``: a member's config); unchanged when there is none."""
+        (``config_for(genome)``: a member's config), its lineage genes set to that member's
+        values (see :func:`lineage_genes`); unchanged when there is none."""
         parent = self.parent_of(job.unit, job.genome)
         state = self.state(parent.run_id) if parent is not None else None
         if parent is not None and state is not None:
-            job.start, kept = inherit(state, config_for(parent.genome), job.cfg)
+            job.start, kept, copied = _start(state, config_for(parent.genome), job.cfg)
             job.inherited_from, job.inherited = parent.run_id, tuple(kept)
+            moot = [p for p in lineage_genes(self.genes, job.genome, copied, config_for) if p in parent.genome]
+            if moot:  # they start where the parent's lineage started: its values are the child's
+                job.genome = {**job.genome, **{p: parent.genome[p] for p in moot}}
+                job.cfg = config_for(job.genome)
+                job.lineage_genes = tuple(moot)
         return job
 
     def training_on(
@@ -179,4 +245,5 @@ class Lineage:
         job = Job(index, list(member.unit), dict(member.genome), cfg, row=row)
         start, kept = inherit(state, cfg, cfg)  # its own state: everything, optimiser included
         job.start, job.inherited_from, job.inherited = start, member.run_id, tuple(kept)
+        job.lineage_genes = member.lineage_genes
         return job

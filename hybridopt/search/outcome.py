@@ -136,7 +136,10 @@ def describe_search(
         f"Genes: {genes}.\n\n"
     )
     if best is not None:
+        lineage = ", ".join(f"`{p}`" for p in best.lineage_genes)
         text += f"**Best** (fitness {best.fitness:.4f}, run `{best.run_id}`): {GenomeSpace.describe(best.genome)}\n\n"
+        if lineage:
+            text += f"Its {lineage}: the initial values its lineage started from (it inherited what they set).\n\n"
     if command:
         text += f"Reproduce: `{command}`\n"
     return text

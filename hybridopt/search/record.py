@@ -138,12 +138,13 @@ class SearchRecord:
         cfg: Config,
         inherited_from: Optional[str] = None,
         inherited: tuple[str, ...] = (),
+        lineage_genes: tuple[str, ...] = (),
         start_time: Optional[float] = None,
     ) -> str:
         """A RUNNING child run for a candidate a worker took at ``start_time`` (seconds since the
         epoch; default now)."""
         name = f"g{generation:03d}-c{index:03d} {GenomeSpace.describe(genome)}"
-        tags = candidate_tags(generation, index, unit, genome, inherited_from, inherited)
+        tags = candidate_tags(generation, index, unit, genome, inherited_from, inherited, lineage_genes)
         run_id = self.tracker.start_run(
             name[:250],
             KIND_CANDIDATE,

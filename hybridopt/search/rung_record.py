@@ -73,7 +73,7 @@ class RungRecorder:
 
     # ------------------------------------------------------------------ the RungListener
     def started(self, job: Job, at: float) -> str:
-        g, inherited = self.generation, (job.inherited_from, job.inherited)
+        g, inherited = self.generation, (job.inherited_from, job.inherited, job.lineage_genes)
         return self.record.open_child(g, job.index, job.unit, job.genome, job.cfg, *inherited, start_time=at)
 
     def completed(self, job: Job, result: TrainResult) -> None:

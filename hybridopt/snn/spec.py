@@ -23,7 +23,16 @@ from pydantic.dataclasses import dataclass
 
 from hybridopt.snn.catalogue import MODE_NAMES, PROJECTIONS, RULE_COEFFICIENTS, SURROGATE_NAMES
 
-__all__ = ["COMPILE", "KERNELS", "Compile", "Kernel", "NetworkConfig", "NetworkSpec", "ProjectionSpec"]
+__all__ = [
+    "COMPILE",
+    "KERNELS",
+    "PROJECTION_INITIAL_VALUES",
+    "Compile",
+    "Kernel",
+    "NetworkConfig",
+    "NetworkSpec",
+    "ProjectionSpec",
+]
 
 # How training differentiates a sequence (see :mod:`hybridopt.snn.network`): whole compiled time
 # steps, the fused plastic-synapse kernel, or plain autograd; auto: compiled steps for small
@@ -46,6 +55,12 @@ def _known(field: str, name: str) -> str:
 
 
 Positive = Annotated[float, Field(gt=0.0)]
+
+
+# The fields of a projection's spec that only set the initial value of learned tensors (``alpha``,
+# the mode's ``eta``/``mod_a``/``eta_E``, the rule's coefficients): once a network has trained,
+# or a child has inherited those tensors, they no longer act.
+PROJECTION_INITIAL_VALUES = ("alpha_init", "eta_init", "eta_E_init", "coefficients")
 
 
 @dataclass(frozen=True, config=_STRICT)
