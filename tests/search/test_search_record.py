@@ -143,3 +143,48 @@ def test_a_family_registered_by_a_plugin_module_trains_in_a_search(tmp_path: Pat
 
         model = torch.load(path, weights_only=True)["model"]
         assert "projections.input.coeffs.k" in model and torch.isfinite(model["projections.input.coeffs.k"])
+
+
+def test_a_lamarckian_winner_s_genome_carries_its_lineage_s_initial_values(tmp_path: Path, store: str, ray_tmp: str):
+    # the input projection is plastic in every candidate (its family and mode fixed), its alpha_init
+    # a gene: from generation 1 on, every child inherits the input's alpha, so its alpha_init is
+    # its parent's, back to the lineage's root
+    import json
+
+    import yaml
+
+    cfg = yaml.safe_load(Path(SMOKE).read_text())
+    genes = cfg["search"]["genes"]
+    del genes["plasticity.input.rule"], genes["plasticity.input.modulation"], genes["network.hidden"]
+    genes["plasticity.input.alpha_init"] = {"low": 0.01, "high": 1.0, "log": True}
+    cfg["plasticity"] = {"input": {"rule": "hebbian", "modulation": "neuromodulated"}}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(cfg))
+    args = [str(tmp_path / "own.yaml"), "--tracking-uri", store, "--set", f"search.checkpoint={tmp_path}/c"]
+    p = search(args, tmp_path, ray_tmp)
+    assert p.returncode == 0, p.stderr
+    client, (parent,), children = runs_of(store)
+    by_id = {c.info.run_id: c for c in children}
+    alpha = "plasticity.input.alpha_init"
+
+    def genome(run) -> dict:
+        return json.loads(run.data.tags["hybridopt.genome"])
+
+    later = [c for c in children if int(c.data.tags["hybridopt.generation"]) >= 1]
+    assert any("hybridopt.lineage_genes" in c.data.tags for c in later)
+    for c in later:
+        src = by_id[c.data.tags["hybridopt.inherited_from"]]
+        assert "input.plasticity" in c.data.tags["hybridopt.inherited"].split(",")
+        assert genome(c)[alpha] == genome(src)[alpha]
+        if genome(c) != genome(src):  # a new child, not an elite training on from its own state
+            assert c.data.tags["hybridopt.lineage_genes"] == alpha
+        assert float(c.data.params[alpha]) == pytest.approx(genome(src)[alpha])  # its config too
+    for c in children:
+        if int(c.data.tags["hybridopt.generation"]) == 0:
+            assert "hybridopt.lineage_genes" not in c.data.tags
+    # the winner's recorded genome: the alpha_init its lineage's root trained from
+    winner = by_id[client.get_run(parent.info.run_id).data.tags["hybridopt.best_run"]]
+    root = winner
+    while "hybridopt.inherited_from" in root.data.tags:
+        root = by_id[root.data.tags["hybridopt.inherited_from"]]
+    path = client.download_artifacts(parent.info.run_id, "best_genome.yaml", str(tmp_path))
+    assert yaml.safe_load(Path(path).read_text())[alpha] == genome(root)[alpha]
