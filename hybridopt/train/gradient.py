@@ -169,6 +169,13 @@ def train_gradient(
     history: list[tuple[int, dict[str, float]]] = []
     step0 = start.step if start is not None else 0
     step = step0
+    cpu0 = time.process_time()  # training's CPU, a failure's too (from after the kernel's preparation, below)
+
+    def failure(reason: str) -> TrainResult:
+        return TrainResult.failure(
+            reason, history=history, steps=step, wall_time=time.perf_counter() - t0, cpu_time=time.process_time() - cpu0
+        )
+
     try:
         task, net = build(cfg)
         if start is not None:
@@ -200,9 +207,7 @@ def train_gradient(
             if tc.rate_reg > 0:
                 loss = loss + tc.rate_reg * (s.mean(dim=(0, 1)) - tc.rate_target).pow(2).mean()
             if not torch.isfinite(loss):
-                return TrainResult.failure(
-                    f"non-finite loss at step {step}", history=history, steps=step, wall_time=time.perf_counter() - t0
-                )
+                return failure(f"non-finite loss at step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
@@ -212,12 +217,8 @@ def train_gradient(
                 overflow += 1
                 skipped += 1
                 if overflow >= NONFINITE_PATIENCE:
-                    return TrainResult.failure(
-                        f"non-finite gradient {first_overflow} and at each of the {overflow - 1} batches after it",
-                        history=history,
-                        steps=step,
-                        wall_time=time.perf_counter() - t0,
-                    )
+                    why = f"non-finite gradient {first_overflow} and at each of the {overflow - 1} batches after it"
+                    return failure(why)
                 continue
             overflow = 0
             opt.step()
@@ -242,9 +243,7 @@ def train_gradient(
         if tc.test_episodes:
             final.update(test_accuracy(net, task, cfg, tc.test_episodes))
     except Exception as e:  # a candidate must not take its caller down
-        return TrainResult.failure(
-            f"{type(e).__name__}: {e}", history=history, steps=step, wall_time=time.perf_counter() - t0
-        )
+        return failure(f"{type(e).__name__}: {e}")
     final["fitness"] = final["eval/accuracy"]
     final["compile_cpu_s"] = compile_cpu_s
     final["skipped_steps"] = float(skipped)

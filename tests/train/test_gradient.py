@@ -61,6 +61,7 @@ def test_non_finite_gradient_fails_the_candidate_before_the_weights_are_touched(
     assert r.failed and r.reason.startswith("non-finite gradient at step 0 (loss 7.")
     assert r.reason.endswith(f"and at each of the {NONFINITE_PATIENCE - 1} batches after it")
     assert r.fitness == -math.inf and r.steps == 0  # no step was applied
+    assert r.cpu_time > 0  # the batches it tried count in the search's CPU
 
 
 def test_a_run_counts_the_batches_it_skipped():
