@@ -72,12 +72,15 @@ def inherit(parent: TrainState, parent_cfg: Config, child_cfg: Config) -> tuple[
     The groups are listed in a fixed order (``weights`` first, then the projections' plasticity
     in network order); an empty list means nothing matched (the child starts fresh but for its
     step count)."""
-    state, groups, _ = _start(parent, parent_cfg, child_cfg)
+    state, groups, _, _ = _start(parent, parent_cfg, child_cfg)
     return state, groups
 
 
-def _start(parent: TrainState, parent_cfg: Config, child_cfg: Config) -> tuple[TrainState, list[str], set[str]]:
-    """:func:`inherit`'s state and groups, and the names of the entries taken from ``parent``."""
+def _start(
+    parent: TrainState, parent_cfg: Config, child_cfg: Config
+) -> tuple[TrainState, list[str], dict[str, Any], set[str]]:
+    """:func:`inherit`'s state and groups, the child's fresh model, and the names of the entries
+    taken from ``parent``."""
     fresh: dict[str, Any] = initial_model(child_cfg)
     model: dict[str, Any] = {}
     kept: set[str] = set()
@@ -103,7 +106,7 @@ def _start(parent: TrainState, parent_cfg: Config, child_cfg: Config) -> tuple[T
         episodes=parent.episodes,
         rng=parent.rng if identical else None,
     )
-    return state, groups, copied
+    return state, groups, fresh, copied
 
 
 def _other_value(value: float) -> float:
@@ -112,17 +115,19 @@ def _other_value(value: float) -> float:
 
 
 def lineage_genes(
-    genes: Sequence[Gene], genome: dict[str, Any], copied: set[str], config_for: Callable[[dict[str, Any]], Config]
+    genes: Sequence[Gene],
+    genome: dict[str, Any],
+    fresh: dict[str, Any],
+    copied: set[str],
+    config_for: Callable[[dict[str, Any]], Config],
 ) -> list[str]:
     """The genes of a child's ``genome`` that no longer act: each only sets initial values
-    (:func:`initial_value_gene`), and every entry of the fresh model whose value it sets is among
-    ``copied`` (taken from the parent).  What a gene sets is found by changing its value alone and
-    seeing which entries of :func:`initial_model` change; a gene that sets nothing here (the
-    projection is static) is not one."""
+    (:func:`initial_value_gene`), and every entry of its ``fresh`` model (``initial_model`` of
+    ``config_for(genome)``) whose value it sets is among ``copied`` (taken from the parent).
+    What a gene sets is found by changing its value alone and seeing which entries of
+    :func:`initial_model` change; a gene that sets nothing here (the projection is static) is
+    not one."""
     paths = [g.path for g in genes if initial_value_gene(g.path) and _number(genome.get(g.path))]
-    if not paths:
-        return []
-    fresh = initial_model(config_for(genome))
     moot = []
     for path in paths:
         other = initial_model(config_for({**genome, path: _other_value(float(genome[path]))}))
@@ -212,9 +217,9 @@ class Lineage:
         parent = self.parent_of(job.unit, job.genome)
         state = self.state(parent.run_id) if parent is not None else None
         if parent is not None and state is not None:
-            job.start, kept, copied = _start(state, config_for(parent.genome), job.cfg)
+            job.start, kept, fresh, copied = _start(state, config_for(parent.genome), job.cfg)
             job.inherited_from, job.inherited = parent.run_id, tuple(kept)
-            moot = [p for p in lineage_genes(self.genes, job.genome, copied, config_for) if p in parent.genome]
+            moot = lineage_genes(self.genes, job.genome, fresh, copied, config_for)
             if moot:  # they start where the parent's lineage started: its values are the child's
                 job.genome = {**job.genome, **{p: parent.genome[p] for p in moot}}
                 job.cfg = config_for(job.genome)

@@ -140,17 +140,16 @@ def test_a_gene_is_the_lineage_s_only_where_all_it_sets_was_inherited(parent):
     # the input projection keeps its family and mode: its alpha is the parent's, so its alpha_init
     # no longer acts; the recurrent projection is static here (its alpha_init sets nothing), and a
     # learning rate sets no initial value
-    ccfg = _config_for(genome)
-    _, _, copied = _start(trained.state, pcfg, ccfg)
-    assert lineage_genes(genes, genome, copied, _config_for) == [ALPHA]
+    _, _, fresh, copied = _start(trained.state, pcfg, _config_for(genome))
+    assert lineage_genes(genes, genome, fresh, copied, _config_for) == [ALPHA]
     # another mode on the input projection: its alpha starts from the child's own value
     changed = {**genome, "plasticity.input.modulation": "plain"}
-    _, _, copied = _start(trained.state, pcfg, _config_for(changed))
-    assert lineage_genes(genes, changed, copied, _config_for) == []
+    _, _, fresh, copied = _start(trained.state, pcfg, _config_for(changed))
+    assert lineage_genes(genes, changed, fresh, copied, _config_for) == []
     # another hidden size: alpha's shape changed, nothing of it was inherited
     resized = {**genome, "network.hidden": 12}
-    _, _, copied = _start(trained.state, pcfg, _config_for(resized))
-    assert lineage_genes(genes, resized, copied, _config_for) == []
+    _, _, fresh, copied = _start(trained.state, pcfg, _config_for(resized))
+    assert lineage_genes(genes, resized, fresh, copied, _config_for) == []
 
 
 def test_a_child_records_its_lineage_s_initial_values(parent):
