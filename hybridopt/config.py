@@ -67,6 +67,18 @@ class TrainConfig(Strict):
     ``cpu_minutes`` of this process's CPU time (CPU, not wall time, so that budgets stay
     comparable when several candidates share a machine).  At the end: ``test/accuracy`` on
     ``test_episodes`` fresh episodes of seeds reserved for testing (never the evaluation's).
+
+    ``lr_schedule: cosine`` anneals Adam's rate over the call's budget (see
+    :func:`hybridopt.train.gradient.scheduled_lr`)::
+
+        lr(p) = lr * (f + (1 - f) * (1 + cos(pi p)) / 2),   f = lr_final,
+        p = min(1, max(steps done / steps, CPU spent / CPU budget))
+
+    so it reaches ``lr_final * lr`` where the budget ends, whichever limit binds.  Each call
+    anneals over its own budget: a run continued from a state (a rung of successive halving, a
+    winner's further training) starts again at ``lr``, a warm restart.  Where the CPU budget
+    binds, the rate at a step depends on the CPU time spent so far, so two runs of the same seed
+    agree only up to that.
     """
 
     steps: Annotated[int, Field(ge=1)] = 200
@@ -78,6 +90,8 @@ class TrainConfig(Strict):
     test_episodes: Annotated[int, Field(ge=0)] = 1024
     rate_reg: Annotated[float, Field(ge=0.0)] = 0.0
     rate_target: Fraction = 0.05
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_final: Fraction = 0.1
     cpu_minutes: Optional[Positive] = None
     threads: Annotated[int, Field(ge=1)] = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"

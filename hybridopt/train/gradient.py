@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from hybridopt.config import Config, network_spec
+from hybridopt.config import Config, TrainConfig, network_spec
 from hybridopt.snn.kernels import KernelBudget
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Batch, Task, make_task
@@ -141,6 +141,23 @@ def _cpu_state(obj: Any) -> Any:
     return obj
 
 
+def scheduled_lr(tc: TrainConfig, done_steps: int, cpu_spent_s: float, cpu_budget_s: float) -> float:
+    """Adam's rate after ``done_steps`` steps and ``cpu_spent_s`` CPU seconds of this call::
+
+        constant:  lr
+        cosine:    lr * (f + (1 - f) * (1 + cos(pi p)) / 2),   f = lr_final,
+                   p = min(1, max(done_steps / steps, cpu_spent_s / cpu_budget_s))
+
+    ``p`` is the fraction of the call's budget spent, by whichever limit is nearer."""
+    if tc.lr_schedule == "constant":
+        return tc.lr
+    p = done_steps / tc.steps
+    if math.isfinite(cpu_budget_s) and cpu_budget_s > 0:
+        p = max(p, cpu_spent_s / cpu_budget_s)
+    p = min(1.0, p)
+    return tc.lr * (tc.lr_final + (1.0 - tc.lr_final) * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
 # A batch whose gradient overflows is skipped (Adam would write NaN into every parameter); this
 # many in a row end the run as failed: the network itself, not one batch, has diverged.
 NONFINITE_PATIENCE = 10
@@ -221,6 +238,10 @@ def train_gradient(
                     return failure(why)
                 continue
             overflow = 0
+            if tc.lr_schedule != "constant":
+                lr = scheduled_lr(tc, step - step0, time.process_time() - cpu0, cpu_budget_s)
+                for group in opt.param_groups:
+                    group["lr"] = lr
             opt.step()
             step += 1
             metrics = {
@@ -228,6 +249,8 @@ def train_gradient(
                 "train/accuracy": task.fitness(y.detach(), batch).mean().item(),
                 "train/firing_rate": s.detach().mean().item(),
             }
+            if tc.lr_schedule != "constant":
+                metrics["train/lr"] = opt.param_groups[0]["lr"]
             if step % tc.eval_every == 0 or step - step0 == tc.steps:
                 metrics.update(evaluate(net, task, cfg))
             history.append((step, metrics))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hybridopt.config import load_config
-from hybridopt.train.gradient import NONFINITE_PATIENCE, build, evaluate, train_gradient
+from hybridopt.train.gradient import NONFINITE_PATIENCE, build, evaluate, scheduled_lr, train_gradient
 from tests.conftest import CONFIGS
 
 
@@ -149,3 +149,32 @@ def test_the_trained_network_is_measured_on_reserved_test_episodes():
     te = task.batch(cfg.train.batch_size, torch.Generator().manual_seed(TEST_SEED_OFFSET + cfg.seed))
     assert not torch.equal(ev.x, te.x)
     assert "test/accuracy" not in train_gradient(smoke("train.test_episodes=0")).final_metrics
+
+
+def test_the_cosine_schedule_by_hand():
+    tc = smoke("train.lr=0.01", "train.lr_schedule=cosine", "train.lr_final=0.2", "train.steps=100").train
+    inf = math.inf
+    assert scheduled_lr(tc, 0, 0.0, inf) == pytest.approx(0.01)
+    assert scheduled_lr(tc, 50, 0.0, inf) == pytest.approx(0.01 * (0.2 + 0.8 * 0.5))  # cos(pi/2) = 0
+    assert scheduled_lr(tc, 25, 0.0, inf) == pytest.approx(0.01 * (0.2 + 0.8 * (1 + math.sqrt(0.5)) / 2))
+    assert scheduled_lr(tc, 100, 0.0, inf) == pytest.approx(0.002)
+    assert scheduled_lr(tc, 10, 30.0, 60.0) == pytest.approx(0.006)  # the CPU budget is nearer its end
+    assert scheduled_lr(tc, 10, 90.0, 60.0) == pytest.approx(0.002)  # past it: the final rate
+    const = smoke("train.lr=0.01", "train.steps=100").train
+    assert scheduled_lr(const, 50, 30.0, 60.0) == 0.01
+
+
+def test_a_cosine_run_anneals_to_its_final_rate_and_a_continued_run_restarts():
+    cfg = smoke("train.lr=0.01", "train.lr_schedule=cosine", "train.lr_final=0.1")
+    r = train_gradient(cfg)
+    lrs = [m["train/lr"] for _, m in r.history if "train/lr" in m]
+    assert len(lrs) == cfg.train.steps
+    last = 0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 5 / 6)))  # the 6th step: 5 of 6 done
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(last)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # falls at every step
+    assert r.state.optimizer["param_groups"][0]["lr"] == pytest.approx(lrs[-1])
+    more = train_gradient(cfg, start=r.state)  # a warm restart: the call anneals over its own budget
+    assert more.history[0][1]["train/lr"] == pytest.approx(0.01)
+    plain = train_gradient(smoke("train.lr=0.01"))
+    assert all("train/lr" not in m for _, m in plain.history)
+    assert not torch.equal(plain.state_dict["projections.input.W"], r.state_dict["projections.input.W"])
