@@ -22,6 +22,8 @@ and the prototype ``p_u`` of a unit that spikes moves toward the trace, in one o
 - *normalised*: the same, each unit's weight normalised, ``p_u = (w_u + alpha h_u) / |w_u + alpha
   h_u|``: a plastic projection with weight normalisation.
 
+(One row feeds the layer the spikes themselves, not centred.)
+
 The pools, the question: how the layer meets the pair of cues, which arrive on two banks at once:
 
 - *one pool*: one pool over both banks' channels (what a hidden layer over the whole input is);
@@ -75,6 +77,7 @@ class Layer(NamedTuple):
     trace: float = 0.8
     beta: float = 0.9
     theta: float = 1.0
+    centre: bool = True  # the input less its mean over the channels, at every step
 
 
 LAYERS = (
@@ -91,6 +94,7 @@ LAYERS = (
     Layer("shared", "additive", alpha=0.0),
     Layer("shared", "normalised", alpha=1.0),
     Layer("shared", "normalised", alpha=4.0),
+    Layer("shared", "normalised", alpha=4.0, centre=False),
 )
 
 
@@ -125,7 +129,7 @@ def spiking_code(r: Readings, task, layer: Layer, seed: int) -> np.ndarray:
         s = np.zeros((E, n_pools, layer.units), dtype=bool)
         xbar = np.zeros((E, n_pools, d))
         for st in range(steps):
-            xs = x[:, t, st] - x[:, t, st].mean(2, keepdims=True)
+            xs = x[:, t, st] - x[:, t, st].mean(2, keepdims=True) if layer.centre else x[:, t, st]
             xbar = layer.trace * xbar + (1 - layer.trace) * xs
             if layer.form == "instar":
                 proto = p
@@ -152,7 +156,7 @@ def spiking_code(r: Readings, task, layer: Layer, seed: int) -> np.ndarray:
 def describe(layer: Layer) -> str:
     pools = {"one": "one pool", "per-bank": "a pool per bank", "shared": "a pool per bank, shared"}[layer.pools]
     form = f"instar, lam {layer.lam:g}" if layer.form == "instar" else f"{layer.form}, alpha {layer.alpha:g}"
-    return f"{pools} | {form} | {layer.winners}"
+    return f"{pools}{'' if layer.centre else ', input not centred'} | {form} | {layer.winners}"
 
 
 def main() -> None:
