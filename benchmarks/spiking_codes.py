@@ -2,7 +2,9 @@
 the ideal readers of ``benchmarks/ideal_readers.py`` read better than the raw input counts.
 
 No training across episodes: a layer of leaky integrate-and-fire units reads the cue banks' spikes
-step by step over the steps the pair is shown before the feedback, its prototypes start at random
+step by step over the steps the pair is shown before the feedback (each trial starts the layer at
+rest: potentials, spikes and traces at 0; a network's layer would carry them over from the last
+trial, and keep running through the feedback window), its prototypes start at random
 and change within the episode by an instar, and the readers (feedback-gated Hebbian, and delta)
 read its spike counts per trial, their constants chosen on one seed's episodes and measured on
 another's (± standard error). Per step ``t`` and unit ``u`` of a pool fed by input ``x_t`` (the
@@ -13,7 +15,7 @@ all the channels' spikes subtracts)::
     s_t = H(v_t - max(theta, v_t^(k)))       (k winners per pool and step)
     xbar_t = lam_tr xbar_{t-1} + (1 - lam_tr) x_t                         (the presynaptic trace)
 
-and the prototype ``p_u`` of a unit that spikes moves toward the trace, in one of two forms:
+and the prototype ``p_u`` of a unit that spikes moves toward the trace, in one of three forms:
 
 - *instar*: ``p_u <- normalise(p_u + lam s_u (xbar / |xbar| - p_u))``: all of the prototype is
   plastic and its length is fixed (Oja's rule for a unit that spikes or not);
