@@ -28,7 +28,7 @@ from pydantic import (
 
 from hybridopt.errors import ConfigError
 from hybridopt.snn.catalogue import PROJECTIONS, load_plugins
-from hybridopt.snn.spec import NetworkConfig, NetworkSpec, ProjectionSpec
+from hybridopt.snn.spec import NetworkConfig, NetworkSpec, ProjectionSpec, check_kernel
 from hybridopt.tasks.registry import Fraction, Positive, TaskSection, task_section
 
 __all__ = [
@@ -273,6 +273,13 @@ class Config(Strict):
             raise ValueError(str(e)) from None
         return section.model_validate(value)
 
+    @model_validator(mode="after")
+    def _network_options(self) -> Config:
+        check_kernel(self.network, {name: getattr(self.plasticity, name) for name in PROJECTIONS})
+        if self.network.share_positions and self.task.input_positions() is None:
+            raise ValueError(f"network.share_positions: task {self.task.name!r} declares no input positions")
+        return self
+
 
 def _format_error(err: ValidationError) -> str:
     parts = []
@@ -372,4 +379,5 @@ def placement_overrides(name: str) -> list[str]:
 
 def network_spec(cfg: Config, n_in: int, n_out: int) -> NetworkSpec:
     """The :class:`~hybridopt.snn.spec.NetworkSpec` a config describes, for a task with these input/output sizes."""
-    return NetworkSpec.of(cfg.network, cfg.plasticity, n_in, n_out)
+    positions = cfg.task.input_positions() if cfg.network.share_positions else None
+    return NetworkSpec.of(cfg.network, cfg.plasticity, n_in, n_out, positions)

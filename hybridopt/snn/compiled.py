@@ -65,7 +65,12 @@ def structure_key(spec: NetworkSpec) -> tuple:
         spec.slope,
         spec.modulator_reads_output,
         spec.winners,
-        tuple((p.rule, p.modulation, p.h_max, p.filtered, p.gated) for p in (spec.input, spec.recurrent, spec.readout)),
+        tuple(
+            (p.rule, p.modulation, p.h_max, p.filtered, p.gated, p.normalise)
+            for p in (spec.input, spec.recurrent, spec.readout)
+        ),
+        spec.centre_input,
+        (spec.positions, spec.shared_channels) if spec.share_positions else None,
     )
 
 

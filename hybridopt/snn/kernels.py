@@ -14,7 +14,9 @@
 family registered without a native kernel, no C++ compiler) ``compiled`` for small plastic
 states, but only for a run whose budget pays the per-structure compile many times over
 (:class:`KernelBudget`; a network no run declared a budget for pays none), and ``fused``
-otherwise.  An explicit choice is kept; ``native`` asked
+otherwise.  A network with options only the kernels that run the step function itself have
+(``share_positions``, ``centre_input``, a projection's ``normalise``) runs ``compiled`` where its
+budget pays the compile, ``reference`` otherwise.  An explicit choice is kept; ``native`` asked
 for where it cannot run falls back to what ``auto`` would pick there, and says so once.  No
 kernel rewrites a network's spec: the training loop hands its budget to the network
 (:meth:`PlasticSNN.set_budget <hybridopt.snn.network.PlasticSNN.set_budget>`), and the network
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from hybridopt.snn.fused_kernels import COMPILE_MIN_ELEMENTS
+from hybridopt.snn.spec import stepwise_only
 
 if TYPE_CHECKING:
     from hybridopt.snn.spec import NetworkSpec
@@ -96,6 +99,11 @@ def choose_kernel(
     docstring.  ``budget`` is the run's (default: none declared, so no per-structure compile)."""
     budget = budget if budget is not None else KernelBudget()
     asked = spec.kernel
+    if stepwise_only(spec, spec.projections()) is not None:
+        # options only the step kernels have (the spec allows no other choice)
+        if asked == "auto":
+            return "compiled" if budget.pays_compile else "reference"
+        return asked
     if asked not in ("auto", "native"):
         if single_step or not grad:  # without a tape: the plain maths unless compiled was asked for
             return "compiled" if asked == "compiled" else "reference"

@@ -14,6 +14,13 @@ then each plastic projection updates its ``H`` from its own pre/post activity: i
 ``(x_t, s_t)``, recurrent ``(s_{t-1}, s_t)``, readout ``(s_t, tanh(y_t))``.  A projection
 whose rule is ``none`` has no ``alpha`` and no ``H``: it is an ordinary static weight.
 
+With ``share_positions`` the hidden layer is one pool per input position the task declares,
+each reading its position's channels and the shared ones through the same ``W_in + alpha_in ⊙
+H_in`` (one ``H`` per sample, the pools' updates summed), the readout and the modulators reading
+``s_t = sum_p s_{p,t}``; ``centre_input`` and a projection's ``normalise`` are in
+:class:`~hybridopt.snn.spec.NetworkConfig` and :class:`~hybridopt.snn.spec.ProjectionSpec`.
+These run on the reference kernel.
+
 The maths is :func:`network_step` over explicit :class:`NetworkParams` and
 :class:`NetworkState`; :class:`PlasticSNN` is the thin ``nn.Module`` that owns the
 parameters and runs the time loop.
@@ -46,7 +53,7 @@ from hybridopt.snn.kernels import COMPILE_MIN_ELEMENTS, KernelBudget, choose_ker
 from hybridopt.snn.native import native_sequence
 from hybridopt.snn.neurons import lif_initial_state
 from hybridopt.snn.plasticity import MODES, RULES, ModulationParams, plastic_initial_state
-from hybridopt.snn.spec import COMPILE, KERNELS, NetworkSpec, ProjectionSpec
+from hybridopt.snn.spec import COMPILE, KERNELS, NetworkSpec, ProjectionSpec, stepwise_only
 from hybridopt.snn.step import NetworkParams, NetworkState, ProjectionParams, StepConstants, network_step
 
 __all__ = [
@@ -206,7 +213,9 @@ class PlasticSNN(nn.Module):
         return params._replace(**new)
 
     def initial_state(self, batch: int) -> NetworkState:
-        """Resting neurons, zero readout, zero plastic state (every episode starts here)."""
+        """Resting neurons, zero readout, zero plastic state (every episode starts here).  With
+        ``share_positions`` the neurons and the input and recurrent traces have a row per pool
+        (``batch x positions``), the plastic states one per sample."""
         dev, dt = self.b_hidden.device, self.b_hidden.dtype
         plastic = {
             name: plastic_initial_state(
@@ -215,13 +224,14 @@ class PlasticSNN(nn.Module):
                 batch,
                 *self.spec.shape(name),
                 filtered=self.spec.projection(name).filtered,
+                positions=self.spec.n_positions if name != "readout" else 1,
                 device=dev,
                 dtype=dt,
             )
             for name in PROJECTIONS
         }
         return NetworkState(
-            lif=lif_initial_state(batch, self.spec.hidden, device=dev, dtype=dt),
+            lif=lif_initial_state(batch * self.spec.n_positions, self.spec.hidden, device=dev, dtype=dt),
             y=torch.zeros(batch, self.spec.n_out, device=dev, dtype=dt),
             **plastic,
         )
@@ -271,7 +281,8 @@ class PlasticSNN(nn.Module):
             out = compiled_sequence(params, self.spec, self._constants(x), x, state)
             if out is not None:
                 return out
-            kernel = "fused"  # compiling is not possible here (warned once): the same values
+            # compiling is not possible here (warned once): the same values
+            kernel = "reference" if stepwise_only(self.spec, self.spec.projections()) else "fused"
         if kernel == "fused":
             k = self.spec.checkpoint_interval if checkpoint_interval is None else checkpoint_interval
             k = default_interval(x.shape[1]) if k is None else k

@@ -137,12 +137,31 @@ def modulator_signal(
     return M, zbar
 
 
-def plastic_current(pre: Tensor, W: Tensor, alpha: Optional[Tensor], H: Optional[Tensor]) -> Tensor:
-    """Current through the effective weight: ``pre (W + alpha ⊙ H)``, per sample (``B x J``)."""
-    out = pre @ W
+def plastic_current(
+    pre: Tensor,
+    W: Tensor,
+    alpha: Optional[Tensor],
+    H: Optional[Tensor],
+    *,
+    normalise: bool = False,
+    positions: int = 1,
+) -> Tensor:
+    """Current through the effective weight: ``pre (W + alpha ⊙ H)``, per sample (``B x J``).
+
+    ``normalise``: through ``W_eff[:, j] = |W_j| (W_j + alpha_j ⊙ H_j) / |W_j + alpha_j ⊙ H_j|``
+    instead (each column keeps the length of ``W``'s column; see ``ProjectionSpec.normalise``).
+    ``positions`` ``P > 1``: ``pre`` has ``B P`` rows, sample ``b``'s positions at rows
+    ``b P .. b P + P - 1``, all reading sample ``b``'s ``H`` (``B x I x J``); the result has
+    ``B P`` rows too."""
     if alpha is None or H is None:
-        return out
-    return out + torch.bmm(pre.unsqueeze(1), alpha * H).squeeze(1)
+        return pre @ W
+    B, n_pre, n_post = H.shape
+    rows = pre.view(B, positions, n_pre)
+    if not normalise:
+        return pre @ W + torch.bmm(rows, alpha * H).reshape(B * positions, n_post)
+    U = W + alpha * H
+    W_eff = U * (W.norm(dim=0) / U.norm(dim=1).clamp_min(1e-12)).unsqueeze(1)
+    return torch.bmm(rows, W_eff).reshape(B * positions, n_post)
 
 
 def plastic_initial_state(
@@ -153,20 +172,24 @@ def plastic_initial_state(
     n_post: int,
     *,
     filtered: bool = False,
+    positions: int = 1,
     device=None,
     dtype=torch.float32,
 ) -> Optional[PlasticState]:
     """Zero plastic state for one projection; ``None`` for a static (``rule='none'``) one.
-    ``filtered``: its neuromodulator's drive is filtered (a ``drive`` of zeros)."""
+    ``filtered``: its neuromodulator's drive is filtered (a ``drive`` of zeros).  ``positions``
+    ``P``: the activity it reads has ``B P`` rows (pools sharing one ``H``; see
+    :func:`plasticity_step`), so its traces and ``phi`` have ``B P`` rows, ``H`` and ``E`` ``B``."""
     if rule == "none":
         return None
     z = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
+    rows = batch * positions
     return PlasticState(
         H=z(batch, n_pre, n_post),
-        pre_trace=z(batch, n_pre),
-        post_trace=z(batch, n_post),
+        pre_trace=z(rows, n_pre),
+        post_trace=z(rows, n_post),
         E=z(batch, n_pre, n_post) if MODES[mode].has_eligibility else None,
-        phi=z(batch, n_post) if RULES[rule].has_threshold else None,
+        phi=z(rows, n_post) if RULES[rule].has_threshold else None,
         drive=z(batch) if filtered else None,
     )
 
@@ -222,14 +245,24 @@ def plasticity_step(
     coeffs: Mapping[str, Tensor],
     mod: ModulationParams,
     M: Optional[Tensor] = None,
+    positions: int = 1,
 ) -> PlasticState:
     """One plasticity step of a projection (plain autograd: the reference implementation).
 
     ``pre``/``post`` are the activities at this step (``B x I`` and ``B x J``).  Traces are
     updated first, the rule computes ``D`` from the new traces and the old ``H`` (and the old
     ``phi``), and the mode applies it.
+
+    ``positions`` ``P > 1``: ``pre``/``post`` (and the traces, ``phi``) have ``B P`` rows, sample
+    ``b``'s pools at rows ``b P .. b P + P - 1``, sharing sample ``b``'s ``H``: the rule runs per
+    pool on that ``H`` and the mode applies the pools' sum, ``D_b = sum_p D_bp``.
     """
     act, gain = plasticity_drive(mode, state, pre, post, trace_decay=trace_decay, mod=mod, M=M)
-    U, E = unclipped_update(rule, mode, act, state.H, state.E, state.phi, coeffs, gain, M)
+    if positions > 1:
+        D = RULES[rule].update(act, state.H.repeat_interleave(positions, 0), state.phi, coeffs)
+        D = D.view(state.H.shape[0], positions, *state.H.shape[1:]).sum(1)
+        U, E = MODES[mode].update(D, state.H, state.E, gain, M)
+    else:
+        U, E = unclipped_update(rule, mode, act, state.H, state.E, state.phi, coeffs, gain, M)
     phi = next_threshold(rule, act, state.phi, coeffs)
     return PlasticState(H=clip_state(U, h_max), pre_trace=act.pre_trace, post_trace=act.post_trace, E=E, phi=phi)

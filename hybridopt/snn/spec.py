@@ -32,6 +32,9 @@ __all__ = [
     "NetworkConfig",
     "NetworkSpec",
     "ProjectionSpec",
+    "STEPWISE_KERNELS",
+    "check_kernel",
+    "stepwise_only",
 ]
 
 # How training differentiates a sequence (see :mod:`hybridopt.snn.network`): whole compiled time
@@ -79,7 +82,13 @@ class ProjectionSpec:
     ``M_t = sigmoid(w_G . z_t + b_G) tanh(zbar_t)``; the gate reads the same ``z_t`` unfiltered
     and starts at ``1/2`` everywhere (``w_G = 0``, ``b_G = 0``).  A sum of its inputs cannot be
     zero outside a window and signed within it (an error during feedback, nothing elsewhere); a
-    product can."""
+    product can.
+
+    ``normalise`` (plastic projections): the plastic term turns each post-synaptic unit's
+    weight vector without changing its length, ``W_eff[:, j] = |W_j| (W_j + alpha_j ⊙ H_j) /
+    |W_j + alpha_j ⊙ H_j|`` (``|.|``: the Euclidean norm over the pre-synaptic units, per sample),
+    so a unit whose plastic state grows moves its preferred input instead of winning every input.
+    Compiled or reference kernel."""
 
     rule: str = "none"
     modulation: str = "plain"
@@ -91,6 +100,7 @@ class ProjectionSpec:
     trace_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.8
     modulator_tau: Annotated[float, Field(ge=1.0)] = 1.0
     modulator_gate: bool = False
+    normalise: bool = False
     coefficients: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @field_validator("rule", "modulation")
@@ -144,7 +154,24 @@ class NetworkConfig:
     potential of its sample, ``s_j = H(v_j - max(theta, v_(k+1)))``, so at most ``k`` units spike
     per step: an instantaneous global inhibition.  The competition's threshold is not
     differentiated (it acts like the reset), so the surrogate gradient reaches every unit near
-    it, winner or not.  ``0`` (the default), or ``k >= hidden``, is no competition."""
+    it, winner or not.  ``0`` (the default), or ``k >= hidden``, is no competition.
+
+    ``share_positions``: where the task shows one layout of channels at several positions (cue
+    association: two cue banks), the hidden layer runs once per position, a pool of ``hidden``
+    units reading that position's channels and the channels every position shares, all pools
+    with the same weights and **one plastic state per sample**: a step's updates from the pools
+    are summed, ``H <- clip(H + sum_p eta ⊙ D_p)``, so what a pool learns about an input at one
+    position holds at every other (a convolution over the positions).  Competition (``winners``)
+    is within each pool; the readout and the neuromodulators read the pools' spikes summed,
+    ``s = sum_p s_p``; the spikes a sequence returns are the pools side by side
+    (``positions x hidden`` units).  Compiled or reference kernel.
+
+    ``centre_input``: the hidden layer reads its input less the step's mean over the channels of
+    each position, ``x_i - mean_{k in position} x_k`` (without positions: over all channels;
+    shared channels are read as they are), in its current and in its plastic rule's
+    pre-synaptic term: a feed-forward inhibition that counts the active channels, without which a
+    Hebbian prototype drifts to the mean input.  The neuromodulators read the input as it is.
+    Compiled or reference kernel."""
 
     hidden: Annotated[int, Field(ge=1, le=8192)] = 64
     beta: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
@@ -158,6 +185,8 @@ class NetworkConfig:
     readout_gain: Positive = 1.0
     modulator_reads_output: bool = False
     winners: Annotated[int, Field(ge=0)] = 0
+    share_positions: bool = False
+    centre_input: bool = False
     kernel: Kernel = "auto"
     compile: Compile = "auto"
 
@@ -165,6 +194,30 @@ class NetworkConfig:
     @classmethod
     def _known_surrogate(cls, v: str, info: ValidationInfo) -> str:
         return _known(info.field_name, v)
+
+
+# The kernels that run the step function itself (plain, or traced and compiled): the options
+# :func:`stepwise_only` names have no code in the others.
+STEPWISE_KERNELS = ("compiled", "reference")
+
+
+def stepwise_only(network: NetworkConfig, projections: dict[str, ProjectionSpec]) -> Optional[str]:
+    """The options of a network (its config and its projections' plasticity) that only the
+    kernels running the step function itself have (:data:`STEPWISE_KERNELS`), named as a config
+    names them, or ``None``."""
+    names = [f"network.{k}" for k in ("share_positions", "centre_input") if getattr(network, k)]
+    names += [f"plasticity.{p}.normalise" for p, spec in projections.items() if spec.plastic and spec.normalise]
+    return ", ".join(names) or None
+
+
+def check_kernel(network: NetworkConfig, projections: dict[str, ProjectionSpec]) -> None:
+    """``ValueError`` where a network that has options only the step kernels run asks for another."""
+    only = stepwise_only(network, projections)
+    if only is not None and network.kernel not in ("auto", *STEPWISE_KERNELS):
+        raise ValueError(
+            f"{only} run(s) on the compiled or reference kernel only: "
+            "network.kernel must be auto, compiled or reference"
+        )
 
 
 @dataclass(frozen=True, config=_STRICT, kw_only=True)
@@ -193,20 +246,58 @@ class NetworkSpec(NetworkConfig):
     recurrent: ProjectionSpec = dataclasses.field(default_factory=ProjectionSpec)
     readout: ProjectionSpec = dataclasses.field(default_factory=ProjectionSpec)
     checkpoint_interval: Optional[Annotated[int, Field(ge=0)]] = None
+    positions: tuple[tuple[int, ...], ...] = ()
+    shared_channels: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _positions(self) -> NetworkSpec:
+        check_kernel(self, self.projections())
+        if not self.share_positions:
+            return self
+        pos, shared = self.positions, self.shared_channels
+        if not pos:
+            raise ValueError("network.share_positions needs the input positions the task declares (none given)")
+        if len({len(p) for p in pos}) != 1 or not pos[0]:
+            raise ValueError(f"every input position needs the same number of channels (got {[len(p) for p in pos]})")
+        every = [c for p in pos for c in p] + list(shared)
+        if len(set(every)) != len(every) or not all(0 <= c < self.n_in for c in every):
+            raise ValueError(f"input positions and shared channels must be distinct channels below n_in={self.n_in}")
+        return self
 
     @classmethod
-    def of(cls, network: NetworkConfig, plasticity: object, n_in: int, n_out: int) -> NetworkSpec:
-        """The spec of a config's ``network`` and ``plasticity`` sections for a task of these sizes."""
+    def of(
+        cls,
+        network: NetworkConfig,
+        plasticity: object,
+        n_in: int,
+        n_out: int,
+        positions: Optional[tuple[list[list[int]], list[int]]] = None,
+    ) -> NetworkSpec:
+        """The spec of a config's ``network`` and ``plasticity`` sections for a task of these sizes;
+        ``positions``: the task's input positions and shared channels (read with ``share_positions``)."""
         projections = {name: getattr(plasticity, name) for name in PROJECTIONS}
-        return cls(**dataclasses.asdict(network) | projections, n_in=n_in, n_out=n_out)
+        where = {}
+        if positions is not None:
+            where = {"positions": tuple(tuple(p) for p in positions[0]), "shared_channels": tuple(positions[1])}
+        return cls(**dataclasses.asdict(network) | projections | where, n_in=n_in, n_out=n_out)
+
+    @property
+    def n_positions(self) -> int:
+        """How many pools the hidden layer runs (``share_positions``), else 1."""
+        return len(self.positions) if self.share_positions else 1
 
     def projection(self, name: str) -> ProjectionSpec:
         return getattr(self, name)
 
+    def projections(self) -> dict[str, ProjectionSpec]:
+        """Each projection's spec by name, in :data:`PROJECTIONS` order."""
+        return {name: self.projection(name) for name in PROJECTIONS}
+
     def shape(self, name: str) -> tuple[int, int]:
         """``(n_pre, n_post)`` of a projection."""
+        n_pre = len(self.positions[0]) + len(self.shared_channels) if self.share_positions else self.n_in
         return {
-            "input": (self.n_in, self.hidden),
+            "input": (n_pre, self.hidden),
             "recurrent": (self.hidden, self.hidden),
             "readout": (self.hidden, self.n_out),
         }[name]

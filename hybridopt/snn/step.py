@@ -34,6 +34,7 @@ __all__ = [
     "ProjectionParams",
     "StepConstants",
     "MembersStep",
+    "hidden_input",
     "network_step",
     "stack_members",
 ]
@@ -99,11 +100,35 @@ class StepConstants(NamedTuple):
 
 
 def _projection_forward(
-    p: ProjectionParams, pre: Tensor, st: Optional[PlasticState], tape: Optional[PlasticTape]
+    spec: ProjectionSpec,
+    p: ProjectionParams,
+    pre: Tensor,
+    st: Optional[PlasticState],
+    tape: Optional[PlasticTape],
+    positions: int = 1,
 ) -> Tensor:
     if st is not None and tape is not None:
         return fused_plastic_current(tape, pre, p.W, p.alpha, st.H)
-    return plastic_current(pre, p.W, p.alpha, st.H if st is not None else None)
+    H = st.H if st is not None else None
+    return plastic_current(pre, p.W, p.alpha, H, normalise=spec.normalise, positions=positions)
+
+
+def hidden_input(spec: NetworkSpec, x: Tensor) -> Tensor:
+    """What the hidden layer reads of the input ``x`` (``B x N_in``): ``x`` itself; with
+    ``share_positions`` one row per pool, ``B P x (n_pos + n_shared)`` (sample ``b``'s pool ``p`` at
+    row ``b P + p``: its position's channels, then the shared ones); with ``centre_input`` each
+    position's channels less their mean at this step, ``x_i - mean_{k in position} x_k`` (without
+    positions, over all channels)."""
+    if not spec.share_positions:
+        return x - x.mean(1, keepdim=True) if spec.centre_input else x
+    pos = torch.tensor(spec.positions, dtype=torch.long, device=x.device)  # P x n_pos
+    shared = torch.tensor(spec.shared_channels, dtype=torch.long, device=x.device)
+    B, P = x.shape[0], pos.shape[0]
+    xp = x[:, pos]  # B x P x n_pos
+    if spec.centre_input:
+        xp = xp - xp.mean(2, keepdim=True)
+    xs = x[:, shared].unsqueeze(1).expand(B, P, shared.shape[0])
+    return torch.cat([xp, xs], 2).reshape(B * P, -1)
 
 
 def _projection_update(
@@ -117,6 +142,7 @@ def _projection_update(
     trace_decay: float | Tensor,
     h_max: float | Tensor,
     modulator_tau: float | Tensor,
+    positions: int = 1,
 ) -> Optional[PlasticState]:
     if st is None:
         return None
@@ -139,6 +165,7 @@ def _projection_update(
         coeffs=p.coeffs,
         mod=p.mod,
         M=M,
+        positions=positions,
     )
     return new if drive is None else new._replace(drive=drive)
 
@@ -160,20 +187,26 @@ def network_step(
     tp = {name: (tapes or {}).get(name) for name in PROJECTIONS}
     c = consts if consts is not None else StepConstants.of(spec)
     lif_p = LIFParameters(c.beta, c.theta, spec.reset, spec.surrogate, spec.slope, spec.winners)
-    s_prev = state.lif.s
+    P = spec.n_positions
+    if P > 1 and tapes:
+        raise ValueError("share_positions runs on the reference kernel only (no tapes)")
+    x_h = hidden_input(spec, x)
+    s_prev = state.lif.s  # B P x N: the pools' spikes (P = 1: the layer's)
     current = (
-        _projection_forward(params.input, x, state.input, tp["input"])
-        + _projection_forward(params.recurrent, s_prev, state.recurrent, tp["recurrent"])
+        _projection_forward(spec.input, params.input, x_h, state.input, tp["input"], P)
+        + _projection_forward(spec.recurrent, params.recurrent, s_prev, state.recurrent, tp["recurrent"], P)
         + params.b_hidden
     )
-    s, lif = lif_step(current, state.lif, lif_p)
-    y = c.readout_decay * state.y + _projection_forward(params.readout, s, state.readout, tp["readout"]) + params.b_out
+    s_pools, lif = lif_step(current, state.lif, lif_p)
+    s = s_pools.view(-1, P, s_pools.shape[1]).sum(1) if P > 1 else s_pools  # what the readout reads
+    y = c.readout_decay * state.y + _projection_forward(spec.readout, params.readout, s, state.readout, tp["readout"])
+    y = y + params.b_out
     features = s
     if spec.input.modulated or spec.recurrent.modulated or spec.readout.modulated:
         features = torch.cat([x, s, y] if spec.modulator_reads_output else [x, s], dim=1)
     pre_post = {
-        "input": (x, s),
-        "recurrent": (s_prev, s),
+        "input": (x_h, s_pools),
+        "recurrent": (s_prev, s_pools),
         "readout": (s, torch.tanh(y) if state.readout is not None else y),
     }
     plastic = {
@@ -187,10 +220,12 @@ def network_step(
             c.trace_decay[i],
             c.h_max[i],
             c.modulator_tau[i],
+            P if name != "readout" else 1,
         )  # fmt: skip
         for i, name in enumerate(PROJECTIONS)
     }
-    return y, s, NetworkState(lif=lif, y=y, **plastic)
+    s_out = s_pools.reshape(-1, P * s_pools.shape[1]) if P > 1 else s  # the pools side by side
+    return y, s_out, NetworkState(lif=lif, y=y, **plastic)
 
 
 # --------------------------------------------------------------------------- many parameter sets

@@ -77,6 +77,13 @@ class TaskSection(BaseModel):
             )
         return self
 
+    def input_positions(self) -> Optional[tuple[list[list[int]], list[int]]]:
+        """Where the task shows one layout of input channels at several positions: each
+        position's channels (in the same order at every position) and the channels every
+        position shares; ``None`` (the default) where it has no such layout.  A network with
+        ``share_positions`` runs one pool per position (see ``NetworkConfig``)."""
+        return None
+
 
 @dataclass(frozen=True)
 class TaskEntry:

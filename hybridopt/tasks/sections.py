@@ -34,6 +34,11 @@ class CueAssociationConfig(TaskSection):
     noise: Fraction = 0.0
     noise_on: Distinct[Literal["cue", "feedback", "marker"]] = ["cue", "feedback", "marker"]
 
+    def input_positions(self) -> tuple[list[list[int]], list[int]]:
+        """The two cue banks are the positions; the marker and the feedback channels are shared."""
+        nb = self.cue_bits
+        return [list(range(nb)), list(range(nb, 2 * nb))], [2 * nb, 2 * nb + 1, 2 * nb + 2]
+
 
 class PatternMemoryConfig(TaskSection):
     """Store ``n_patterns`` random binary patterns, then complete a half-erased one."""

@@ -17,6 +17,7 @@ from hybridopt.snn.plasticity import MODES, PlasticState
 from tests.conftest import FAMILIES
 
 from .test_fused import ACTIVE, H_MAX, PLASTIC, _input, _run, _spec
+from .test_positions import _spec as pools_spec
 
 # Inductor builds C++ on CPU; CI installs a compiler.
 pytestmark = pytest.mark.skipif(
@@ -164,3 +165,24 @@ def test_only_a_compile_failure_falls_back_a_wrong_computation_is_raised(monkeyp
     with pytest.warns(UserWarning, match="compiled steps unavailable"):
         fused_kernels.mark_compile_broken(FileNotFoundError("no-such-g++"), "compiled steps unavailable")
     assert "no-such-g++" in fused_kernels.compile_available()
+
+
+def test_compiled_matches_reference_with_pools_per_position_centred_input_and_normalised_weights(monkeypatch):
+    monkeypatch.setattr(compiled, "STEPS_PER_CALL", 4)
+    spec = pools_spec(
+        winners=2,
+        centre_input=True,
+        input=ProjectionSpec(rule="hebbian", modulation="neuromodulated", normalise=True, alpha_init=0.5),
+        readout=ProjectionSpec(rule="oja", normalise=True),
+    )
+    net = PlasticSNN(spec, seed=3).double()
+    x = (torch.rand(2, 8, 7, generator=torch.Generator().manual_seed(2)) < 0.4).double()
+    y0, s0, st0, g0 = _run(net, "reference", x)
+    y1, s1, st1, g1 = _run(net, "compiled", x)
+    assert fused.compile_available() is None  # it really ran compiled, no fallback
+    assert s0.shape == (2, 8, 10) and 0 < s0.mean() and g0.keys() == g1.keys()
+    assert torch.equal(s1, s0)
+    torch.testing.assert_close(y1, y0, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(st1.input.H, st0.input.H, rtol=1e-10, atol=1e-12)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-8, atol=1e-10)
