@@ -19,7 +19,7 @@ each reading its position's channels and the shared ones through the same ``W_in
 H_in`` (one ``H`` per sample, the pools' updates summed), the readout and the modulators reading
 ``s_t = sum_p s_{p,t}``; ``centre_input`` and a projection's ``normalise`` are in
 :class:`~hybridopt.snn.spec.NetworkConfig` and :class:`~hybridopt.snn.spec.ProjectionSpec`.
-These run on the reference kernel.
+These run on the compiled time steps or the reference kernel (they are in :func:`network_step`).
 
 The maths is :func:`network_step` over explicit :class:`NetworkParams` and
 :class:`NetworkState`; :class:`PlasticSNN` is the thin ``nn.Module`` that owns the
