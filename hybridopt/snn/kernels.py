@@ -16,7 +16,8 @@ states, but only for a run whose budget pays the per-structure compile many time
 (:class:`KernelBudget`; a network no run declared a budget for pays none), and ``fused``
 otherwise.  A network with options only the kernels that run the step function itself have
 (``share_positions``, ``centre_input``, a projection's ``normalise``) runs ``compiled`` where its
-budget pays the compile, ``reference`` otherwise.  An explicit choice is kept; ``native`` asked
+budget repays the compile against plain autograd (:data:`STEPWISE_COMPILE_MIN_CPU_S`),
+``reference`` otherwise.  An explicit choice is kept; ``native`` asked
 for where it cannot run falls back to what ``auto`` would pick there, and says so once.  No
 kernel rewrites a network's spec: the training loop hands its budget to the network
 (:meth:`PlasticSNN.set_budget <hybridopt.snn.network.PlasticSNN.set_budget>`), and the network
@@ -38,7 +39,14 @@ from hybridopt.snn.spec import stepwise_only
 if TYPE_CHECKING:
     from hybridopt.snn.spec import NetworkSpec
 
-__all__ = ["COMPILE_MIN_CPU_S", "COMPILE_MIN_ELEMENTS", "KernelBudget", "choose_kernel", "native_unavailable"]
+__all__ = [
+    "COMPILE_MIN_CPU_S",
+    "COMPILE_MIN_ELEMENTS",
+    "STEPWISE_COMPILE_MIN_CPU_S",
+    "KernelBudget",
+    "choose_kernel",
+    "native_unavailable",
+]
 
 # The whole-step compiled kernel keeps a few plastic states per step for backward: it is used only
 # below COMPILE_MIN_ELEMENTS elements (B * I * J) per plastic state; above, the fused kernel.
@@ -47,6 +55,14 @@ COMPILE_MIN_CPU_S = 1800.0
 """A ``torch.compile`` of one structure costs 50-130 CPU seconds in a fresh cache (measured on
 the cue-association network): a run is given the compiled kernel only when its budget is at
 least this (30 CPU-minutes), so that the compile is a small part of it."""
+
+
+STEPWISE_COMPILE_MIN_CPU_S = 300.0
+"""Where only the step kernels run a network (:func:`~hybridopt.snn.spec.stepwise_only`), the
+compile is weighed against plain autograd, not against the native kernel: on the cue-association
+network with pools per position, 210 CPU-ms a training step compiled against 961 plain, so its
+85 CPU-seconds of compile are repaid after about 115 steps (two minutes); a run of at least five
+CPU-minutes is given the compiled steps."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,11 @@ class KernelBudget:
     def pays_compile(self) -> bool:
         """Whether a per-structure compile is a small part of this budget."""
         return self.cpu_s >= COMPILE_MIN_CPU_S and self.steps >= 100
+
+    @property
+    def pays_stepwise_compile(self) -> bool:
+        """Whether compiling the step is worth it where the alternative is plain autograd."""
+        return self.cpu_s >= STEPWISE_COMPILE_MIN_CPU_S and self.steps >= 100
 
 
 _warned: set[str] = set()
@@ -102,7 +123,7 @@ def choose_kernel(
     if stepwise_only(spec, spec.projections()) is not None:
         # options only the step kernels have (the spec allows no other choice)
         if asked == "auto":
-            return "compiled" if budget.pays_compile else "reference"
+            return "compiled" if budget.pays_stepwise_compile else "reference"
         return asked
     if asked not in ("auto", "native"):
         if single_step or not grad:  # without a tape: the plain maths unless compiled was asked for

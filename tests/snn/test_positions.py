@@ -11,7 +11,7 @@ import torch
 
 from hybridopt import api
 from hybridopt.config import ConfigError, network_spec, parse_config
-from hybridopt.snn.kernels import KernelBudget
+from hybridopt.snn.kernels import COMPILE_MIN_CPU_S, STEPWISE_COMPILE_MIN_CPU_S, KernelBudget
 from hybridopt.snn.network import NetworkSpec, PlasticSNN, ProjectionSpec
 from hybridopt.snn.plasticity import ModulationParams, PlasticState, plastic_current, plasticity_step
 from hybridopt.snn.step import hidden_input
@@ -117,8 +117,12 @@ def test_the_options_run_on_the_step_kernels_and_train_through_them(tmp_path: Pa
     assert PlasticSNN(spec).kernel_for(4) == "reference"  # no budget declared: no compile paid
     normalised = PlasticSNN(NetworkSpec(n_in=7, n_out=1, input=ProjectionSpec(rule="hebbian", normalise=True)))
     assert normalised.kernel_for(4) == "reference"
-    normalised.set_budget(KernelBudget(steps=1000, cpu_s=3600.0))
+    # a compile is weighed against plain autograd here: five CPU-minutes repay it
+    normalised.set_budget(KernelBudget(steps=1000, cpu_s=STEPWISE_COMPILE_MIN_CPU_S - 1.0))
+    assert normalised.kernel_for(4) == "reference"
+    normalised.set_budget(KernelBudget(steps=1000, cpu_s=STEPWISE_COMPILE_MIN_CPU_S))
     assert normalised.kernel_for(4) == "compiled" and normalised.kernel_for(4, grad=False) == "compiled"
+    assert STEPWISE_COMPILE_MIN_CPU_S < COMPILE_MIN_CPU_S
     over = ["network.share_positions=true", "network.centre_input=true", "plasticity.input.normalise=true"]
     over.append("train.steps=2")
     run = api.train(CONFIGS / "smoke.yaml", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", overrides=over)
