@@ -161,8 +161,9 @@ class NetworkConfig:
     units reading that position's channels and the channels every position shares, all pools
     with the same weights and **one plastic state per sample**: a step's updates from the pools
     are summed, ``H <- clip(H + sum_p eta ⊙ D_p)``, so what a pool learns about an input at one
-    position holds at every other (a convolution over the positions).  Competition (``winners``)
-    is within each pool; the readout and the neuromodulators read the pools' spikes summed,
+    position holds at every other (a convolution over the positions).  Recurrence
+    (``W + alpha ⊙ H``, its ``H`` shared the same way) and competition (``winners``) are within
+    each pool; the readout and the neuromodulators read the pools' spikes summed,
     ``s = sum_p s_p``; the spikes a sequence returns are the pools side by side
     (``positions x hidden`` units).  Compiled or reference kernel.
 

@@ -189,7 +189,7 @@ def network_step(
     lif_p = LIFParameters(c.beta, c.theta, spec.reset, spec.surrogate, spec.slope, spec.winners)
     P = spec.n_positions
     if P > 1 and tapes:
-        raise ValueError("share_positions runs on the reference kernel only (no tapes)")
+        raise ValueError("share_positions has no fused kernel (no tapes): the step kernels run it")
     x_h = hidden_input(spec, x)
     s_prev = state.lif.s  # B P x N: the pools' spikes (P = 1: the layer's)
     current = (
