@@ -43,6 +43,15 @@ __all__ = [
 ]
 
 
+# What ``train.freeze`` names: a projection, a projection's parameter group, or a bias.
+FREEZABLE = (
+    *PROJECTIONS,
+    *(f"{p}.{g}" for p in PROJECTIONS for g in ("weights", "plasticity", "rule")),
+    "b_hidden",
+    "b_out",
+)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -67,6 +76,15 @@ class TrainConfig(Strict):
     ``cpu_minutes`` of this process's CPU time (CPU, not wall time, so that budgets stay
     comparable when several candidates share a machine).  At the end: ``test/accuracy`` on
     ``test_episodes`` fresh episodes of seeds reserved for testing (never the evaluation's).
+
+    ``freeze`` holds parameters where they are: each entry a projection (``input``,
+    ``recurrent``, ``readout``: all its parameters), a projection's group (``input.weights``,
+    ``input.plasticity``, ``input.rule``: see :meth:`~hybridopt.snn.network.PlasticSNN.parameter_groups`)
+    or a bias (``b_hidden``, ``b_out``).  Their gradient is dropped before clipping, so Adam
+    neither moves them nor keeps moments for them, while ``step < freeze_steps`` (the run's step,
+    counted on across a continued state; ``freeze_steps`` unset: the whole run).  A first phase
+    that trains the readout on the layer's code as initialised, then everything, is
+    ``freeze: [input, recurrent, b_hidden]`` with ``freeze_steps`` its length.
 
     ``lr_schedule: cosine`` anneals Adam's rate over the call's budget (see
     :func:`hybridopt.train.gradient.scheduled_lr`)::
@@ -95,6 +113,16 @@ class TrainConfig(Strict):
     cpu_minutes: Optional[Positive] = None
     threads: Annotated[int, Field(ge=1)] = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    freeze: tuple[str, ...] = ()
+    freeze_steps: Optional[Annotated[int, Field(ge=0)]] = None
+
+    @field_validator("freeze")
+    @classmethod
+    def _freezable(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if entry not in FREEZABLE:
+                raise ValueError(f"cannot freeze {entry!r}: one of {', '.join(FREEZABLE)}")
+        return value
 
 
 class ESConfig(Strict):

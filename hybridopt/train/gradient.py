@@ -158,6 +158,25 @@ def scheduled_lr(tc: TrainConfig, done_steps: int, cpu_spent_s: float, cpu_budge
     return tc.lr * (tc.lr_final + (1.0 - tc.lr_final) * 0.5 * (1.0 + math.cos(math.pi * p)))
 
 
+def frozen_parameters(net: PlasticSNN, freeze: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """The parameters ``train.freeze`` names in ``net`` (see :class:`~hybridopt.config.TrainConfig`):
+    a projection's all, a projection's group (``weights``/``plasticity``/``rule``), or a bias.
+    A group this network does not have (a static projection's ``plasticity``, a rule without
+    coefficients' ``rule``) names nothing: held where it is, trivially, as a search whose genes
+    switch plasticity off needs."""
+    groups = net.parameter_groups()
+    params = dict(net.named_parameters())
+    chosen: list[torch.nn.Parameter] = []
+    for entry in freeze:
+        proj, _, group = entry.partition(".")
+        if proj in ("b_hidden", "b_out"):
+            names = [proj]
+        else:
+            names = [n for n, g in groups.items() if n.startswith(f"projections.{proj}.") and (not group or g == group)]
+        chosen += [params[n] for n in names]
+    return chosen
+
+
 # A batch whose gradient overflows is skipped (Adam would write NaN into every parameter); this
 # many in a row end the run as failed: the network itself, not one batch, has diverged.
 NONFINITE_PATIENCE = 10
@@ -200,6 +219,7 @@ def train_gradient(
         net.to(resolve_device(tc.device))
         device = net.b_hidden.device
         opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
+        frozen = frozen_parameters(net, tc.freeze)
         if start is not None and start.optimizer is not None:
             opt.load_state_dict(start.optimizer)
             for group in opt.param_groups:  # the config's rate, not the state's (PBT may change it)
@@ -227,6 +247,9 @@ def train_gradient(
                 return failure(f"non-finite loss at step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if frozen and (tc.freeze_steps is None or step < tc.freeze_steps):
+                for p in frozen:  # no gradient: Adam skips them, their moments untouched
+                    p.grad = None
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
             if not torch.isfinite(grad_norm):  # the step would write NaN into every parameter: skipped
                 if not overflow:

@@ -178,3 +178,39 @@ def test_a_cosine_run_anneals_to_its_final_rate_and_a_continued_run_restarts():
     plain = train_gradient(smoke("train.lr=0.01"))
     assert all("train/lr" not in m for _, m in plain.history)
     assert not torch.equal(plain.state_dict["projections.input.W"], r.state_dict["projections.input.W"])
+
+
+def test_frozen_parameters_stay_and_the_rest_train():
+    cfg = smoke("plasticity.readout.rule=oja", "train.freeze=[input, b_hidden, readout.plasticity]")
+    _, net0 = build(cfg)
+    r = train_gradient(cfg)
+    assert r.status == "FINISHED"
+    before = net0.state_dict()
+    groups = net0.parameter_groups()
+    held = {n for n, g in groups.items() if n.startswith("projections.input.")} | {"b_hidden"}
+    held |= {n for n, g in groups.items() if n.startswith("projections.readout.") and g == "plasticity"}
+    assert "projections.readout.alpha" in held and "projections.input.alpha" in held
+    for name in groups:
+        moved = not torch.equal(before[name], r.state_dict[name])
+        assert moved != (name in held), name
+    # Adam kept no moments for what it never stepped
+    params = [n for n, _ in net0.named_parameters()]
+    moments = r.state.optimizer["state"]
+    assert {params[i] for i in moments} == set(groups) - held
+
+
+def test_freeze_steps_ends_the_freeze_on_the_runs_own_step_count():
+    cfg = smoke("train.freeze=[recurrent]", "train.freeze_steps=3", "train.steps=3")
+    first = train_gradient(cfg)
+    _, net0 = build(cfg)
+    w0 = net0.state_dict()["projections.recurrent.W"]
+    assert torch.equal(first.state_dict["projections.recurrent.W"], w0)  # steps 0-2: held
+    more = train_gradient(cfg, start=first.state)  # steps 3-5: trained
+    assert not torch.equal(more.state_dict["projections.recurrent.W"], w0)
+
+
+def test_freeze_names_are_checked():
+    from hybridopt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot freeze 'hidden'"):
+        smoke("train.freeze=[hidden]")
