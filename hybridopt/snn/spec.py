@@ -172,7 +172,13 @@ class NetworkConfig:
     shared channels are read as they are), in its current and in its plastic rule's
     pre-synaptic term: a feed-forward inhibition that counts the active channels, without which a
     Hebbian prototype drifts to the mean input.  The neuromodulators read the input as it is.
-    Compiled or reference kernel."""
+    Compiled or reference kernel.
+
+    ``pools_read_shared``: with ``share_positions``, whether each pool also reads the channels
+    the positions share (cue association: the response marker and the feedback).  ``false``: a
+    pool reads its position's channels only, so its plastic prototypes move toward what the
+    position shows and not toward the marker and feedback every pool sees alike; the
+    neuromodulators still read every input channel."""
 
     hidden: Annotated[int, Field(ge=1, le=8192)] = 64
     beta: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
@@ -188,6 +194,7 @@ class NetworkConfig:
     winners: Annotated[int, Field(ge=0)] = 0
     share_positions: bool = False
     centre_input: bool = False
+    pools_read_shared: bool = True
     kernel: Kernel = "auto"
     compile: Compile = "auto"
 
@@ -279,7 +286,8 @@ class NetworkSpec(NetworkConfig):
         projections = {name: getattr(plasticity, name) for name in PROJECTIONS}
         where = {}
         if positions is not None:
-            where = {"positions": tuple(tuple(p) for p in positions[0]), "shared_channels": tuple(positions[1])}
+            shared = tuple(positions[1]) if network.pools_read_shared else ()
+            where = {"positions": tuple(tuple(p) for p in positions[0]), "shared_channels": shared}
         return cls(**dataclasses.asdict(network) | projections | where, n_in=n_in, n_out=n_out)
 
     @property

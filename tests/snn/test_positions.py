@@ -133,12 +133,35 @@ def test_the_options_run_on_the_step_kernels_and_train_through_them(tmp_path: Pa
     assert spec.shape("input") == (11, 16)
 
 
+def test_pools_that_do_not_read_the_shared_channels():
+    """``pools_read_shared: false``: each pool reads its position's channels only (the input
+    projection is ``n_pos x hidden``), so the hidden spikes do not depend on the shared channels,
+    while a neuromodulator still reads them (its plastic readout then does)."""
+    raw = {"task": {"name": "cue_association"}, "plasticity": {"input": {"rule": "hebbian"}}}
+    over = ["network.share_positions=true", "network.pools_read_shared=false", "network.hidden=5"]
+    cfg = parse_config(raw, over)
+    spec = network_spec(cfg, 2 * cfg.task.cue_bits + 3, 1)
+    assert spec.shared_channels == () and spec.shape("input") == (cfg.task.cue_bits, 5)
+    readout = ProjectionSpec(rule="hebbian", modulation="neuromodulated")
+    net = PlasticSNN(_spec(shared_channels=(), readout=readout), seed=3).double()
+    assert net.projections["input"].W.shape == (2, 5)
+    with torch.no_grad():
+        net.projections["readout"].w_M.fill_(1.0)  # the modulator reads every channel, the shared ones too
+    X2 = X.clone()
+    X2[:, :, 4:] = 1.0 - X2[:, :, 4:]  # the shared channels changed, the positions' as they were
+    y, s, _ = net(X)
+    y2, s2, _ = net(X2)
+    assert torch.equal(s2, s) and s.sum() > 0
+    assert not torch.allclose(y2, y)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["task.name=pattern_memory", "network.share_positions=true"], "'pattern_memory' declares no input positions"),
         (["network.kernel=native", "network.centre_input=true"], r"network.centre_input run\(s\) on the compiled"),
         (["network.kernel=fused", "plasticity.input.normalise=true"], r"plasticity.input.normalise run\(s\) on the"),
+        (["network.pools_read_shared=false"], "pools_read_shared: false applies to the pools of network.share"),
     ],
 )
 def test_config_errors_name_the_option(overrides: list[str], message: str):
