@@ -26,6 +26,14 @@ and the prototype ``p_u`` of a unit that spikes moves toward the trace, in one o
 
 (One row feeds the layer the spikes themselves, not centred.)
 
+The rows above are upper figures for a network's layer.  ``--differences`` measures what the two
+ways a network's layer differs cost, for the shared normalised layer (``alpha`` 4, and 0): *carried*,
+the layer runs through every step of every trial (the feedback window too) and carries its
+potentials, spikes and traces from one trial into the next, its code still counted over the steps
+the pair is shown; *shared channels*, each pool also reads the channels the banks share (the
+response marker and the two feedback channels, as they are), as a network's pools do unless
+``network.pools_read_shared`` is false.
+
 The pools, the question: how the layer meets the pair of cues, which arrive on two banks at once:
 
 - *one pool*: one pool over both banks' channels (what a hidden layer over the whole input is);
@@ -39,6 +47,7 @@ competitive code of ``ideal_readers.py`` (one decision per bank and trial, ``lam
 
     python benchmarks/spiking_codes.py                    # noise 0.2, about 15 CPU-minutes
     python benchmarks/spiking_codes.py --noise 0 0.3 --pools shared
+    python benchmarks/spiking_codes.py --differences --episodes 300   # about 4 CPU-minutes
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -80,6 +89,8 @@ class Layer(NamedTuple):
     beta: float = 0.9
     theta: float = 1.0
     centre: bool = True  # the input less its mean over the channels, at every step
+    carry: bool = False  # every step of every trial, the state carried from trial to trial
+    shared_channels: bool = False  # each pool also reads the marker and feedback channels
 
 
 LAYERS = (
@@ -100,13 +111,27 @@ LAYERS = (
 )
 
 
-def bank_spikes(r: Readings, task) -> np.ndarray:
-    """The cue banks' spikes over the reading steps, ``E x trials x steps x banks x bits``."""
+# The rows of ``--differences``: the shared normalised layer as a network's layer differs from it.
+DIFFERENCES = tuple(
+    Layer("shared", "normalised", alpha=alpha, carry=carry, shared_channels=shared)
+    for alpha in (4.0, 0.0)
+    for carry in (False, True)
+    for shared in (False, True)
+)
+
+
+def bank_spikes(r: Readings, task, steps: Optional[int] = None, shared_channels: bool = False) -> np.ndarray:
+    """The cue banks' spikes over the first ``steps`` steps of each trial (default: the reading
+    steps), ``E x trials x steps x banks x channels``; with ``shared_channels`` each bank's
+    channels followed by the channels the banks share (the same in both)."""
     c = task.cfg
-    x = r.batch.x.reshape(len(r.target), c.trials, task.trial_steps, task.n_in).numpy()
-    return x[:, :, : task.reading_steps, : 2 * c.cue_bits].reshape(
-        len(r.target), c.trials, task.reading_steps, 2, c.cue_bits
-    )
+    steps = task.reading_steps if steps is None else steps
+    x = r.batch.x.reshape(len(r.target), c.trials, task.trial_steps, task.n_in).numpy()[:, :, :steps]
+    banks = x[..., : 2 * c.cue_bits].reshape(len(r.target), c.trials, steps, 2, c.cue_bits)
+    if shared_channels:
+        shared = np.repeat(x[:, :, :, None, 2 * c.cue_bits :], 2, 3)
+        banks = np.concatenate([banks, shared], 4)
+    return banks
 
 
 def spiking_code(r: Readings, task, layer: Layer, seed: int) -> np.ndarray:
@@ -114,8 +139,9 @@ def spiking_code(r: Readings, task, layer: Layer, seed: int) -> np.ndarray:
     bank), its prototypes drawn with ``seed`` (the same for every episode: they are weights) and
     changed within each episode.  The pools run side by side, step by step; where they share
     their prototypes, a step's changes from both pools are summed."""
-    x = bank_spikes(r, task)
+    x = bank_spikes(r, task, task.trial_steps if layer.carry else None, layer.shared_channels)
     E, trials, steps, banks, bits = x.shape
+    n_bank = task.cfg.cue_bits  # a bank's own channels, centred; the shared ones read as they are
     if layer.pools == "one":
         x = x.reshape(E, trials, steps, 1, banks * bits)
     n_pools, d = x.shape[3], x.shape[4]
@@ -126,12 +152,15 @@ def spiking_code(r: Readings, task, layer: Layer, seed: int) -> np.ndarray:
     p = np.repeat(w[None], E, 0)  # instar: the whole prototype, per episode
     h = np.zeros_like(p)  # additive and normalised: the plastic term
     z = np.zeros((E, trials, n_pools, layer.units))
+    v = np.zeros((E, n_pools, layer.units))
+    s = np.zeros((E, n_pools, layer.units), dtype=bool)
+    xbar = np.zeros((E, n_pools, d))
+    own = (np.arange(d) < n_bank) if layer.pools != "one" else np.ones(d, dtype=bool)
     for t in range(trials):
-        v = np.zeros((E, n_pools, layer.units))
-        s = np.zeros((E, n_pools, layer.units), dtype=bool)
-        xbar = np.zeros((E, n_pools, d))
+        if not layer.carry:  # each trial from rest
+            v, s, xbar = np.zeros_like(v), np.zeros_like(s), np.zeros_like(xbar)
         for st in range(steps):
-            xs = x[:, t, st] - x[:, t, st].mean(2, keepdims=True) if layer.centre else x[:, t, st]
+            xs = x[:, t, st] - x[:, t, st][..., own].mean(2, keepdims=True) * own if layer.centre else x[:, t, st]
             xbar = layer.trace * xbar + (1 - layer.trace) * xs
             if layer.form == "instar":
                 proto = p
@@ -142,7 +171,8 @@ def spiking_code(r: Readings, task, layer: Layer, seed: int) -> np.ndarray:
             v = layer.beta * v * (1.0 - s) + np.einsum("epud,epd->epu", proto, xs)
             kth = -np.sort(-v, axis=2)[:, :, layer.winners - 1 : layer.winners]
             s = (v > layer.theta) & (v >= kth)
-            z[:, t] += s
+            if st < task.reading_steps:  # the code: counts over the steps the pair is shown
+                z[:, t] += s
             target = xbar / (np.linalg.norm(xbar, axis=2, keepdims=True) + 1e-12) if layer.form == "instar" else xbar
             step = layer.lam * s[..., None] * (target[:, :, None, :] - (p if layer.form == "instar" else h))
             if layer.pools == "shared":  # one plastic state: the pools' changes summed
@@ -158,7 +188,9 @@ def spiking_code(r: Readings, task, layer: Layer, seed: int) -> np.ndarray:
 def describe(layer: Layer) -> str:
     pools = {"one": "one pool", "per-bank": "a pool per bank", "shared": "a pool per bank, shared"}[layer.pools]
     form = f"instar, lam {layer.lam:g}" if layer.form == "instar" else f"{layer.form}, alpha {layer.alpha:g}"
-    return f"{pools}{'' if layer.centre else ', input not centred'} | {form} | {layer.winners}"
+    how = ("" if layer.centre else ", input not centred") + (", carried" if layer.carry else "")
+    how += ", reading the shared channels" if layer.shared_channels else ""
+    return f"{pools}{how} | {form} | {layer.winners}"
 
 
 def main() -> None:
@@ -167,6 +199,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=1000)
     ap.add_argument("--noise", type=float, nargs="+", default=[0.2])
     ap.add_argument("--pools", nargs="+", choices=["one", "per-bank", "shared"], default=None, help="only these layers")
+    ap.add_argument("--differences", action="store_true", help="the rows of a network's layer's differences only")
     args = ap.parse_args()
     print(
         f"cue association ({args.config}), {args.episodes} episodes to choose the readers' constants"
@@ -189,7 +222,7 @@ def main() -> None:
             competitive_code(sel, 64, 0.8, SELECT_SEED),
             competitive_code(test, 64, 0.8, TEST_SEED),
         )
-        for layer in LAYERS:
+        for layer in DIFFERENCES if args.differences else LAYERS:
             if args.pools is not None and layer.pools not in args.pools:
                 continue
             row(describe(layer), spiking_code(sel, task, layer, 1), spiking_code(test, task, layer, 1))
