@@ -306,6 +306,9 @@ class Config(Strict):
         check_kernel(self.network, {name: getattr(self.plasticity, name) for name in PROJECTIONS})
         if self.network.share_positions and self.task.input_positions() is None:
             raise ValueError(f"network.share_positions: task {self.task.name!r} declares no input positions")
+        if self.train.freeze and type(self.task).kind != "gradient":
+            why = "is trained by the search gradient (es), which freezes nothing"
+            raise ValueError(f"train.freeze: task {self.task.name!r} {why}")
         if not self.network.pools_read_shared and not self.network.share_positions:
             raise ValueError("network.pools_read_shared: false applies to the pools of network.share_positions (off)")
         return self

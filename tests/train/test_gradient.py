@@ -214,3 +214,5 @@ def test_freeze_names_are_checked():
 
     with pytest.raises(ConfigError, match="cannot freeze 'hidden'"):
         smoke("train.freeze=[hidden]")
+    with pytest.raises(ConfigError, match="train.freeze: task 'locomotion' is trained by the search gradient"):
+        load_config(CONFIGS / "smoke_locomotion.yaml", ["train.freeze=[input]"])
