@@ -26,20 +26,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ideal_readers import SELECT_SEED, TEST_SEED, Readings, best_readers, readings  # noqa: E402
+from benchmarks.ideal_readers import (  # noqa: E402
+    SELECT_SEED,
+    TEST_SEED,
+    Readings,
+    best_readers,
+    network_code,
+    readings,
+)
 from hybridopt.config import load_config, network_spec  # noqa: E402
 from hybridopt.snn.network import PlasticSNN  # noqa: E402
 from hybridopt.tasks import make_task  # noqa: E402
 from hybridopt.train.weights import load_weights  # noqa: E402
 
 
-@torch.no_grad()
 def pooled_code(r: Readings, task, net: PlasticSNN) -> np.ndarray:
-    """``E x trials x hidden``: each unit's spikes over the reading steps, the pools summed."""
-    c = task.cfg
-    _, s, _ = net(r.batch.x)
-    z = s.reshape(len(r.target), c.trials, task.trial_steps, -1)[:, :, : task.reading_steps].sum(2)
-    return z.reshape(*z.shape[:2], net.spec.n_positions, -1).sum(2).numpy()
+    """``E x trials x hidden``: :func:`~benchmarks.ideal_readers.network_code` with the pools summed."""
+    z, _ = network_code(r, task, net)
+    return z.reshape(*z.shape[:2], net.spec.n_positions, -1).sum(2)
 
 
 def main() -> None:
