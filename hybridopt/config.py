@@ -309,8 +309,6 @@ class Config(Strict):
         if self.train.freeze and type(self.task).kind != "gradient":
             why = "is trained by the search gradient (es), which freezes nothing"
             raise ValueError(f"train.freeze: task {self.task.name!r} {why}")
-        if not self.network.pools_read_shared and not self.network.share_positions:
-            raise ValueError("network.pools_read_shared: false applies to the pools of network.share_positions (off)")
         return self
 
 

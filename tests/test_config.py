@@ -78,6 +78,20 @@ def test_network_spec_carries_plasticity_per_projection():
     assert spec.readout.coefficients == {"tau_phi": 7.0}
 
 
+def test_coefficients_of_a_projection_without_a_rule_have_no_effect():
+    """A projection whose rule is ``none`` (as a search's gene may switch it) keeps its other
+    options without error; a rule's coefficients then name nothing."""
+    cfg = parse_config(
+        {
+            "task": {"name": "cue_association"},
+            "plasticity": {"readout": {"rule": "abcd", "coefficients": {"A": 0.0, "B": 1.0}}},
+        },
+        ["plasticity.readout.rule=none"],
+    )
+    spec = network_spec(cfg, n_in=5, n_out=2)
+    assert not spec.readout.plastic
+
+
 def test_coefficient_of_another_rule_rejected():
     with pytest.raises(ConfigError, match="has no coefficient"):
         parse_config(

@@ -45,6 +45,7 @@ __all__ = [
     "STEPWISE_COMPILE_MIN_CPU_S",
     "KernelBudget",
     "choose_kernel",
+    "cpu_numerics",
     "native_unavailable",
 ]
 
@@ -85,6 +86,21 @@ class KernelBudget:
 
 
 _warned: set[str] = set()
+
+
+def cpu_numerics(threads: int) -> None:
+    """Set this thread's CPU arithmetic for a run: ``threads`` intra-op threads, and subnormal
+    floats flushed to zero (``|x| < 2^-126`` in float32 reads and is written as 0).
+
+    A trace or membrane that decays geometrically, ``x_t = d^t x_0``, is subnormal after
+    ``t > 126 / -log2(d)`` steps: ``d = 0.5`` after 126, within one cue-association episode
+    (240 steps), and on x86 every operation that meets a subnormal then takes tens of times as
+    long.  Measured (``python benchmarks/denormals.py``): a training step of the pools network
+    with ``beta = 0.7`` and ``trace_decay = 0.5`` costs about twice the CPU without the flush.
+    Flushing moves each such value by less than ``2^-126``.  The setting holds for the calling
+    thread (the one that runs the forward and, on CPU, the backward)."""
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
 
 
 def native_unavailable(spec: NetworkSpec, device: torch.device, dtype: torch.dtype) -> Optional[str]:

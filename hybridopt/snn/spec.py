@@ -111,7 +111,7 @@ class ProjectionSpec:
     @model_validator(mode="after")
     def _known_coefficients(self) -> ProjectionSpec:
         unknown = set(self.coefficients) - set(RULE_COEFFICIENTS[self.rule])
-        if unknown:
+        if unknown and self.plastic:  # a projection without a rule: its rule's options have no effect
             raise ValueError(f"rule {self.rule!r} has no coefficient(s) {', '.join(sorted(unknown))}")
         return self
 
@@ -178,7 +178,9 @@ class NetworkConfig:
     the positions share (cue association: the response marker and the feedback).  ``false``: a
     pool reads its position's channels only, so its plastic prototypes move toward what the
     position shows and not toward the marker and feedback every pool sees alike; the
-    neuromodulators still read every input channel."""
+    neuromodulators still read every input channel.  Without ``share_positions`` there are no
+    pools and it has no effect, as a rule's options have none on a projection without a rule
+    (so a search may choose the two apart)."""
 
     hidden: Annotated[int, Field(ge=1, le=8192)] = 64
     beta: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9

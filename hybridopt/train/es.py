@@ -50,7 +50,7 @@ from torch.utils._pytree import tree_map
 
 from hybridopt.config import Config, ESConfig, network_spec, parse_config
 from hybridopt.evo import PGPE, SNES, Problem, SolutionBatch
-from hybridopt.snn.kernels import KernelBudget
+from hybridopt.snn.kernels import KernelBudget, cpu_numerics
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import EVAL_SEED_OFFSET, make_task
 from hybridopt.tasks.base import ControlTask, ObsNormalizer, ObsStats, PopulationControlTask
@@ -152,7 +152,7 @@ _WORKER_POLICY: dict[str, tuple[ControlTask, PlasticSNN]] = {}
 
 
 def _worker_init(config: dict[str, Any]) -> None:
-    torch.set_num_threads(1)
+    cpu_numerics(1)
     _WORKER_POLICY["policy"] = build_policy(parse_config(config))
 
 
@@ -260,7 +260,7 @@ def train_es(
     ``es.cpu_minutes``)."""
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-    torch.set_num_threads(1)  # B <= a few episodes: more threads only add overhead
+    cpu_numerics(1)  # B <= a few episodes: more threads only add overhead
     es = cfg.es
     history: list[tuple[int, dict[str, float]]] = []
     gen0 = start.step if start is not None else 0

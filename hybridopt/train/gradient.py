@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 
 from hybridopt.config import Config, TrainConfig, network_spec
-from hybridopt.snn.kernels import KernelBudget
+from hybridopt.snn.kernels import KernelBudget, cpu_numerics
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.tasks import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, Batch, Task, make_task
 from hybridopt.tasks.base import has_observer, observer_accuracy
@@ -177,6 +177,15 @@ def frozen_parameters(net: PlasticSNN, freeze: tuple[str, ...]) -> list[torch.nn
     return chosen
 
 
+def kernel_budget(tc: TrainConfig, cpu_budget_s: float) -> KernelBudget:
+    """What the kernel choice weighs a per-structure compile against: the call's budget, or the
+    run's whole ``train.cpu_minutes`` where that is more (a search's rung trains a share of a
+    candidate's budget, and its later rungs and children train the same structure in the same
+    worker process, where the compiled unit is kept)."""
+    whole = 60.0 * tc.cpu_minutes if tc.cpu_minutes else 0.0
+    return KernelBudget(steps=tc.steps, cpu_s=max(cpu_budget_s, whole))
+
+
 # A batch whose gradient overflows is skipped (Adam would write NaN into every parameter); this
 # many in a row end the run as failed: the network itself, not one batch, has diverged.
 NONFINITE_PATIENCE = 10
@@ -200,7 +209,7 @@ def train_gradient(
     steps and ``cpu_budget_s`` further CPU seconds (default ``train.cpu_minutes``); the result's
     ``state`` continues from where it stopped."""
     t0 = time.perf_counter()
-    torch.set_num_threads(cfg.train.threads)
+    cpu_numerics(cfg.train.threads)
     tc = cfg.train
     history: list[tuple[int, dict[str, float]]] = []
     step0 = start.step if start is not None else 0
@@ -231,7 +240,7 @@ def train_gradient(
             gen.manual_seed(cfg.seed + 7919 * step0)
         if cpu_budget_s is None:
             cpu_budget_s = 60.0 * tc.cpu_minutes if tc.cpu_minutes else math.inf
-        net.set_budget(KernelBudget(steps=tc.steps, cpu_s=cpu_budget_s))
+        net.set_budget(kernel_budget(tc, cpu_budget_s))
         compile_cpu_s = prepare_kernel(net, task, tc.batch_size)
         cpu0 = time.process_time()
         overflow = skipped = 0  # batches in a row / in all whose gradient overflowed (not applied)

@@ -161,7 +161,6 @@ def test_pools_that_do_not_read_the_shared_channels():
         (["task.name=pattern_memory", "network.share_positions=true"], "'pattern_memory' declares no input positions"),
         (["network.kernel=native", "network.centre_input=true"], r"network.centre_input run\(s\) on the compiled"),
         (["network.kernel=fused", "plasticity.input.normalise=true"], r"plasticity.input.normalise run\(s\) on the"),
-        (["network.pools_read_shared=false"], "pools_read_shared: false applies to the pools of network.share"),
     ],
 )
 def test_config_errors_name_the_option(overrides: list[str], message: str):
@@ -171,3 +170,14 @@ def test_config_errors_name_the_option(overrides: list[str], message: str):
         overrides = overrides[1:]
     with pytest.raises(ConfigError, match=message):
         parse_config(raw, overrides)
+
+
+def test_pools_read_shared_without_pools_has_no_effect():
+    """Without ``share_positions`` there are no pools: ``pools_read_shared: false`` builds the
+    same network as the default (a search may choose the two apart without failing a candidate)."""
+    raw = {"task": {"name": "cue_association"}, "plasticity": {"input": {"rule": "hebbian"}}}
+    n_in = 2 * parse_config(raw).task.cue_bits + 3
+    plain = network_spec(parse_config(raw), n_in, 1)
+    moot = network_spec(parse_config(raw, ["network.pools_read_shared=false"]), n_in, 1)
+    assert moot.shape("input") == plain.shape("input") == (n_in, plain.hidden)
+    assert moot.positions == plain.positions and moot.shared_channels == plain.shared_channels

@@ -216,3 +216,28 @@ def test_freeze_names_are_checked():
         smoke("train.freeze=[hidden]")
     with pytest.raises(ConfigError, match="train.freeze: task 'locomotion' is trained by the search gradient"):
         load_config(CONFIGS / "smoke_locomotion.yaml", ["train.freeze=[input]"])
+
+
+def test_a_training_run_flushes_subnormal_floats():
+    """Training sets its thread to flush subnormals to zero (a geometrically decaying trace
+    would otherwise slow every step that meets one): after a run, float32 ``2^-140`` reads 0
+    while ``2^-100`` (a normal float) does not."""
+    torch.set_flush_denormal(False)
+    tiny = torch.tensor([2.0**-70], dtype=torch.float32)
+    assert (tiny * tiny).item() > 0  # 2^-140: subnormal, kept
+    r = train_gradient(smoke("train.steps=1"))
+    assert r.status == "FINISHED"
+    assert (tiny * tiny).item() == 0.0 and (tiny * 2.0**-30).item() == 2.0**-100
+
+
+def test_the_kernel_weighs_its_compile_against_the_candidates_whole_budget():
+    """A rung's call trains a share of ``train.cpu_minutes``: the kernel is chosen for the whole
+    (a pools network, which only the step kernels run, compiles from 5 CPU-minutes on)."""
+    from hybridopt.snn.kernels import STEPWISE_COMPILE_MIN_CPU_S
+    from hybridopt.train.gradient import kernel_budget
+
+    tc = smoke("train.cpu_minutes=5", "train.steps=1000").train
+    assert kernel_budget(tc, 75.0).cpu_s == 300.0 >= STEPWISE_COMPILE_MIN_CPU_S
+    assert kernel_budget(tc, 75.0).pays_stepwise_compile
+    assert kernel_budget(tc, 900.0).cpu_s == 900.0
+    assert not kernel_budget(smoke("train.cpu_minutes=1").train, 30.0).pays_stepwise_compile
