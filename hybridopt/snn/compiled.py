@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_leaves
 
 from hybridopt.snn.fused_kernels import compile_available, mark_compile_broken
 from hybridopt.snn.step import NetworkParams, NetworkState, StepConstants, network_step
@@ -101,18 +102,47 @@ def _unit(spec: NetworkSpec) -> Callable:
     return fn
 
 
-def _all_requiring_grad(state: NetworkState) -> NetworkState:
-    """The state with every tensor requiring grad (those that did not: as leaves), so that a
-    sequence's first call and its later ones are one compiled variant, not two.  The extra
-    gradients (of the initial state, of traces that input spikes alone drive) are a few small
-    tensors per call."""
+# Per structure and pattern of parameters requiring grad: which state tensors a parameter that
+# requires grad reaches (learned on the unit's first sequence, then set from every first call on).
+_needs: dict[tuple, list[bool]] = {}
+
+
+def _leaves(tree) -> list:
+    """A state's tensors (and ``None`` slots) in a fixed order."""
+    if tree is None or isinstance(tree, Tensor):
+        return [tree]
+    return [leaf for part in tree for leaf in _leaves(part)]
+
+
+def _with_grad(state: NetworkState, needs: list[bool]) -> NetworkState:
+    """The state with each tensor that ``needs`` marks requiring grad (as a leaf where it did not)."""
+    it = iter(needs)
 
     def req(t):
         if t is None or isinstance(t, Tensor):
-            return t if t is None or t.requires_grad else t.detach().requires_grad_()
+            need = next(it)
+            return t if t is None or t.requires_grad or not need else t.detach().requires_grad_()
         return type(t)(*(req(u) for u in t))  # the state's named tuples
 
     return req(state)
+
+
+def _grad_pattern(state: NetworkState) -> list[bool]:
+    return [t is not None and t.requires_grad for t in _leaves(state)]
+
+
+def _reached(params: NetworkParams, spec: NetworkSpec, consts: StepConstants, x: Tensor, state: NetworkState):
+    """Which state tensors the parameters that require grad reach: eager steps of the plain maths
+    (no compile) from ``state``, each from the last one's pattern, until a step adds none (the
+    pattern map ``P -> P | out(P)`` has reached its fixed point)."""
+    needs = _grad_pattern(state)
+    for k in range(x.shape[1]):
+        _, _, out = network_step(params, spec, x[:, k], _with_grad(state, needs), consts=consts)
+        seen = [a or b for a, b in zip(_grad_pattern(out), needs)]
+        if seen == needs:
+            break
+        needs = seen
+    return needs
 
 
 def compiled_sequence(
@@ -127,11 +157,23 @@ def compiled_sequence(
     ys, ss = [], []
     T = x.shape[1]
     grad = torch.is_grad_enabled()
+    # Which state tensors require grad is part of what a variant is compiled for.  Only those a
+    # parameter requiring grad reaches are made to (a frozen hidden layer's state is not: its
+    # backward is never compiled nor run), and they are made to from the sequence's first call
+    # on, so that its calls share one variant; the pattern is learned on the first sequence.
+    key = (structure_key(spec), tuple(t.requires_grad for t in tree_leaves(params) if isinstance(t, Tensor)))
+    needs = None
+    if grad:
+        needs = _needs.get(key)
+        if needs is None:
+            needs = _needs[key] = _reached(params, spec, consts, x, state)
     try:
         for t in range(0, T, STEPS_PER_CALL):
-            if grad:
-                state = _all_requiring_grad(state)
+            if needs is not None:
+                state = _with_grad(state, needs)
             y, s, state = fn(params, consts, x[:, t : t + STEPS_PER_CALL], state)
+            if needs is not None and _grad_pattern(state) != needs:  # (not expected: the fixed point)
+                needs = _needs[key] = [a or b for a, b in zip(_grad_pattern(state), needs)]
             ys.append(y)
             ss.append(s)
     except Exception as e:  # noqa: BLE001 - a compiler failure: fall back, say why once (others re-raised)

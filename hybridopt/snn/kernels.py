@@ -95,7 +95,7 @@ def cpu_numerics(threads: int) -> None:
     A trace or membrane that decays geometrically, ``x_t = d^t x_0``, is subnormal after
     ``t > 126 / -log2(d)`` steps: ``d = 0.5`` after 126, within one cue-association episode
     (240 steps), and on x86 every operation that meets a subnormal then takes tens of times as
-    long.  Measured (``python benchmarks/denormals.py``): a training step of the pools network
+    long.  Measured (``python -m benchmarks.train_settings``): a training step of the pools network
     with ``beta = 0.7`` and ``trace_decay = 0.5`` costs about twice the CPU without the flush.
     Flushing moves each such value by less than ``2^-126``.  The setting holds for the calling
     thread (the one that runs the forward and, on CPU, the backward)."""

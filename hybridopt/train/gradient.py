@@ -54,7 +54,9 @@ def prepare_kernel(net: PlasticSNN, task: Task, batch_size: int) -> float:
     elif kernel == "compiled":
         x = task.batch(batch_size, torch.Generator().manual_seed(0)).x.to(net.b_hidden.device)
         y, s, _ = net(x)
-        (y.sum() + s.sum()).backward()
+        out = y.sum() + s.sum()
+        if out.requires_grad:  # (not where every parameter is held)
+            out.backward()
         net.zero_grad(set_to_none=True)
     return _cpu_with_children() - cpu0
 
@@ -177,6 +179,15 @@ def frozen_parameters(net: PlasticSNN, freeze: tuple[str, ...]) -> list[torch.nn
     return chosen
 
 
+def hold(frozen: list[torch.nn.Parameter], held: bool) -> None:
+    """Hold ``frozen`` (``held``) or release it.  A held parameter takes no part in autograd: it
+    gets no gradient (Adam skips it, its moments untouched), and what only it needs is neither
+    recorded nor differentiated (with the hidden layer frozen, the compiled steps run the
+    layer's backward not at all: only the readout's)."""
+    for p in frozen:
+        p.requires_grad_(not held)
+
+
 def kernel_budget(tc: TrainConfig, cpu_budget_s: float) -> KernelBudget:
     """What the kernel choice weighs a per-structure compile against: the call's budget, or the
     run's whole ``train.cpu_minutes`` where that is more (a search's rung trains a share of a
@@ -241,11 +252,13 @@ def train_gradient(
         if cpu_budget_s is None:
             cpu_budget_s = 60.0 * tc.cpu_minutes if tc.cpu_minutes else math.inf
         net.set_budget(kernel_budget(tc, cpu_budget_s))
+        hold(frozen, tc.freeze_steps is None or step0 < tc.freeze_steps)  # before the kernel is prepared for it
         compile_cpu_s = prepare_kernel(net, task, tc.batch_size)
         cpu0 = time.process_time()
         overflow = skipped = 0  # batches in a row / in all whose gradient overflowed (not applied)
         first_overflow = ""
         while step - step0 < tc.steps and time.process_time() - cpu0 < cpu_budget_s:
+            hold(frozen, tc.freeze_steps is None or step < tc.freeze_steps)
             batch = _to(task.batch(tc.batch_size, gen), device)
             y, s, _ = net(batch.x)
             task_loss = task.loss(y, batch)
@@ -255,10 +268,8 @@ def train_gradient(
             if not torch.isfinite(loss):
                 return failure(f"non-finite loss at step {step}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if frozen and (tc.freeze_steps is None or step < tc.freeze_steps):
-                for p in frozen:  # no gradient: Adam skips them, their moments untouched
-                    p.grad = None
+            if loss.requires_grad:  # else every parameter is held: nothing to differentiate
+                loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
             if not torch.isfinite(grad_norm):  # the step would write NaN into every parameter: skipped
                 if not overflow:

@@ -186,3 +186,35 @@ def test_compiled_matches_reference_with_pools_per_position_centred_input_and_no
     torch.testing.assert_close(st1.input.H, st0.input.H, rtol=1e-10, atol=1e-12)
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-8, atol=1e-10)
+
+
+def test_a_frozen_hidden_layer_is_not_differentiated_and_the_readouts_gradients_are_the_references(monkeypatch):
+    """With every parameter upstream of the readout held (``requires_grad`` off, as a frozen
+    ``train.freeze`` sets it), the compiled steps make no state of the hidden layer require grad
+    (its backward is neither compiled nor run), and the readout's gradients are the reference's,
+    on the first sequence and on a later one (the learned pattern set from its first call on)."""
+    monkeypatch.setattr(compiled, "STEPS_PER_CALL", 4)
+    spec = pools_spec(
+        winners=2,
+        centre_input=True,
+        input=ProjectionSpec(rule="oja", normalise=True, alpha_init=0.5),
+        readout=ProjectionSpec(rule="hebbian", modulation="neuromodulated"),
+    )
+    net = PlasticSNN(spec, seed=3).double()
+    held = [p for n, p in net.named_parameters() if not n.startswith(("projections.readout.", "b_out"))]
+    assert held and len(held) < len(list(net.parameters()))
+    for p in held:
+        p.requires_grad_(False)
+    x = (torch.rand(2, 12, 7, generator=torch.Generator().manual_seed(2)) < 0.4).double()
+    y0, s0, st0, g0 = _run(net, "reference", x)
+    for _ in range(2):
+        y1, s1, st1, g1 = _run(net, "compiled", x)
+        assert fused.compile_available() is None
+        assert torch.equal(s1, s0)
+        torch.testing.assert_close(y1, y0, rtol=1e-10, atol=1e-12)
+        assert not any(t.requires_grad for t in (st1.lif.v, st1.lif.s, st1.input.H, st1.input.pre_trace))
+        assert st1.readout.H.requires_grad
+        assert g1.keys() == g0.keys() and all(n.startswith(("projections.readout.", "b_out")) for n in g1)
+        assert any(g.abs().sum() > 0 for g in g1.values())
+        for name in g0:
+            torch.testing.assert_close(g1[name], g0[name], rtol=1e-8, atol=1e-10)
