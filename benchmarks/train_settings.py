@@ -39,15 +39,14 @@ def worker(config: str, overrides: list[str], setting: str, warm: int, steps: in
     import torch
 
     from hybridopt.config import load_config
-    from hybridopt.snn.kernels import KernelBudget
-    from hybridopt.train.gradient import build, frozen_parameters, hold
+    from hybridopt.train.gradient import build, frozen_parameters, hold, kernel_budget
 
     torch.set_num_threads(1)
     torch.set_flush_denormal(setting != "keep")
     cfg = load_config(config, overrides)
     task, net = build(cfg)
     hold(frozen_parameters(net, cfg.train.freeze), setting == "hold")
-    net.set_budget(KernelBudget(steps=cfg.train.steps, cpu_s=60.0 * (cfg.train.cpu_minutes or 60)))
+    net.set_budget(kernel_budget(cfg.train, 3600.0))  # the kernel a training run of this config gets
     opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr)
     gen = torch.Generator().manual_seed(0)
     tc = cfg.train
