@@ -12,8 +12,8 @@ On a config with its overrides, single-threaded, ``--rounds`` times in turn (thi
 drifts): the median CPU time of ``--steps`` training steps after ``--warm`` warm-up steps (which
 compile), and the ratio of the two.
 
-    python -m benchmarks.train_settings    # denormals: the pools network, beta 0.7, trace decay 0.5
-    python -m benchmarks.train_settings --compare freeze --set network.beta=0.9
+    python -m benchmarks.train_settings    # denormals: the pools network (beta 0.7, trace decay 0.5)
+    python -m benchmarks.train_settings --compare freeze --set network.beta=0.9 --set plasticity.input.trace_decay=0.8
     python -m benchmarks.train_settings --config configs/cue_association.yaml --set network.beta=0.9
 """
 
@@ -29,7 +29,6 @@ from benchmarks.plastic_step import run_json
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "cue_association_noisy_pools.yaml"
-FAST_FORGETTING = ["network.beta=0.7", "plasticity.input.trace_decay=0.5"]
 
 
 SETTINGS = {"denormals": ("keep", "flush"), "freeze": ("train", "hold")}
@@ -71,14 +70,14 @@ def worker(config: str, overrides: list[str], setting: str, warm: int, steps: in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(CONFIG))
-    ap.add_argument("--set", action="append", default=None, metavar="PATH=VALUE")
+    ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warm", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--compare", choices=sorted(SETTINGS), default="denormals")
     ap.add_argument("--worker", choices=[m for pair in SETTINGS.values() for m in pair], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    overrides = FAST_FORGETTING if args.set is None else args.set
+    overrides = args.set
     if args.worker:
         print(json.dumps(worker(args.config, overrides, args.worker, args.warm, args.steps)))
         return
