@@ -17,9 +17,11 @@ the reset and the surrogate (with its slope).  The float hyper-parameters a step
 ``theta``, the readout decay, each projection's trace decay and ``h_max``) go in as 0-d tensors
 (:class:`~hybridopt.snn.step.StepConstants`), so candidates of a search that differ only in
 them share one compiled unit.  A unit compiles once per process, per structure, input shape and
-grad mode (seconds); each structure gets its own code object, so Dynamo's cache per structure
-holds only its shapes, and Inductor's on-disk cache makes later processes (a Ray worker's next
-candidate, the next run) cheaper.  The memory kept for backward is a few tensors of the plastic
+grad mode (seconds to minutes); a sequence without gradients of a kind already trained in the
+process runs the training variant, its graph dropped, rather than compile a forward-only one
+(evaluation after training).  Each structure gets its own code object, so Dynamo's cache per
+structure holds only its shapes, and Inductor's on-disk cache makes later processes (a Ray
+worker's next candidate, the next run) cheaper.  The memory kept for backward is a few tensors of the plastic
 state's size per step, which is why the network uses this only below
 :data:`~hybridopt.snn.fused.COMPILE_MIN_ELEMENTS` elements of plastic state and the memory-lean
 fused kernel above.  If compiling is not possible here (no C++ compiler, say), one warning is
@@ -106,6 +108,13 @@ def _unit(spec: NetworkSpec) -> Callable:
 # requires grad reaches (learned on the unit's first sequence, then set from every first call on).
 _needs: dict[tuple, list[bool]] = {}
 
+# The (structure and grad pattern, input shape, dtype, device) that have run with gradients here:
+# a sequence without gradients of the same kind runs the same compiled variant (its outputs
+# detached) instead of compiling a forward-only one.  A forward-only variant of a task's unrolled
+# steps takes about as long to compile as the training one's forward (a minute, in a fresh cache),
+# for a forward that costs milliseconds: evaluation after training would pay it in every process.
+_trained: set[tuple] = set()
+
 
 def _leaves(tree) -> list:
     """A state's tensors (and ``None`` slots) in a fixed order."""
@@ -153,17 +162,50 @@ def compiled_sequence(
     ``None`` when compiling is not possible here (after one warning; the caller runs another kernel)."""
     if compile_available() is not None:
         return None
-    fn = _unit(spec)
-    ys, ss = [], []
-    T = x.shape[1]
-    grad = torch.is_grad_enabled()
     # Which state tensors require grad is part of what a variant is compiled for.  Only those a
     # parameter requiring grad reaches are made to (a frozen hidden layer's state is not: its
     # backward is never compiled nor run), and they are made to from the sequence's first call
     # on, so that its calls share one variant; the pattern is learned on the first sequence.
     key = (structure_key(spec), tuple(t.requires_grad for t in tree_leaves(params) if isinstance(t, Tensor)))
+    kind = (key, tuple(x.shape), x.dtype, x.device)
+    if torch.is_grad_enabled():
+        out = _sequence(params, spec, consts, x, state, key)
+        if out is not None:
+            _trained.add(kind)
+        return out
+    if kind in _trained:  # the training variant, its graph dropped: no forward-only compile
+        with torch.enable_grad():
+            out = _sequence(params, spec, consts, x, state, key)
+        return None if out is None else (out[0].detach(), out[1].detach(), _detached(out[2]))
+    return _sequence(params, spec, consts, x, state, None)
+
+
+def _detached(state: NetworkState) -> NetworkState:
+    """The state with every tensor detached from the graph that made it."""
+
+    def det(t):
+        if t is None or isinstance(t, Tensor):
+            return t if t is None else t.detach()
+        return type(t)(*(det(u) for u in t))
+
+    return det(state)
+
+
+def _sequence(
+    params: NetworkParams,
+    spec: NetworkSpec,
+    consts: StepConstants,
+    x: Tensor,
+    state: NetworkState,
+    key: Optional[tuple],
+) -> Optional[tuple[Tensor, Tensor, NetworkState]]:
+    """:func:`compiled_sequence`'s calls, ``K`` steps each; ``key`` (the structure and grad
+    pattern) where the sequence is differentiated, ``None`` where not."""
+    fn = _unit(spec)
+    ys, ss = [], []
+    T = x.shape[1]
     needs = None
-    if grad:
+    if key is not None:
         needs = _needs.get(key)
         if needs is None:
             needs = _needs[key] = _reached(params, spec, consts, x, state)

@@ -218,3 +218,41 @@ def test_a_frozen_hidden_layer_is_not_differentiated_and_the_readouts_gradients_
         assert any(g.abs().sum() > 0 for g in g1.values())
         for name in g0:
             torch.testing.assert_close(g1[name], g0[name], rtol=1e-8, atol=1e-10)
+
+
+def test_a_sequence_without_gradients_of_a_trained_kind_runs_the_training_variant(monkeypatch):
+    """Evaluation after training (no gradients, the training's batch size) compiles nothing: it
+    runs the training variant, and its outputs and final state are detached and equal the
+    reference's.  Another batch size has not trained here and compiles its own (forward-only)."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(compiled, "STEPS_PER_CALL", 2)
+    spec = pools_spec(
+        winners=1,  # a structure of this test's own: its variants compile here
+        centre_input=True,
+        input=ProjectionSpec(rule="oja", normalise=True, alpha_init=0.5),
+        readout=ProjectionSpec(rule="hebbian", modulation="neuromodulated"),
+    )
+    net = PlasticSNN(spec, seed=4).double()
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.rand(3, 6, 7, generator=gen) < 0.4).double()
+    _run(net, "compiled", x)  # trains: the grad variant of this kind compiles
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    fresh = (torch.rand(3, 6, 7, generator=gen) < 0.4).double()
+    with torch.no_grad():
+        y, s, st = net(fresh)
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled
+    assert not y.requires_grad and not s.requires_grad and y.grad_fn is None
+    assert not any(t.requires_grad for t in (st.lif.v, st.input.H, st.readout.H, st.readout.pre_trace))
+    net.spec = dataclasses.replace(net.spec, kernel="reference")
+    with torch.no_grad():
+        y0, s0, st0 = net(fresh)
+    assert torch.equal(s, s0)
+    torch.testing.assert_close(y, y0, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(st.readout.H, st0.readout.H, rtol=1e-10, atol=1e-12)
+    net.spec = dataclasses.replace(net.spec, kernel="compiled")
+    with torch.no_grad():
+        y2, _, _ = net(fresh[:2])  # a batch size that never trained: its own variant
+    assert counters["stats"]["unique_graphs"] > graphs
+    torch.testing.assert_close(y2, y0[:2], rtol=1e-10, atol=1e-12)
