@@ -173,7 +173,8 @@ def compiled_sequence(
         if out is not None:
             _trained.add(kind)
         return out
-    if kind in _trained:  # the training variant, its graph dropped: no forward-only compile
+    if kind in _trained and not torch.is_inference_mode_enabled():  # (inference tensors cannot be saved)
+        # the training variant, its graph dropped: no forward-only compile
         with torch.enable_grad():
             out = _sequence(params, spec, consts, x, state, key)
         return None if out is None else (out[0].detach(), out[1].detach(), _detached(out[2]))
