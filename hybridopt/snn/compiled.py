@@ -21,8 +21,8 @@ grad mode (seconds to minutes); a sequence without gradients of a kind already t
 process runs the training variant, its graph dropped, rather than compile a forward-only one
 (evaluation after training).  Each structure gets its own code object, so Dynamo's cache per
 structure holds only its shapes, and Inductor's on-disk cache makes later processes (a Ray
-worker's next candidate, the next run) cheaper.  The memory kept for backward is a few tensors of the plastic
-state's size per step, which is why the network uses this only below
+worker's next candidate, the next run) cheaper.  The memory kept for backward is a few tensors
+of the plastic state's size per step, which is why the network uses this only below
 :data:`~hybridopt.snn.fused.COMPILE_MIN_ELEMENTS` elements of plastic state and the memory-lean
 fused kernel above.  If compiling is not possible here (no C++ compiler, say), one warning is
 issued and the fused kernel runs, which gives the same values.
