@@ -117,7 +117,7 @@ def test_the_options_run_on_the_step_kernels_and_train_through_them(tmp_path: Pa
     assert PlasticSNN(spec).kernel_for(4) == "reference"  # no budget declared: no compile paid
     normalised = PlasticSNN(NetworkSpec(n_in=7, n_out=1, input=ProjectionSpec(rule="hebbian", normalise=True)))
     assert normalised.kernel_for(4) == "reference"
-    # a compile is weighed against plain autograd here: five CPU-minutes repay it
+    # a compile is weighed against plain autograd here: two CPU-minutes repay it
     normalised.set_budget(KernelBudget(steps=1000, cpu_s=STEPWISE_COMPILE_MIN_CPU_S - 1.0))
     assert normalised.kernel_for(4) == "reference"
     normalised.set_budget(KernelBudget(steps=1000, cpu_s=STEPWISE_COMPILE_MIN_CPU_S))

@@ -232,7 +232,7 @@ def test_a_training_run_flushes_subnormal_floats():
 
 def test_the_kernel_weighs_its_compile_against_the_candidates_whole_budget():
     """A rung's call trains a share of ``train.cpu_minutes``: the kernel is chosen for the whole
-    (a pools network, which only the step kernels run, compiles from 5 CPU-minutes on)."""
+    (a pools network, which only the step kernels run, compiles from 2 CPU-minutes on)."""
     from hybridopt.snn.kernels import STEPWISE_COMPILE_MIN_CPU_S
     from hybridopt.train.gradient import kernel_budget
 
@@ -241,3 +241,5 @@ def test_the_kernel_weighs_its_compile_against_the_candidates_whole_budget():
     assert kernel_budget(tc, 75.0).pays_stepwise_compile
     assert kernel_budget(tc, 900.0).cpu_s == 900.0
     assert not kernel_budget(smoke("train.cpu_minutes=1").train, 30.0).pays_stepwise_compile
+    # the noisy pools search's candidates (4 CPU-minutes, the first rung half of it) compile
+    assert kernel_budget(smoke("train.cpu_minutes=4", "train.steps=1000").train, 120.0).pays_stepwise_compile
