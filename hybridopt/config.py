@@ -164,13 +164,40 @@ class ESConfig(Strict):
 
 class GeneConfig(Strict):
     """One gene: ``choices`` (categorical) or ``low``/``high`` (continuous; ``log`` scale;
-    ``integer`` rounds)."""
+    ``integer`` rounds).
 
-    choices: Optional[list[Any]] = None
+    ``choices`` given as a mapping makes a *bundle*: a gene whose name is not a config path
+    but a word of its own, each choice named and setting several config paths at once, e.g. ::
+
+        readout_learning:
+          choices:
+            static: {plasticity.readout.rule: none}
+            error_gated: {plasticity.readout.rule: abcd, plasticity.readout.modulator_gate: true,
+                          network.modulator_reads_output: true}
+
+    A mechanism that takes several options to work is then one choice of one gene, as likely
+    to be drawn as any other, rather than a conjunction of independent genes (with ``k``
+    binary options each needed, a random genome has it with probability ``2^-k``)."""
+
+    choices: Optional[Union[list[Any], dict[str, dict[str, Any]]]] = None
     low: Optional[float] = None
     high: Optional[float] = None
     log: bool = False
     integer: bool = False
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _bundle_maps_paths(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name, sets in value.items():
+                if not isinstance(sets, dict):
+                    raise ValueError(f"a bundle's choice {name!r} maps config paths to values (got {sets!r})")
+        return value
+
+    @property
+    def bundle(self) -> Optional[dict[str, dict[str, Any]]]:
+        """A bundle's choices (name -> ``{path: value}``), or ``None`` for a gene of one path."""
+        return self.choices if isinstance(self.choices, dict) else None
 
     @model_validator(mode="after")
     def _one_kind(self) -> GeneConfig:
@@ -218,8 +245,9 @@ class SearchConfig(Strict):
     ``generations`` long, and a path is a gene or scheduled, not both.
 
     ``fixed``: config paths held at one value in every candidate, a gene of the same path (or a
-    scheduled one) dropped, e.g. ``{plasticity.input.rule: none, ...}``: the same search with
-    part of its space taken away (every plasticity gene fixed to ``none``: the static control).
+    scheduled one) dropped and the path taken out of every bundle's choices, e.g.
+    ``{plasticity.input.rule: none, ...}``: the same search with part of its space taken away
+    (every plasticity gene fixed to ``none``: the static control).
     """
 
     population: Annotated[int, Field(ge=2)] = 8
@@ -253,6 +281,20 @@ class SearchConfig(Strict):
             raise ValueError("search.final_budget needs search.inheritance: lamarckian (it trains on a kept state)")
         if both := sorted(set(self.schedule) & set(self.genes)):
             raise ValueError(f"search.schedule and search.genes both name {', '.join(both)}")
+        owner: dict[str, str] = {}  # path -> the bundle that sets it
+        for name, gene in self.genes.items():
+            if gene.bundle is None:
+                continue
+            if "." in name:
+                raise ValueError(f"search.genes.{name}: a bundle's name is a word of its own, not a config path")
+            for choice, sets in gene.bundle.items():
+                for path in sets:
+                    if path in self.genes or path in self.schedule:
+                        raise ValueError(
+                            f"search.genes.{name}.{choice} sets {path}, which is searched (or scheduled) on its own"
+                        )
+                    if owner.setdefault(path, name) != name:
+                        raise ValueError(f"search.genes.{owner[path]} and search.genes.{name} both set {path}")
         if long := [p for p, v in self.schedule.items() if len(v) > self.generations]:
             raise ValueError(f"search.schedule.{long[0]} has more values than generations ({self.generations})")
         return self
@@ -366,7 +408,8 @@ def parse_config(raw: Any, overrides: Optional[list[str]] = None) -> Config:
 
 
 def _fix(raw: dict[str, Any]) -> dict[str, Any]:
-    """``search.fixed`` carried out: each path set to its value, its gene and schedule dropped."""
+    """``search.fixed`` carried out: each path set to its value, its gene and schedule dropped, and
+    taken out of the bundles."""
     search = raw.get("search")
     fixed = search.get("fixed") if isinstance(search, dict) else None
     if not fixed or not isinstance(fixed, dict):
@@ -377,6 +420,12 @@ def _fix(raw: dict[str, Any]) -> dict[str, Any]:
         for part in ("genes", "schedule"):
             if isinstance(raw["search"].get(part), dict):
                 raw["search"][part].pop(path, None)
+        for gene in (raw["search"].get("genes") or {}).values():
+            choices = gene.get("choices") if isinstance(gene, dict) else None
+            if isinstance(choices, dict):  # a bundle sets the path no more
+                for sets in choices.values():
+                    if isinstance(sets, dict):
+                        sets.pop(path, None)
     return raw
 
 

@@ -9,6 +9,10 @@ on every gene alike:
 * continuous on ``[lo, hi]``: ``x = lo + u (hi - lo)``, or on a log scale
   ``x = lo (hi / lo)^u``; integer genes round ``x``.
 
+A *bundle* (a gene whose choices are named, each setting several config paths) is a
+categorical gene whose value is its choice's name; :meth:`GenomeSpace.expand` turns it into the
+paths it sets.
+
 Decoding a genome gives config overrides; applied to the base config they give exactly
 the :class:`~hybridopt.config.Config` that trains the candidate.
 """
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
@@ -39,6 +43,8 @@ class Gene:
     high: float = 1.0
     log: bool = False
     integer: bool = False
+    bundle: Optional[dict[str, dict[str, Any]]] = field(default=None, hash=False, compare=False)
+    """A bundle's choices: name -> the ``{path: value}`` it sets (``choices`` are the names)."""
 
     @property
     def categorical(self) -> bool:
@@ -85,7 +91,9 @@ class GenomeSpace:
     def from_config(cls, search: SearchConfig) -> GenomeSpace:
         genes = []
         for path, g in search.genes.items():
-            if g.choices is not None:
+            if g.bundle is not None:
+                genes.append(Gene(path, choices=tuple(g.bundle), bundle=dict(g.bundle)))
+            elif g.choices is not None:
                 genes.append(Gene(path, choices=tuple(g.choices)))
             else:
                 genes.append(Gene(path, low=float(g.low), high=float(g.high), log=g.log, integer=g.integer))
@@ -110,11 +118,26 @@ class GenomeSpace:
         """``{path: value}`` -> unit vector (inverse of :meth:`decode` on decoded values)."""
         return [g.encode(values[g.path]) for g in self.genes]
 
+    def expand(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``{gene: value}`` -> ``{config path: value}``: each bundle replaced by the paths its
+        chosen value sets (a name a bundle does not know is a ``ConfigError``)."""
+        bundles = {g.path: g.bundle for g in self.genes if g.bundle is not None}
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            if name not in bundles:
+                out[name] = value
+            elif value in bundles[name]:
+                out.update(bundles[name][value])
+            else:
+                raise ConfigError(f"search.genes.{name}: {value!r} is not one of {list(bundles[name])}")
+        return out
+
     def config_for(self, base: Config, values: dict[str, Any]) -> Config:
-        """The config that trains this genome: ``base`` with every gene's value applied."""
+        """The config that trains this genome: ``base`` with every gene's value applied (a
+        bundle's, every path its choice sets)."""
         raw = base.model_dump(mode="json")
         raw["search"] = None  # a candidate trains; it does not search
-        for path, value in values.items():
+        for path, value in self.expand(values).items():
             set_path(raw, path, value)
         return parse_config(raw)
 

@@ -1,13 +1,16 @@
+import json
 import math
 
 import pytest
 import torch
+import yaml
 
 from hybridopt.config import ConfigError, load_config, parse_config
 from hybridopt.search.checkpoint import SearchCheckpoint
 from hybridopt.search.evolution import Evolution
 from hybridopt.search.genome import Gene, GenomeSpace
 from tests.conftest import CONFIGS
+from tests.search.searching import runs_of, search
 
 
 def test_categorical_cells_and_encoding_at_cell_centres():
@@ -141,3 +144,114 @@ def test_an_evolution_restored_from_its_checkpoint_breeds_what_the_uninterrupted
     again.step()
     assert len(measured) == 1 and torch.equal(measured[0], children)  # only the children were measured
     assert torch.equal(again.population, first.population) and torch.equal(again.fitness, first.fitness)
+
+
+def _smoke() -> dict:
+    return yaml.safe_load((CONFIGS / "smoke_search.yaml").read_text())
+
+
+def _bundled(**genes) -> dict:
+    """The smoke search with ``genes`` added (a bundle ``readout`` unless given)."""
+    raw = _smoke()
+    raw["search"]["genes"].update(
+        genes
+        or {
+            "readout": {
+                "choices": {
+                    "static": {"plasticity.readout.rule": "none"},
+                    "gated": {
+                        "plasticity.readout.rule": "abcd",
+                        "plasticity.readout.modulation": "neuromodulated",
+                        "plasticity.readout.modulator_gate": True,
+                        "network.modulator_reads_output": True,
+                    },
+                }
+            }
+        }
+    )
+    return raw
+
+
+def test_a_bundle_is_one_categorical_gene_that_sets_every_path_of_its_choice():
+    cfg = parse_config(_bundled())
+    space = GenomeSpace.from_config(cfg.search)
+    gene = space.genes[-1]
+    assert gene.path == "readout" and gene.choices == ("static", "gated") and gene.categorical
+    assert [gene.decode(u) for u in (0.0, 0.49, 0.5, 1.0)] == ["static", "static", "gated", "gated"]
+    values = space.decode([0.5] * len(space.genes))
+    assert values["readout"] == "gated" and space.decode(space.encode(values)) == values
+    gated = space.config_for(cfg, values)
+    r = gated.plasticity.readout
+    assert (r.rule, r.modulation, r.modulator_gate, gated.network.modulator_reads_output) == (
+        "abcd",
+        "neuromodulated",
+        True,
+        True,
+    )
+    static = space.config_for(cfg, {**values, "readout": "static"})
+    assert static.plasticity.readout.rule == "none" and not static.network.modulator_reads_output
+    assert space.expand({"readout": "gated", "train.lr": 0.01})["network.modulator_reads_output"] is True
+    with pytest.raises(ConfigError, match="search.genes.readout: 'dense' is not one of"):
+        space.expand({"readout": "dense"})
+    assert "readout=gated" in GenomeSpace.describe(values).split()
+    space.validate(cfg)
+
+
+def test_validate_names_the_bundle_and_the_choice_that_cannot_be_set():
+    raw = _bundled(layer={"choices": {"low": {"network.theta": 0.8}, "typo": {"network.thet": 0.8}}})
+    cfg = parse_config(raw)
+    with pytest.raises(ConfigError, match=r"search.genes.layer = 'typo': .*thet"):
+        GenomeSpace.from_config(cfg.search).validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("genes", "message"),
+    [
+        ({"network.x": {"choices": {"a": {"network.hidden": 8}}}}, "search.genes.network.x: a bundle's name is a word"),
+        (
+            {"size": {"choices": {"a": {"network.hidden": 8}, "b": {"train.lr": 0.01}}}},
+            "search.genes.size.a sets network.hidden, which is searched (or scheduled) on its own",
+        ),
+        (
+            {"one": {"choices": {"a": {"network.beta": 0.7}}}, "two": {"choices": {"b": {"network.beta": 0.8}}}},
+            "search.genes.one and search.genes.two both set network.beta",
+        ),
+        ({"empty": {"choices": {}}}, "not empty"),
+        ({"loose": {"choices": {"a": 5}}}, "a bundle's choice 'a' maps config paths to values (got 5)"),
+    ],
+)
+def test_a_bundle_that_cannot_be_read_one_way_is_refused(genes, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config(_bundled(**genes))
+    assert message in str(e.value)
+
+
+def test_a_fixed_path_is_taken_out_of_every_bundle():
+    raw = _bundled()
+    raw["search"]["fixed"] = {"plasticity.readout.rule": "none"}
+    cfg = parse_config(raw)
+    space = GenomeSpace.from_config(cfg.search)
+    gated = space.config_for(cfg, {**space.decode([0.9] * len(space.genes)), "readout": "gated"})
+    assert gated.plasticity.readout.rule == "none"  # the static control stays static
+    assert gated.plasticity.readout.modulation == "neuromodulated"  # the rest of the choice still holds
+
+
+def test_a_search_trains_each_candidate_with_every_path_its_bundle_choice_sets(tmp_path, ray_tmp):
+    sets = {
+        "narrow": {"network.theta": 0.8, "train.batch_size": 4},
+        "wide": {"network.theta": 1.2, "train.batch_size": 8},
+    }
+    raw = _smoke()
+    raw["search"]["genes"] = {"size": {"choices": sets}, "plasticity.input.rule": {"choices": ["none", "hebbian"]}}
+    raw["search"]["generations"] = 1
+    path = tmp_path / "bundled.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    store = f"sqlite:///{tmp_path / 'm.db'}"
+    p = search([str(path), "--tracking-uri", store], tmp_path, ray_tmp)
+    assert p.returncode == 0, p.stderr
+    _, parents, children = runs_of(store)
+    assert len(parents) == 1 and len(children) == 4
+    for c in children:
+        choice = json.loads(c.data.tags["hybridopt.genome"])["size"]
+        got = {k: float(c.data.params[k]) for k in sets[choice]}
+        assert got == sets[choice], (choice, got)
