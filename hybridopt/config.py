@@ -235,6 +235,12 @@ class SearchConfig(Strict):
     state for ``final_budget`` times a candidate's budget (through the same rungs), so the winner
     is not a network of one candidate's budget; it needs ``inheritance: lamarckian`` (the state).
 
+    ``initial_population``: generation 0 draws this many random genomes (at least
+    ``population``; default ``population``), trains them all through the rungs, and the
+    ``population`` fittest (ties: the first drawn) become the GA's first population.  A wider
+    first draw costs its first rung for each extra genome and makes the search depend less on the
+    luck of a few random genomes, where a working network needs several categorical genes at once.
+
     ``max_concurrent`` caps how many of its candidates train at once (default: as many as the
     cluster's free CPUs allow), so that searches sharing a cluster do not starve each other.
 
@@ -251,6 +257,7 @@ class SearchConfig(Strict):
     """
 
     population: Annotated[int, Field(ge=2)] = 8
+    initial_population: Optional[Annotated[int, Field(ge=2)]] = None
     generations: Annotated[int, Field(ge=1)] = 4
     elite: Annotated[int, Field(ge=0)] = 2
     tournament: Annotated[int, Field(ge=1)] = 2
@@ -273,6 +280,11 @@ class SearchConfig(Strict):
         if not r or any(not 0.0 < x <= 1.0 for x in r) or any(a >= b for a, b in zip(r, r[1:])) or r[-1] != 1.0:
             raise ValueError(f"search.rungs must increase within (0, 1] and end at 1.0 (got {r})")
         children = self.population - self.elite
+        if self.initial_population is not None and self.initial_population < self.population:
+            raise ValueError(
+                f"search.initial_population must be at least search.population "
+                f"(got {self.initial_population} < {self.population})"
+            )
         if children < 2 or children % 2:
             raise ValueError(f"population - elite must be an even number >= 2 (got {self.population} - {self.elite})")
         if not self.genes:

@@ -1,7 +1,8 @@
 """The outer loop's evolution: an evotorch genetic algorithm over genomes, and its population's
 fitness.
 
-Generation 0 is the initial population (``population`` random genomes); every later
+Generation 0 is the initial population (``population`` random genomes, or the fittest
+``population`` of ``initial_population`` random genomes measured); every later
 generation keeps the ``elite`` best and adds ``population - elite`` children (tournament
 selection, one-point cross-over, Gaussian mutation, categorical resampling).  A generation's
 candidates are measured by ``measure(genomes) -> fitness`` (the driver's training); elites that
@@ -32,6 +33,7 @@ class Evolution:
     ):
         self.problem = GenomeProblem(len(space), seed, measure)
         self.ga = make_algorithm(self.problem, sc, space)
+        self.initial = max(sc.initial_population or sc.population, sc.population)
 
     @property
     def population(self) -> torch.Tensor:
@@ -58,8 +60,20 @@ class Evolution:
             self.ga.population_measured()
 
     def measure_initial(self) -> None:
-        """Generation 0: the initial population trained and measured."""
-        self.problem.evaluate(self.ga.population)
+        """Generation 0: the initial population trained and measured.  With a wider first draw
+        (``initial_population``), the population's random genomes and as many more as it takes
+        (drawn next from the GA's generator, so a resume draws the same) are measured, and the
+        fittest ``population`` (ties: the first drawn) are kept with their fitness."""
+        population = self.ga.population
+        extra = self.initial - len(population)
+        if extra <= 0:
+            self.problem.evaluate(population)
+        else:
+            values = torch.cat([population.values.clone(), self.problem.generate_values(extra)])
+            fitness = self.problem.evaluator(values.clone())
+            kept = sorted(range(len(values)), key=lambda r: (-float(fitness[r]), r))[: len(population)]
+            population.set_values(values[kept])
+            population.set_evals(fitness[kept])
         self.ga.population_measured()
 
     def step(self) -> None:

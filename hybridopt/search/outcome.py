@@ -129,8 +129,9 @@ def describe_search(
     assert sc is not None
     genes = ", ".join(f"`{g.path}`" for g in space.genes)
     text = (
-        f"Search on **{cfg.task.name}**: {sc.population} candidates per generation, "
-        f"{sc.generations} generations, inheritance {sc.inheritance}, rungs {list(sc.rungs)}"
+        f"Search on **{cfg.task.name}**: {sc.population} candidates per generation"
+        + (f" (the first drawn from {sc.initial_population})" if (sc.initial_population or 0) > sc.population else "")
+        + f", {sc.generations} generations, inheritance {sc.inheritance}, rungs {list(sc.rungs)}"
         + (f", then the best trains on for {sc.final_budget:g}x a candidate's budget" if sc.final_budget else "")
         + ".\n\n"
         f"Genes: {genes}.\n\n"

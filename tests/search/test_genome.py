@@ -9,6 +9,7 @@ from hybridopt.config import ConfigError, load_config, parse_config
 from hybridopt.search.checkpoint import SearchCheckpoint
 from hybridopt.search.evolution import Evolution
 from hybridopt.search.genome import Gene, GenomeSpace
+from hybridopt.stored_names import TAG_CANDIDATE, TAG_GENERATION, TAG_INHERITED_FROM
 from tests.conftest import CONFIGS
 from tests.search.searching import runs_of, search
 
@@ -101,6 +102,40 @@ def test_same_seed_same_sequence_of_genomes_and_elitism_keeps_the_best():
     assert a.shape == (4 + 3 * 2, 6)  # population, then (population - elite) children per generation
     assert all(x <= y for x, y in zip(best_a, best_a[1:]))
     assert all(0.0 <= v <= 1.0 for v in a.flatten().tolist()) and not any(math.isnan(v) for v in a.flatten())
+
+
+def test_a_wider_first_draw_measures_every_genome_and_keeps_the_fittest_population():
+    cfg = parse_config({**_smoke(), "search": {**_smoke()["search"], "initial_population": 7}})
+    space = GenomeSpace.from_config(cfg.search)
+    measured: list[torch.Tensor] = []
+
+    def fitness(v):  # distance to a fixed point, with a tie between the last two rows
+        measured.append(v.clone())
+        f = -(v - 0.3).pow(2).sum(1)
+        f[-1] = f[-2] = f.max() + 1.0
+        return f
+
+    evolution = Evolution(space, cfg.search, 3, fitness)
+    drawn = evolution.population.clone()
+    evolution.measure_initial()
+    (values,) = measured
+    assert values.shape == (7, len(space)) and torch.equal(values[:4], drawn)  # the GA's own four first
+    f = fitness(values.clone())
+    order = sorted(range(7), key=lambda r: (-float(f[r]), r))[:4]
+    assert order[:2] == [5, 6]  # the tie: the first drawn first
+    assert torch.equal(evolution.population, values[order]) and torch.equal(evolution.fitness, f[order])
+    again = Evolution(space, cfg.search, 3, fitness)
+    measured[:] = []
+    again.measure_initial()
+    assert torch.equal(measured[0], values)  # the same seed draws the same seven (what a resume relies on)
+    evolution.step()
+    assert evolution.population.shape == (4, len(space))  # then generations of the population's size
+
+
+def test_a_first_draw_narrower_than_the_population_is_refused():
+    message = r"search.initial_population must be at least search.population \(got 3 < 4\)"
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**_smoke(), "search": {**_smoke()["search"], "initial_population": 3}})
 
 
 def test_validate_tries_every_value_a_gene_can_take():
@@ -236,6 +271,17 @@ def test_a_fixed_path_is_taken_out_of_every_bundle():
     assert gated.plasticity.readout.modulation == "neuromodulated"  # the rest of the choice still holds
 
 
+def _searched(raw: dict, tmp_path, ray_tmp) -> tuple[list, list]:
+    """The parent and child runs of a real search (the CLI, Ray, a SQLite store) of config ``raw``."""
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    store = f"sqlite:///{tmp_path / 'm.db'}"
+    p = search([str(path), "--tracking-uri", store], tmp_path, ray_tmp)
+    assert p.returncode == 0, p.stderr
+    _, parents, children = runs_of(store)
+    return parents, children
+
+
 def test_a_search_trains_each_candidate_with_every_path_its_bundle_choice_sets(tmp_path, ray_tmp):
     sets = {
         "narrow": {"network.theta": 0.8, "train.batch_size": 4},
@@ -244,14 +290,23 @@ def test_a_search_trains_each_candidate_with_every_path_its_bundle_choice_sets(t
     raw = _smoke()
     raw["search"]["genes"] = {"size": {"choices": sets}, "plasticity.input.rule": {"choices": ["none", "hebbian"]}}
     raw["search"]["generations"] = 1
-    path = tmp_path / "bundled.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    store = f"sqlite:///{tmp_path / 'm.db'}"
-    p = search([str(path), "--tracking-uri", store], tmp_path, ray_tmp)
-    assert p.returncode == 0, p.stderr
-    _, parents, children = runs_of(store)
+    parents, children = _searched(raw, tmp_path, ray_tmp)
     assert len(parents) == 1 and len(children) == 4
     for c in children:
         choice = json.loads(c.data.tags["hybridopt.genome"])["size"]
         got = {k: float(c.data.params[k]) for k in sets[choice]}
         assert got == sets[choice], (choice, got)
+
+
+def test_a_search_with_a_wider_first_draw_breeds_only_from_the_fittest_of_it(tmp_path, ray_tmp):
+    raw = _smoke()
+    raw["search"].update({"initial_population": 6, "generations": 2, "rungs": [1.0]})
+    parents, children = _searched(raw, tmp_path, ray_tmp)
+    first = [c for c in children if c.data.tags[TAG_GENERATION] == "0"]
+    later = [c for c in children if c.data.tags[TAG_GENERATION] == "1"]
+    assert len(first) == 6 and len(later) == 2 + 2  # six drawn; then two children and two elites training on
+    ranked = sorted(first, key=lambda c: (-c.data.metrics["fitness"], int(c.data.tags[TAG_CANDIDATE])))
+    kept, dropped = {c.info.run_id for c in ranked[:4]}, {c.info.run_id for c in ranked[4:]}
+    parents_of_later = {c.data.tags[TAG_INHERITED_FROM] for c in later}
+    assert parents_of_later <= kept and not parents_of_later & dropped
+    assert "the first drawn from 6" in parents[0].data.tags["mlflow.note.content"]
