@@ -33,7 +33,7 @@ class Evolution:
     ):
         self.problem = GenomeProblem(len(space), seed, measure)
         self.ga = make_algorithm(self.problem, sc, space)
-        self.initial = max(sc.initial_population or sc.population, sc.population)
+        self.initial = sc.initial_population or sc.population  # validated: at least population
 
     @property
     def population(self) -> torch.Tensor:
@@ -71,7 +71,7 @@ class Evolution:
         else:
             values = torch.cat([population.values.clone(), self.problem.generate_values(extra)])
             fitness = self.problem.evaluator(values.clone())
-            kept = sorted(range(len(values)), key=lambda r: (-float(fitness[r]), r))[: len(population)]
+            kept = _fittest(fitness, len(population))
             population.set_values(values[kept])
             population.set_evals(fitness[kept])
         self.ga.population_measured()
@@ -82,9 +82,13 @@ class Evolution:
 
     def best_rows(self, n: int) -> list[int]:
         """The rows of the population's ``n`` fittest (ties: the lower row first)."""
-        fitness = self.fitness
-        return sorted(range(len(fitness)), key=lambda r: (-float(fitness[r]), r))[:n]
+        return _fittest(self.fitness, n)
 
     def set_fitness(self, row: int, fitness: float) -> None:
         """A member measured again (an elite that trained on)."""
         self.ga.population.access_evals()[row, 0] = fitness
+
+
+def _fittest(fitness: torch.Tensor, n: int) -> list[int]:
+    """The indices of the ``n`` highest of ``fitness`` (ties: the lower index first)."""
+    return sorted(range(len(fitness)), key=lambda r: (-float(fitness[r]), r))[:n]
