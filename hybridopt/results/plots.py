@@ -19,7 +19,6 @@ __all__ = [
     "learning_curves",
     "returns_by_condition",
     "search_progress",
-    "searched_projections",
 ]
 
 FAMILY_COLOURS = {"none": "#7f7f7f", "hebbian": "#1f77b4", "oja": "#2ca02c", "bcm": "#d62728", "stdp": "#9467bd"}
@@ -30,11 +29,6 @@ def _colour(family: str, seen: dict[str, str]) -> str:
     if family not in seen:
         seen[family] = FAMILY_COLOURS.get(family) or _OTHER[len(seen) % len(_OTHER)]
     return seen[family]
-
-
-def searched_projections(view: SearchView) -> list[str]:
-    """Projections whose rule family is a gene of the search."""
-    return [g.split(".")[1] for g in view.genes if g.startswith("plasticity.") and g.endswith(".rule")]
 
 
 def _reference_lines(ax: Axes, chance: float | None, observer: float | None) -> None:
@@ -82,7 +76,7 @@ def search_progress(views: Sequence[SearchView], labels: Sequence[str] | None = 
 def candidates_by_family(view: SearchView) -> Figure:
     """Every candidate as a point (generation, fitness), coloured by its rule family, one panel
     per searched projection; failed candidates as crosses at the bottom."""
-    projections = searched_projections(view) or ["input"]
+    projections = view.searched_projections or ["input"]
     fig = Figure(figsize=(4.2 * len(projections), 4.0), layout="constrained")
     axes = fig.subplots(1, len(projections), squeeze=False)[0]
     finished = [c.fitness for c in view.candidates if c.fitness is not None]
@@ -91,7 +85,7 @@ def candidates_by_family(view: SearchView) -> Figure:
     for ax, proj in zip(axes, projections):
         seen: dict[str, str] = {}
         for c in view.candidates:
-            family = str(c.genome.get(f"plasticity.{proj}.rule", "fixed"))
+            family = view.rule(c, proj)
             x = c.generation + rng.uniform(-0.2, 0.2)
             if c.status == "FAILED":
                 ax.plot(x, floor, "x", color=_colour(family, seen), ms=7)
@@ -109,7 +103,7 @@ def candidates_by_family(view: SearchView) -> Figure:
 def fitness_by_family(view: SearchView) -> Figure:
     """Fitness of the finished candidates by rule family, one panel per searched projection
     (points, and the median as a bar)."""
-    projections = searched_projections(view) or ["input"]
+    projections = view.searched_projections or ["input"]
     fig = Figure(figsize=(4.2 * len(projections), 4.0), layout="constrained")
     axes = fig.subplots(1, len(projections), squeeze=False, sharey=True)[0]
     rng = random.Random(1)
@@ -117,7 +111,7 @@ def fitness_by_family(view: SearchView) -> Figure:
         by: dict[str, list[float]] = {}
         for c in view.candidates:
             if c.fitness is not None:
-                by.setdefault(str(c.genome.get(f"plasticity.{proj}.rule", "fixed")), []).append(c.fitness)
+                by.setdefault(view.rule(c, proj), []).append(c.fitness)
         seen: dict[str, str] = {}
         for i, (family, vals) in enumerate(sorted(by.items())):
             colour = _colour(family, seen)

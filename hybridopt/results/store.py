@@ -45,6 +45,27 @@ class SearchView(_RunView):
     tags: dict[str, str]
     generations: dict[str, list[tuple[int, float]]]  # metric -> [(generation, value)]
     candidates: list[CandidateRecord] = field(default_factory=list)
+    rules: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Each candidate's rule family per projection (run id -> ``{projection: rule}``), as its run
+    logged its config: a rule a bundle gene set is there, though no gene names its path."""
+
+    def rule(self, candidate: CandidateRecord, projection: str) -> str:
+        """``candidate``'s rule family on ``projection``: its genome's gene where one names the
+        path, else the config its run logged, else ``"fixed"``."""
+        gene = candidate.genome.get(f"plasticity.{projection}.rule")
+        if gene is not None:
+            return str(gene)
+        return self.rules.get(candidate.run_id, {}).get(projection, "fixed")
+
+    @property
+    def searched_projections(self) -> list[str]:
+        """Projections whose rule family the search varied: a gene names the path, or its
+        candidates ran more than one family there (a bundle's choices set it)."""
+        out = [g.split(".")[1] for g in self.genes if g.startswith("plasticity.") and g.endswith(".rule")]
+        for proj in sorted({p for r in self.rules.values() for p in r}):
+            if proj not in out and len({self.rule(c, proj) for c in self.candidates}) > 1:
+                out.append(proj)
+        return out
 
     @property
     def genes(self) -> list[str]:
@@ -99,10 +120,21 @@ def load_search(client: MlflowClient, run: Run) -> SearchView:
         for ch in children
     ]
     cands.sort(key=lambda c: (c.generation, c.index))
+    rules = {ch.info.run_id: _rules(ch.data.params) for ch in children}
     return SearchView(
         run.info.run_id, run.info.run_name or run.info.run_id, exp.name, run.info.status,
-        dict(run.data.params), dict(run.data.tags), gens, cands,
+        dict(run.data.params), dict(run.data.tags), gens, cands, rules,
     )  # fmt: skip
+
+
+def _rules(params: dict[str, str]) -> dict[str, str]:
+    """``{projection: rule}`` from a run's params (``plasticity.<projection>.rule``)."""
+    out = {}
+    for key, value in params.items():
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "plasticity" and parts[2] == "rule":
+            out[parts[1]] = value
+    return out
 
 
 def load_train(client: MlflowClient, run: Run) -> TrainView:

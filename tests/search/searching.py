@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
+import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import CONFIGS, REPO
@@ -23,6 +24,11 @@ THREE_GENERATIONS = ["--set", "search.generations=3"]
 # generation 0: the population; later ones: 2 children and the 2 elites training on
 EXPECTED_CHILDREN = 4 + 4 + 4
 RUNG_STEPS = {0: 1, 1: 2, 2: 4}  # rungs [0.25, 0.5, 1.0] of train.steps = 4
+
+
+def smoke_raw() -> dict:
+    """The smoke search's config as its YAML gives it, to change before parsing."""
+    return yaml.safe_load(Path(SMOKE).read_text())
 
 
 def search_env(ray_tmp: str) -> dict:

@@ -11,7 +11,7 @@ from hybridopt.search.evolution import Evolution
 from hybridopt.search.genome import Gene, GenomeSpace
 from hybridopt.stored_names import TAG_CANDIDATE, TAG_GENERATION, TAG_INHERITED_FROM
 from tests.conftest import CONFIGS
-from tests.search.searching import runs_of, search
+from tests.search.searching import runs_of, search, smoke_raw
 
 
 def test_categorical_cells_and_encoding_at_cell_centres():
@@ -105,7 +105,7 @@ def test_same_seed_same_sequence_of_genomes_and_elitism_keeps_the_best():
 
 
 def test_a_wider_first_draw_measures_every_genome_and_keeps_the_fittest_population():
-    cfg = parse_config({**_smoke(), "search": {**_smoke()["search"], "initial_population": 7}})
+    cfg = parse_config({**smoke_raw(), "search": {**smoke_raw()["search"], "initial_population": 7}})
     space = GenomeSpace.from_config(cfg.search)
     measured: list[torch.Tensor] = []
 
@@ -135,7 +135,7 @@ def test_a_wider_first_draw_measures_every_genome_and_keeps_the_fittest_populati
 def test_a_first_draw_narrower_than_the_population_is_refused():
     message = r"search.initial_population must be at least search.population \(got 3 < 4\)"
     with pytest.raises(ConfigError, match=message):
-        parse_config({**_smoke(), "search": {**_smoke()["search"], "initial_population": 3}})
+        parse_config({**smoke_raw(), "search": {**smoke_raw()["search"], "initial_population": 3}})
 
 
 def test_validate_tries_every_value_a_gene_can_take():
@@ -181,13 +181,9 @@ def test_an_evolution_restored_from_its_checkpoint_breeds_what_the_uninterrupted
     assert torch.equal(again.population, first.population) and torch.equal(again.fitness, first.fitness)
 
 
-def _smoke() -> dict:
-    return yaml.safe_load((CONFIGS / "smoke_search.yaml").read_text())
-
-
 def _bundled(**genes) -> dict:
     """The smoke search with ``genes`` added (a bundle ``readout`` unless given)."""
-    raw = _smoke()
+    raw = smoke_raw()
     raw["search"]["genes"].update(
         genes
         or {
@@ -287,7 +283,7 @@ def test_a_search_trains_each_candidate_with_every_path_its_bundle_choice_sets(t
         "narrow": {"network.theta": 0.8, "train.batch_size": 4},
         "wide": {"network.theta": 1.2, "train.batch_size": 8},
     }
-    raw = _smoke()
+    raw = smoke_raw()
     raw["search"]["genes"] = {"size": {"choices": sets}, "plasticity.input.rule": {"choices": ["none", "hebbian"]}}
     raw["search"]["generations"] = 1
     parents, children = _searched(raw, tmp_path, ray_tmp)
@@ -299,7 +295,7 @@ def test_a_search_trains_each_candidate_with_every_path_its_bundle_choice_sets(t
 
 
 def test_a_search_with_a_wider_first_draw_breeds_only_from_the_fittest_of_it(tmp_path, ray_tmp):
-    raw = _smoke()
+    raw = smoke_raw()
     raw["search"].update({"initial_population": 6, "generations": 2, "rungs": [1.0]})
     parents, children = _searched(raw, tmp_path, ray_tmp)
     first = [c for c in children if c.data.tags[TAG_GENERATION] == "0"]

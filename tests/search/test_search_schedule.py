@@ -3,8 +3,6 @@ of a scheduled config path, and a bad schedule is refused before anything is wri
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -12,11 +10,11 @@ from hybridopt.config import ConfigError, parse_config
 from hybridopt.search.genome import GenomeSpace
 from hybridopt.search.outcome import Standings
 from hybridopt.stored_names import CandidateRecord
-from tests.search.searching import SMOKE, runs_of, search
+from tests.search.searching import runs_of, search, smoke_raw
 
 
 def _smoke(**schedule) -> dict:
-    raw = yaml.safe_load(Path(SMOKE).read_text())
+    raw = smoke_raw()
     raw["search"]["schedule"] = schedule
     return raw
 
