@@ -7,6 +7,7 @@ vector-Jacobian product for the fused kernel).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import NamedTuple, Optional
 
@@ -263,9 +264,17 @@ def abcd_update_into(
     pre, post = act.pre_trace.unsqueeze(2), act.post_trace.unsqueeze(1)
     torch.mul(pre, post, out=out)
     torch.mul(coeffs["A"], out, out=out)
-    out.add_(torch.mul(coeffs["B"], pre, out=scratch))
-    out.add_(torch.mul(coeffs["C"], post, out=scratch))
+    out.add_(torch.mul(coeffs["B"], pre, out=_part(scratch, coeffs["B"], pre)))
+    out.add_(torch.mul(coeffs["C"], post, out=_part(scratch, coeffs["C"], post)))
     return out.add_(coeffs["D"])
+
+
+def _part(scratch: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """The start of the (contiguous) work buffer ``scratch`` viewed as the shape of ``a * b``: a
+    scalar or per-neuron coefficient makes a ``B x I x 1`` or ``B x 1 x J`` term, and an ``out=``
+    of another shape would be resized, the buffer's shape lost for its next user."""
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    return scratch.view(-1)[: math.prod(shape)].view(shape)
 
 
 def abcd_vjp(
