@@ -143,7 +143,7 @@ def markdown(results: list[dict[str, Any]], methods: list[str], trained: list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--config", default=CONFIG)
     p.add_argument("--method", action="append", default=[], help="NAME=OVERRIDE;OVERRIDE (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
