@@ -129,7 +129,7 @@ def load_search(client: MlflowClient, run: Run) -> SearchView:
 
 def _rules(params: dict[str, str]) -> dict[str, str]:
     """``{projection: rule}`` from a run's params (``plasticity.<projection>.rule``)."""
-    out = {}
+    out: dict[str, str] = {}
     for key, value in params.items():
         parts = key.split(".")
         if len(parts) == 3 and parts[0] == "plasticity" and parts[2] == "rule":
