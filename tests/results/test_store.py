@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from hybridopt.config import load_config, parse_config
+from hybridopt.config import parse_config
 from hybridopt.results import plots
 from hybridopt.results.store import find
 from hybridopt.search.genome import GenomeSpace
 from hybridopt.search.record import SearchRecord
 from hybridopt.tracking import Tracker
-from tests.conftest import REPO
+from tests.search.searching import smoke_raw
 
 # the readout's rule is set only by a bundle: no gene names plasticity.readout.rule
 GENES = {
@@ -36,7 +36,7 @@ GENOMES = [  # (genome, fitness)
 def stored(tmp_path: Path):
     """A search's parent and three finished children in a real SQLite MLflow store, written by
     the search's own record from configs the genome space made."""
-    raw = load_config(REPO / "configs" / "smoke_search.yaml").model_dump(mode="json")
+    raw = smoke_raw()
     raw["search"]["genes"] = GENES
     base = parse_config(raw)
     space = GenomeSpace.from_config(base.search)
