@@ -94,9 +94,21 @@ class TrainConfig(Strict):
 
     so it reaches ``lr_final * lr`` where the budget ends, whichever limit binds.  Each call
     anneals over its own budget: a run continued from a state (a rung of successive halving, a
-    winner's further training) starts again at ``lr``, a warm restart.  Where the CPU budget
-    binds, the rate at a step depends on the CPU time spent so far, so two runs of the same seed
-    agree only up to that.
+    winner's further training) starts again at ``lr``, a warm restart.  With
+    ``lr_horizon_minutes`` set it anneals over the lineage instead::
+
+        p = min(1, (CPU behind the start state + CPU spent in this call) / (60 lr_horizon_minutes))
+
+    so a state continued (a rung, an inherited child, the winner's further training) goes on at
+    the rate where its lineage stopped, and every call after the horizon trains at
+    ``lr_final * lr``.  Where the CPU budget binds, the rate at a step depends on the CPU time
+    spent so far, so two runs of the same seed agree only up to that.
+
+    ``keep_best``: at each evaluation (every ``eval_every`` steps and at the end) the network
+    whose evaluation accuracy is the highest so far is kept, and the run ends on it (weights
+    and the optimiser's moments; its step, ``best_step``, is logged): a run that falls after its
+    best returns its best, as early stopping on the evaluation episodes does.  The steps and CPU
+    spent after it still count.
     """
 
     steps: Annotated[int, Field(ge=1)] = 200
@@ -110,11 +122,19 @@ class TrainConfig(Strict):
     rate_target: Fraction = 0.05
     lr_schedule: Literal["constant", "cosine"] = "constant"
     lr_final: Fraction = 0.1
+    lr_horizon_minutes: Optional[Positive] = None
+    keep_best: bool = False
     cpu_minutes: Optional[Positive] = None
     threads: Annotated[int, Field(ge=1)] = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     freeze: tuple[str, ...] = ()
     freeze_steps: Optional[Annotated[int, Field(ge=0)]] = None
+
+    @model_validator(mode="after")
+    def _horizon_anneals(self) -> TrainConfig:
+        if self.lr_horizon_minutes is not None and self.lr_schedule == "constant":
+            raise ValueError("train.lr_horizon_minutes anneals the rate: it needs lr_schedule: cosine")
+        return self
 
     @field_validator("freeze")
     @classmethod

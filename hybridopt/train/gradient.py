@@ -144,19 +144,27 @@ def _cpu_state(obj: Any) -> Any:
     return obj
 
 
-def scheduled_lr(tc: TrainConfig, done_steps: int, cpu_spent_s: float, cpu_budget_s: float) -> float:
+def scheduled_lr(
+    tc: TrainConfig, done_steps: int, cpu_spent_s: float, cpu_budget_s: float, lineage_cpu_s: float = 0.0
+) -> float:
     """Adam's rate after ``done_steps`` steps and ``cpu_spent_s`` CPU seconds of this call::
 
         constant:  lr
         cosine:    lr * (f + (1 - f) * (1 + cos(pi p)) / 2),   f = lr_final,
                    p = min(1, max(done_steps / steps, cpu_spent_s / cpu_budget_s))
 
-    ``p`` is the fraction of the call's budget spent, by whichever limit is nearer."""
+    ``p`` is the fraction of the call's budget spent, by whichever limit is nearer.  With
+    ``lr_horizon_minutes`` it is the lineage's: ``p = min(1, (lineage_cpu_s + cpu_spent_s) /
+    (60 lr_horizon_minutes))``, ``lineage_cpu_s`` the CPU seconds behind the state the call
+    started from."""
     if tc.lr_schedule == "constant":
         return tc.lr
-    p = done_steps / tc.steps
-    if math.isfinite(cpu_budget_s) and cpu_budget_s > 0:
-        p = max(p, cpu_spent_s / cpu_budget_s)
+    if tc.lr_horizon_minutes is not None:
+        p = (lineage_cpu_s + cpu_spent_s) / (60.0 * tc.lr_horizon_minutes)
+    else:
+        p = done_steps / tc.steps
+        if math.isfinite(cpu_budget_s) and cpu_budget_s > 0:
+            p = max(p, cpu_spent_s / cpu_budget_s)
     p = min(1.0, p)
     return tc.lr * (tc.lr_final + (1.0 - tc.lr_final) * 0.5 * (1.0 + math.cos(math.pi * p)))
 
@@ -197,6 +205,9 @@ def kernel_budget(tc: TrainConfig, cpu_budget_s: float) -> KernelBudget:
     whole = 60.0 * tc.cpu_minutes if tc.cpu_minutes else 0.0
     return KernelBudget(steps=tc.steps, cpu_s=max(cpu_budget_s, whole))
 
+
+# keep_best's record: the step, its evaluation metrics, the network's state_dict and Adam's state there.
+Best = tuple[int, dict[str, float], dict[str, torch.Tensor], dict[str, Any]]
 
 # A batch whose gradient overflows is skipped (Adam would write NaN into every parameter); this
 # many in a row end the run as failed: the network itself, not one batch, has diverged.
@@ -257,6 +268,17 @@ def train_gradient(
         compile_cpu_s = prepare_kernel(net, task, tc.batch_size)
         cpu0 = time.process_time()
         overflow = skipped = 0  # batches in a row / in all whose gradient overflowed (not applied)
+        lineage_cpu_s = start.cpu_s if start is not None else 0.0
+        best: Optional[Best] = None
+
+        def kept(best: Optional[Best], at: int, metrics: dict[str, float]) -> Optional[Best]:
+            """``keep_best``: the best evaluation so far, with the network and moments behind it."""
+            if not tc.keep_best or (best is not None and metrics["eval/accuracy"] <= best[1]["eval/accuracy"]):
+                return best
+            evals = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+            model = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            return at, evals, model, _cpu_state(opt.state_dict())
+
         first_overflow = ""
         while step - step0 < tc.steps and time.process_time() - cpu0 < cpu_budget_s:
             hold(frozen, tc.freeze_steps is None or step < tc.freeze_steps)
@@ -283,7 +305,7 @@ def train_gradient(
                 continue
             overflow = 0
             if tc.lr_schedule != "constant":
-                lr = scheduled_lr(tc, step - step0, time.process_time() - cpu0, cpu_budget_s)
+                lr = scheduled_lr(tc, step - step0, time.process_time() - cpu0, cpu_budget_s, lineage_cpu_s)
                 for group in opt.param_groups:
                     group["lr"] = lr
             opt.step()
@@ -297,6 +319,7 @@ def train_gradient(
                 metrics["train/lr"] = opt.param_groups[0]["lr"]
             if step % tc.eval_every == 0 or step - step0 == tc.steps:
                 metrics.update(evaluate(net, task, cfg))
+                best = kept(best, step, metrics)
             history.append((step, metrics))
             if progress is not None:
                 progress(ProgressEvent(step, step0 + tc.steps, metrics))
@@ -307,6 +330,13 @@ def train_gradient(
             history.append((step, final))
         if not math.isfinite(final["eval/loss"]):
             raise FloatingPointError("non-finite evaluation loss")
+        best = kept(best, step, final)
+        if best is not None:  # keep_best: the run ends on its best evaluation
+            best_step, final, model, moments = best
+            if best_step != step:
+                net.load_state_dict(model)
+                opt.load_state_dict(moments)
+            final = {**final, "best_step": float(best_step)}
         if tc.test_episodes:
             final.update(test_accuracy(net, task, cfg, tc.test_episodes))
     except Exception as e:  # a candidate must not take its caller down

@@ -180,6 +180,54 @@ def test_a_cosine_run_anneals_to_its_final_rate_and_a_continued_run_restarts():
     assert not torch.equal(plain.state_dict["projections.input.W"], r.state_dict["projections.input.W"])
 
 
+def test_the_lineage_horizon_by_hand():
+    tc = smoke("train.lr=0.01", "train.lr_schedule=cosine", "train.lr_final=0.2", "train.lr_horizon_minutes=1").train
+    assert scheduled_lr(tc, 0, 0.0, math.inf, 0.0) == pytest.approx(0.01)
+    assert scheduled_lr(tc, 0, 0.0, math.inf, 30.0) == pytest.approx(0.006)  # half the horizon behind the state
+    assert scheduled_lr(tc, 999, 15.0, 20.0, 15.0) == pytest.approx(0.006)  # the call's steps and budget: not used
+    assert scheduled_lr(tc, 0, 10.0, math.inf, 5.0) == pytest.approx(
+        0.01 * (0.2 + 0.8 * (1 + math.sqrt(0.5)) / 2)
+    )  # p = 1/4
+    assert scheduled_lr(tc, 0, 10.0, math.inf, 80.0) == pytest.approx(0.002)  # past the horizon: the final rate
+
+
+def test_a_continued_run_goes_on_at_its_lineages_rate():
+    from dataclasses import replace
+
+    cfg = smoke("train.lr=0.01", "train.lr_schedule=cosine", "train.lr_final=0.1", "train.lr_horizon_minutes=1")
+    first = train_gradient(cfg)
+    lrs = [m["train/lr"] for _, m in first.history]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    more = train_gradient(cfg, start=first.state)  # no warm restart: on from the lineage's CPU
+    assert more.history[0][1]["train/lr"] <= lrs[-1] < 0.01
+    half = train_gradient(cfg, start=replace(first.state, cpu_s=30.0))  # half the horizon behind it
+    assert half.history[0][1]["train/lr"] <= 0.01 * (0.1 + 0.9 * 0.5) + 1e-12
+    old = train_gradient(cfg, start=replace(first.state, cpu_s=600.0))  # long past it
+    assert all(m["train/lr"] == pytest.approx(0.001) for _, m in old.history if "train/lr" in m)
+    with pytest.raises(Exception, match="lr_horizon_minutes anneals the rate: it needs lr_schedule: cosine"):
+        smoke("train.lr_horizon_minutes=1")
+
+
+def test_keep_best_ends_on_the_best_evaluation():
+    cfg = smoke("train.lr=0.05", "train.eval_every=1", "train.steps=8")
+    r = train_gradient(cfg.model_copy(update={"train": cfg.train.model_copy(update={"keep_best": True})}))
+    evals = [(s, m["eval/accuracy"]) for s, m in r.history if "eval/accuracy" in m]
+    top = max(a for _, a in evals)
+    best_step = next(s for s, a in evals if a == top)  # the first of the best
+    assert best_step < 8  # this seed falls after its best, so the test can tell the two apart
+    assert r.fitness == top and r.final_metrics["best_step"] == best_step
+    assert r.state.step == 8 and r.steps == 8  # the steps after it still count
+    at_best = train_gradient(smoke("train.lr=0.05", "train.eval_every=1", f"train.steps={best_step}"))
+    for k, v in at_best.state_dict.items():  # the same trajectory, stopped at the best
+        assert torch.equal(r.state.model[k], v), k
+    assert at_best.state.optimizer["state"][0]["exp_avg"].equal(r.state.optimizer["state"][0]["exp_avg"])
+    task, net = build(cfg)
+    net.load_state_dict(r.state.model)
+    assert evaluate(net, task, cfg)["eval/accuracy"] == top
+    last = train_gradient(cfg)  # without keep_best: the last step's network
+    assert last.fitness == evals[-1][1] < top and "best_step" not in last.final_metrics
+
+
 def test_frozen_parameters_stay_and_the_rest_train():
     cfg = smoke("plasticity.readout.rule=oja", "train.freeze=[input, b_hidden, readout.plasticity]")
     _, net0 = build(cfg)
