@@ -204,13 +204,15 @@ def test_a_continued_run_goes_on_at_its_lineages_rate():
     assert half.history[0][1]["train/lr"] <= 0.01 * (0.1 + 0.9 * 0.5) + 1e-12
     old = train_gradient(cfg, start=replace(first.state, cpu_s=600.0))  # long past it
     assert all(m["train/lr"] == pytest.approx(0.001) for _, m in old.history if "train/lr" in m)
-    with pytest.raises(Exception, match="lr_horizon_minutes anneals the rate: it needs lr_schedule: cosine"):
+    from hybridopt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lr_horizon_minutes anneals the rate: it needs lr_schedule: cosine"):
         smoke("train.lr_horizon_minutes=1")
 
 
 def test_keep_best_ends_on_the_best_evaluation():
     cfg = smoke("train.lr=0.05", "train.eval_every=1", "train.steps=8")
-    r = train_gradient(cfg.model_copy(update={"train": cfg.train.model_copy(update={"keep_best": True})}))
+    r = train_gradient(smoke("train.lr=0.05", "train.eval_every=1", "train.steps=8", "train.keep_best=true"))
     evals = [(s, m["eval/accuracy"]) for s, m in r.history if "eval/accuracy" in m]
     top = max(a for _, a in evals)
     best_step = next(s for s, a in evals if a == top)  # the first of the best
