@@ -107,8 +107,10 @@ class TrainConfig(Strict):
     ``keep_best``: at each evaluation (every ``eval_every`` steps and at the end) the network
     whose evaluation accuracy is the highest so far is kept, and the run ends on it (weights
     and the optimiser's moments; its step, ``best_step``, is logged): a run that falls after its
-    best returns its best, as early stopping on the evaluation episodes does.  The steps and CPU
-    spent after it still count.
+    best returns its best, as early stopping on the evaluation episodes does.  A run continued
+    from a state (a rung, an inherited child, the winner's further training) evaluates that state
+    first and counts it among its candidates, so it ends no worse than it started.  The steps and
+    CPU spent after the best still count.
     """
 
     steps: Annotated[int, Field(ge=1)] = 200

@@ -253,7 +253,7 @@ def train_gradient(
         opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
         frozen = frozen_parameters(net, tc.freeze)
         if start is not None and start.optimizer is not None:
-            opt.load_state_dict(start.optimizer)
+            opt.load_state_dict(_cpu_state(start.optimizer))  # a copy: Adam steps its moments in place
             for group in opt.param_groups:  # the config's rate, not the state's (PBT may change it)
                 group["lr"] = tc.lr
         gen = torch.Generator()
@@ -279,6 +279,8 @@ def train_gradient(
             model = {k: v.detach().clone() for k, v in net.state_dict().items()}
             return at, evals, model, _cpu_state(opt.state_dict())
 
+        if tc.keep_best and start is not None:  # a continuation ends no worse than its start
+            best = kept(best, step0, evaluate(net, task, cfg))
         first_overflow = ""
         while step - step0 < tc.steps and time.process_time() - cpu0 < cpu_budget_s:
             hold(frozen, tc.freeze_steps is None or step < tc.freeze_steps)

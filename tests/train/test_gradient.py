@@ -230,6 +230,34 @@ def test_keep_best_ends_on_the_best_evaluation():
     assert last.fitness == evals[-1][1] < top and "best_step" not in last.final_metrics
 
 
+def test_continuing_leaves_the_start_state_as_it_was():
+    """Two continuations of one state (two children of a parent, two branches of a checkpoint)
+    are the same run: training from a state does not step that state's moments in place."""
+    first = train_gradient(smoke("train.steps=3"))
+    moments = {i: {k: v.clone() for k, v in m.items()} for i, m in first.state.optimizer["state"].items()}
+    a = train_gradient(smoke("train.steps=3"), start=first.state)
+    for i, m in first.state.optimizer["state"].items():
+        for k, v in m.items():
+            assert torch.equal(v, moments[i][k]), (i, k)
+    b = train_gradient(smoke("train.steps=3"), start=first.state)
+    assert a.fitness == b.fitness
+    for k, v in a.state.model.items():
+        assert torch.equal(b.state.model[k], v), k
+
+
+def test_keep_best_continuation_never_ends_below_its_start():
+    first = train_gradient(smoke("train.lr=0.05", "train.eval_every=1", "train.steps=8", "train.keep_best=true"))
+    more = ("train.lr=0.05", "train.eval_every=1", "train.steps=4")
+    fell = train_gradient(smoke(*more), start=first.state)  # this continuation falls on every step
+    assert all(m["eval/accuracy"] < first.fitness for _, m in fell.history if "eval/accuracy" in m)
+    kept = train_gradient(smoke(*more, "train.keep_best=true"), start=first.state)
+    assert kept.fitness == first.fitness and kept.final_metrics["best_step"] == first.state.step
+    assert kept.state.step == first.state.step + 4  # the steps still count
+    for k, v in first.state.model.items():  # it ends on the state it started from, moments too
+        assert torch.equal(kept.state.model[k], v), k
+    assert kept.state.optimizer["state"][0]["exp_avg"].equal(first.state.optimizer["state"][0]["exp_avg"])
+
+
 def test_frozen_parameters_stay_and_the_rest_train():
     cfg = smoke("plasticity.readout.rule=oja", "train.freeze=[input, b_hidden, readout.plasticity]")
     _, net0 = build(cfg)
