@@ -7,9 +7,12 @@ Discrete time, one step per call.  With input current ``I_t``::
     s_t = Heaviside(v_t - theta)
 
 With ``k`` winners (``LIFParameters.winners``), the units of a sample compete: the threshold is
-raised to the ``(k+1)``-th largest potential of the sample, ``s_t = Heaviside(v_t - theta_t)``
-with ``theta_t = max(theta, v_t^(k+1))``, so that at most ``k`` units spike per step.  Like the
-reset, ``theta_t`` is detached: the surrogate derivative is taken at ``v_t - theta_t``.
+raised midway between the ``k``-th and ``(k+1)``-th largest potentials of the sample,
+``s_t = Heaviside(v_t - theta_t)`` with ``theta_t = max(theta, (v_t^(k) + v_t^(k+1)) / 2)``, so
+that at most ``k`` units spike per step.  Like the reset, ``theta_t`` is detached: the surrogate
+derivative is taken at ``v_t - theta_t``.  Midway, the first loser is as far below the threshold
+as the last winner is above it; at ``v_t^(k+1)`` itself it sat at the surrogate's peak at every
+step, and through a plastic layer the gradient grew without bound with the plastic gain.
 
 ``beta = exp(-dt / tau_mem)`` is the membrane decay per step (dimensionless; ``v`` and
 ``theta`` are in the same arbitrary units as ``I``).  The Heaviside step has zero
@@ -149,9 +152,10 @@ def lif_step(current: Tensor, state: LIFState, p: LIFParameters) -> tuple[Tensor
 
 
 def competition_threshold(v: Tensor, theta: float | Tensor, winners: int) -> float | Tensor:
-    """``theta_t = max(theta, v^(k+1))`` per sample (``B x 1``, detached), the ``(k+1)``-th
-    largest potential of the row; ``theta`` itself without competition (``k = 0`` or ``k >= N``)."""
+    """``theta_t = max(theta, (v^(k) + v^(k+1)) / 2)`` per sample (``B x 1``, detached), midway
+    between the ``k``-th and ``(k+1)``-th largest potentials of the row; ``theta`` itself
+    without competition (``k = 0`` or ``k >= N``)."""
     if winners <= 0 or winners >= v.shape[-1]:
         return theta
-    kth = v.detach().topk(winners + 1, dim=-1).values[..., -1:]
-    return torch.clamp(kth, min=theta)
+    top = v.detach().topk(winners + 1, dim=-1).values
+    return torch.clamp((top[..., -2:-1] + top[..., -1:]) / 2, min=theta)

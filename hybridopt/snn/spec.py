@@ -150,11 +150,14 @@ class NetworkConfig:
     than Hebbian: it stops changing ``H`` once the answer is right.
 
     ``winners``: ``k > 0`` makes the hidden units compete, ``k`` winners take all at each step.
-    A unit spikes only above the threshold and above the ``(k+1)``-th largest membrane
-    potential of its sample, ``s_j = H(v_j - max(theta, v_(k+1)))``, so at most ``k`` units spike
-    per step: an instantaneous global inhibition.  The competition's threshold is not
-    differentiated (it acts like the reset), so the surrogate gradient reaches every unit near
-    it, winner or not.  ``0`` (the default), or ``k >= hidden``, is no competition.
+    A unit spikes only above the threshold and above the midpoint of the ``k``-th and
+    ``(k+1)``-th largest membrane potentials of its sample,
+    ``s_j = H(v_j - max(theta, (v_(k) + v_(k+1)) / 2))``, so at most ``k`` units spike per step:
+    an instantaneous global inhibition.  The competition's threshold is not differentiated (it
+    acts like the reset), so the surrogate gradient reaches every unit near it, winner or not;
+    midway, the first loser sits as far below it as the last winner above, not at the
+    surrogate's peak (where, through a plastic layer, the gradient grew without bound with the
+    plastic gain).  ``0`` (the default), or ``k >= hidden``, is no competition.
 
     ``share_positions``: where the task shows one layout of channels at several positions (cue
     association: two cue banks), the hidden layer runs once per position, a pool of ``hidden``

@@ -15,6 +15,7 @@ from hybridopt.snn.neurons import (
     lif_step,
     surrogate_derivative,
 )
+from tests.conftest import CONFIGS
 
 
 def _run(currents: list[list[float]], p: LIFParameters) -> tuple[list[list[float]], list[list[float]]]:
@@ -181,21 +182,56 @@ def test_subtractive_reset_gradient_ignores_the_spike():
     assert g.item() == pytest.approx(0.5 / 144)
 
 
-def test_k_winners_raise_the_threshold_to_the_next_potential_and_differentiate_every_unit_near_it():
-    # one step from rest, so v = I.  Sample 0: v = (1.5, 2.0, 0.5, 1.2), theta 1, k = 2: the third
-    # largest potential is 1.2, so theta_t = max(1, 1.2) = 1.2 and only 2.0 and 1.5 spike (1.2 is
-    # above theta but not above theta_t).  Sample 1: v = (0.2, 1.1, 0.3, 0.9): the third largest is
-    # 0.3 < theta, so theta_t = theta and the one unit above it spikes.
+def test_k_winners_raise_the_threshold_midway_to_the_next_potential_and_differentiate_every_unit_near_it():
+    # one step from rest, so v = I; theta 1, k = 2.  Sample 0: v = (1.5, 2.0, 0.5, 1.2): the second
+    # and third largest are 1.5 and 1.2, theta_t = max(1, 1.35) = 1.35, and only 2.0 and 1.5 spike
+    # (1.2 is above theta but not above theta_t).  Sample 1: v = (0.2, 1.1, 0.3, 0.9): midway
+    # between 0.9 and 0.3 is 0.6 < theta, so theta_t = theta and the one unit above it spikes.
+    # Sample 2: v = (2.0, 1.6, 0.8, 0.1): the third largest (0.8) is below theta, but midway (1.2)
+    # is above it: theta_t = 1.2, and the same two units spike as under theta.
     p = LIFParameters(beta=0.9, theta=1.0, slope=2.0, winners=2)
-    current = torch.tensor([[1.5, 2.0, 0.5, 1.2], [0.2, 1.1, 0.3, 0.9]], requires_grad=True)
-    s, _ = lif_step(current, lif_initial_state(2, 4), p)
-    assert s.tolist() == [[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]
+    current = torch.tensor([[1.5, 2.0, 0.5, 1.2], [0.2, 1.1, 0.3, 0.9], [2.0, 1.6, 0.8, 0.1]], requires_grad=True)
+    s, _ = lif_step(current, lif_initial_state(3, 4), p)
+    assert s.tolist() == [[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
     s.sum().backward()
     # d s_j / d I_j = 1 / (k |v_j - theta_t| + 1)^2 with k = 2, theta_t detached: every unit,
-    # winner or not, gets the surrogate derivative at its distance from the raised threshold
+    # winner or not, gets the surrogate derivative at its distance from the raised threshold;
+    # the first loser sits as far below it as the last winner above, never at its peak
     d = lambda x: 1.0 / (2.0 * abs(x) + 1.0) ** 2  # noqa: E731
-    expected = [[d(0.3), d(0.8), d(-0.7), d(0.0)], [d(-0.8), d(0.1), d(-0.7), d(-0.1)]]
+    expected = [
+        [d(0.15), d(0.65), d(-0.85), d(-0.15)],
+        [d(-0.8), d(0.1), d(-0.7), d(-0.1)],
+        [d(0.8), d(0.4), d(-0.4), d(-1.1)],
+    ]
     torch.testing.assert_close(current.grad, torch.tensor(expected))
+
+
+def test_competing_plastic_layer_keeps_its_gradient_bounded_at_a_large_plastic_gain():
+    """Under competition a unit at the raised threshold gets the surrogate's peak derivative; with
+    the threshold at the (k+1)-th potential itself, one loser sat there at every step, and through
+    the Hebbian state (``W + alpha H``) the gradient of one episode grew with ``alpha`` past 1e18
+    at ``alpha = 4``, with no spike of the forward pass changed.  Midway, it stays of order one."""
+    from hybridopt.config import load_config
+    from hybridopt.train.gradient import build
+
+    cfg = load_config(
+        CONFIGS / "cue_association_noisy_pools_search.yaml",
+        [
+            "network.winners=2",
+            "plasticity.input.rule=hebbian",
+            "plasticity.readout.rule=none",
+            "plasticity.input.alpha_init=4.0",
+            "network.kernel=reference",
+            "task.trials=6",
+        ],
+    )
+    task, net = build(cfg)
+    batch = task.batch(8, torch.Generator().manual_seed(0))
+    y, s, _ = net(batch.x)
+    assert 0 < s.mean() < 0.1
+    task.loss(y, batch).backward()
+    norm = torch.stack([p.grad.norm() for p in net.parameters() if p.grad is not None]).norm()
+    assert norm < 100, norm
 
 
 @pytest.mark.parametrize("winners", [0, 4, 9])

@@ -6,8 +6,8 @@
 //   I_t   = x_t W_in + b + x_t (alpha_in . H_in) + s_{t-1} (W + alpha . H)
 //   v_t   = beta v_{t-1} (1 - s_{t-1}) + I_t     or   beta v_{t-1} - theta s_{t-1} + I_t
 //   s_t   = Heaviside(v_t - theta)                (backward: the surrogate derivative)
-//           with k winners: Heaviside(v_t - max(theta, v_t^(k+1))), the (k+1)-th largest of the
-//           sample's potentials, its threshold detached as the reset is
+//           with k winners: Heaviside(v_t - max(theta, (v_t^(k) + v_t^(k+1)) / 2)), midway between
+//           the k-th and (k+1)-th largest of the sample's potentials, detached as the reset is
 //   y_t   = kappa y_{t-1} + s_t (W_out + alpha_out . H_out) + b_out
 //   M_t   = tanh(w_M . [x_t, s_t] + b_M)          (per modulated projection; [x_t, s_t, y_t]
 //                                                   when it reads the output: w_M_y set)
@@ -92,14 +92,16 @@ inline T surrogate(int32_t kind, T x, T k) {
   return (k / T(2)) / (T(1) + h * h);
 }
 
-// k winners take all: theta_t = max(theta, the (k+1)-th largest of a sample's N potentials);
-// theta itself when there is no competition (k = 0 or k >= N)
+// k winners take all: theta_t = max(theta, (v^(k) + v^(k+1)) / 2), midway between the k-th and
+// the (k+1)-th largest of a sample's N potentials; theta itself when there is no competition
+// (k = 0 or k >= N)
 template <typename T>
 inline T competition_threshold(const T* v, int N, int k, T theta, std::vector<T>& work) {
   if (k <= 0 || k >= N) return theta;
   work.assign(v, v + N);
   std::nth_element(work.begin(), work.begin() + k, work.end(), [](T a, T b) { return a > b; });
-  return std::max(theta, work[k]);
+  const T kth = *std::min_element(work.begin(), work.begin() + k);  // the k-th largest
+  return std::max(theta, (kth + work[k]) / T(2));
 }
 
 #if defined(__GNUC__)
