@@ -12,6 +12,9 @@ name                        what changes in the model (``g`` = gear, ``m`` = mas
 ``crippled:<leg>``          the leg's actuators give no torque: ``g_a <- 0`` for each actuator
                             ``a`` of the leg
 ``weak:<leg>:<f>``          partial loss of torque, ``0 < f <= 1``: ``g_a <- f * g_a``
+``reversed:<leg>``          the leg's motors wired backwards: ``g_a <- -g_a`` (the same command
+                            drives its joints the other way; a gait for the intact body and a
+                            gait for this one need opposite corrections of that leg)
 ``short:<leg>:<f>``         the leg's lowest segment (its foot or ankle body, ``0 < f <= 1``)
                             shortened about its joint: see :func:`shorten_segment`
 ``friction:<f>``            sliding friction of every geom, ``mu_g <- f * mu_g`` (MuJoCo takes the
@@ -212,6 +215,8 @@ def _gear(model: mujoco.MjModel, cond: Condition, env_id: str) -> None:
     for a in leg_actuators(model, _leg_body(cond.leg, env_id)):  # force = gear * ctrl
         if cond.kind == "crippled":
             model.actuator_gear[a, :] = 0.0
+        elif cond.kind == "reversed":
+            model.actuator_gear[a, :] *= -1.0
         else:
             model.actuator_gear[a, :] *= cond.factor
 
@@ -234,6 +239,7 @@ CONDITIONS: dict[str, ConditionKind] = {
     "standard": ConditionKind((), _standard),
     "crippled": ConditionKind(("leg",), _gear),
     "weak": ConditionKind(("leg", "factor"), _gear, max_factor=1.0),
+    "reversed": ConditionKind(("leg",), _gear),
     "short": ConditionKind(("leg", "factor"), _short, max_factor=1.0),
     "friction": ConditionKind(("factor",), _friction),
     "mass": ConditionKind(("factor",), _mass),

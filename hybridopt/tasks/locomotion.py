@@ -14,7 +14,7 @@ each of the ``B`` episodes played side by side (plastic state is per episode and
 
 Conditions modify the MuJoCo model of a fresh environment; they are declared in one table,
 :mod:`hybridopt.tasks.conditions` (``standard``, ``crippled:<leg>``, ``weak:<leg>:<f>``,
-``short:<leg>:<f>``, ``friction:<f>``, ``mass:<f>`` and the old ``crippled_leg``,
+``reversed:<leg>``, ``short:<leg>:<f>``, ``friction:<f>``, ``mass:<f>`` and the old ``crippled_leg``,
 ``low_friction``, ``heavy_body``).  The task trains in ``task.train_conditions`` and holds out
 ``task.conditions``; :data:`LEGS` names the legs of the known robots.  Same network, same
 normaliser, same seeds: same returns (MuJoCo and the network are deterministic).

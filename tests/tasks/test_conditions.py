@@ -45,12 +45,15 @@ def test_weak_and_crippled_scale_exactly_that_legs_gears(tasks, robot, leg):
     others = [a for a in range(std.nu) if a not in ids]
     assert ids and others
     weak, crippled = _model(task, f"weak:{leg}:0.5"), _model(task, f"crippled:{leg}")
+    reversed_ = _model(task, f"reversed:{leg}")
     np.testing.assert_array_equal(weak.actuator_gear[ids], 0.5 * std.actuator_gear[ids])
     assert np.all(std.actuator_gear[ids, 0] != 0.0)
     np.testing.assert_array_equal(weak.actuator_gear[others], std.actuator_gear[others])
     np.testing.assert_array_equal(crippled.actuator_gear[ids], 0.0)
     np.testing.assert_array_equal(crippled.actuator_gear[others], std.actuator_gear[others])
-    for m in (weak, crippled):  # nothing else of the body changes
+    np.testing.assert_array_equal(reversed_.actuator_gear[ids], -std.actuator_gear[ids])
+    np.testing.assert_array_equal(reversed_.actuator_gear[others], std.actuator_gear[others])
+    for m in (weak, crippled, reversed_):  # nothing else of the body changes
         np.testing.assert_array_equal(m.geom_size, std.geom_size)
         np.testing.assert_array_equal(m.body_mass, std.body_mass)
 
@@ -88,6 +91,32 @@ def test_a_weak_leg_gives_half_the_torque_on_its_joints_only(tasks):
     np.testing.assert_allclose(q_weak[ids], 0.5 * q_std[ids])
     others = [a for a in range(task.n_out) if a not in ids]
     np.testing.assert_array_equal(q_weak[others], q_std[others])
+
+
+def test_a_reversed_leg_moves_as_the_intact_body_under_that_legs_command_negated(tasks):
+    # the same trajectory: u on the reversed body, u with the leg's commands negated on the intact one
+    task = tasks["HalfCheetah"]
+    std, rev = task.make_env("standard"), task.make_env("reversed:back")
+    ids = leg_actuators(std.unwrapped.model, "bthigh")
+    rng = np.random.default_rng(0)
+    for env in (std, rev):
+        env.reset(seed=3)
+    for _ in range(30):
+        u = rng.uniform(-1.0, 1.0, task.n_out).astype(np.float32)
+        flipped = u.copy()
+        flipped[ids] = -flipped[ids]
+        rev.step(u)
+        std.step(flipped)
+    np.testing.assert_array_equal(rev.unwrapped.data.qpos, std.unwrapped.data.qpos)
+    np.testing.assert_array_equal(rev.unwrapped.data.qvel, std.unwrapped.data.qvel)
+    # and not the trajectory of the same command on the intact body
+    std.reset(seed=3)
+    rev.reset(seed=3)
+    for _ in range(30):
+        u = rng.uniform(-1.0, 1.0, task.n_out).astype(np.float32)
+        rev.step(u)
+        std.step(u)
+    assert np.abs(rev.unwrapped.data.qpos - std.unwrapped.data.qpos).max() > 1e-2
 
 
 def test_friction_mass_and_the_old_names_agree(tasks):
@@ -128,6 +157,7 @@ def test_names_and_metric_keys():
         ({"conditions": ["mass:-1"]}, r"^task\.conditions\.0: condition 'mass:-1': factor '-1' must be > 0"),
         ({"train_conditions": ["short:back:x"]}, r"^task\.train_conditions\.0: .*factor 'x' is not a number"),
         ({"conditions": ["crippled"]}, r"condition 'crippled' takes crippled:<leg>"),
+        ({"conditions": ["reversed:back:0.5"]}, r"condition 'reversed:back:0.5' takes reversed:<leg>$"),
         ({"train_conditions": []}, r"task\.train_conditions"),
         (
             {"train_conditions": ["standard", "weak:back:0.5"], "conditions": ["weak:back:0.50"]},
@@ -144,6 +174,6 @@ def test_a_bad_condition_is_one_config_error(task, message):
 
 def test_every_leg_is_accepted_in_a_config():
     for robot, leg in EVERY_LEG:
-        names = [f"crippled:{leg}", f"weak:{leg}:0.5", f"short:{leg}:0.5"]
+        names = [f"crippled:{leg}", f"weak:{leg}:0.5", f"reversed:{leg}", f"short:{leg}:0.5"]
         cfg = parse_config({"task": {"name": "locomotion", "env_id": ROBOTS[robot], "conditions": names}})
         assert cfg.task.conditions == names
