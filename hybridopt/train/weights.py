@@ -14,7 +14,7 @@ from hybridopt.safeload import load_data
 from hybridopt.snn.network import PlasticSNN
 from hybridopt.train.loops import Loaded, inner_loop
 
-__all__ = ["WeightsError", "evaluate_weights", "load_weights", "weights_bytes"]
+__all__ = ["WeightsError", "evaluate_weights", "load_trained", "load_weights", "weights_bytes"]
 
 FORMAT = "hybridopt.weights/1"
 
@@ -59,8 +59,15 @@ def load_weights(path: Union[str, Path]) -> tuple[Config, Any, PlasticSNN]:
     return cfg, loaded.task, loaded.net
 
 
+def load_trained(path: Union[str, Path]) -> tuple[Config, Loaded]:
+    """Rebuild ``(config, Loaded(task, network, normaliser))`` from a weights file: all a trained
+    network needs to play again (a policy's observation statistics included)."""
+    cfg, state_dict = _read(path)
+    return cfg, _load(path, cfg, state_dict)
+
+
 def evaluate_weights(path: Union[str, Path]) -> dict[str, float]:
     """Evaluate a weights file the way training evaluated it (held-out episodes; for a control
     task, the standard and every novel condition)."""
-    cfg, state_dict = _read(path)
-    return inner_loop(cfg).evaluate(cfg, _load(path, cfg, state_dict))
+    cfg, loaded = load_trained(path)
+    return inner_loop(cfg).evaluate(cfg, loaded)

@@ -21,6 +21,7 @@ from hybridopt.tasks.base import ObsNormalizer
 from hybridopt.train import train_candidate
 from hybridopt.train.es import build_policy, evaluate_policy, load_policy
 from hybridopt.train.search_scale import parameter_group, search_stdev
+from hybridopt.train.weights import load_trained, weights_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke_locomotion.yaml"
@@ -99,6 +100,17 @@ def test_es_is_deterministic_for_a_fixed_seed(cfg, result):
 
 def test_saved_policy_replays_its_evaluation(cfg, result):
     task, net, normalizer = load_policy(cfg, result.state_dict)
+    replay = evaluate_policy(task, net, normalizer, cfg.seed)
+    for c in CONDITIONS:
+        assert replay[f"eval/return/{c}"] == pytest.approx(result.final_metrics[f"eval/return/{c}"], rel=1e-9)
+
+
+def test_a_weights_file_rebuilds_the_policy_with_its_observation_statistics(cfg, result, tmp_path):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(weights_bytes(cfg, result.state_dict))
+    stored, (task, net, normalizer) = load_trained(path)
+    assert stored == cfg
+    assert normalizer.count > 0  # the statistics gathered in training, not a fresh normaliser
     replay = evaluate_policy(task, net, normalizer, cfg.seed)
     for c in CONDITIONS:
         assert replay[f"eval/return/{c}"] == pytest.approx(result.final_metrics[f"eval/return/{c}"], rel=1e-9)
