@@ -17,7 +17,9 @@ plastic-random  weights drawn anew at every episode (``task.fresh_weights``), pe
 (The search's winner joins as one more ``--method`` with its genome as overrides.)  Each trained
 policy is evaluated on held-out seeds in ``standard``, every trained-on condition and every
 held-out one; retention is ``R_c / R_standard``.  Writes a markdown table (mean ± std over seeds)
-to stdout and ``table.md``, and ``runs.csv`` (one row per run and condition) under ``--out``;
+to stdout and ``table.md``, ``runs.csv`` (one row per run and condition) and ``curves.png`` (each
+run's return on the trained-on bodies, every ``es.eval_every`` generations, against generations
+and against its training CPU-minutes) under ``--out``;
 each run's result is kept as JSON under ``--out/runs/`` and reused, so an interrupted comparison
 resumes.  Every run is also an MLflow run (``--tracking-uri``, default ``<out>/mlflow.db``) with
 its returns per condition and their figure; ``hybridopt report`` draws the runs side by side.
@@ -142,6 +144,33 @@ def markdown(results: list[dict[str, Any]], methods: list[str], trained: list[st
     return "\n".join(lines) + "\n\n" + "; ".join(cost) + "\n"
 
 
+def curves_figure(results: list[dict[str, Any]], methods: list[str], path: Path) -> None:
+    """Each run's ``eval/return/train`` (its centre on the trained-on bodies) against generations
+    and against CPU-minutes (``generation * cpu_s / generations``: a run's generations cost
+    alike), one colour per method, one line per seed."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    by_gen, by_cpu = fig.subplots(1, 2, sharey=True)
+    colours = {m: f"C{i}" for i, m in enumerate(methods)}
+    for r in sorted(results, key=lambda r: (methods.index(r["method"]), r["seed"])):
+        if r["status"] != "FINISHED" or not r["curve"]:
+            continue
+        gens = [g for g, _ in r["curve"]]
+        rets = [v for _, v in r["curve"]]
+        per_gen = r["cpu_s"] / 60 / max(r["generations"], 1)
+        label = r["method"] if r["seed"] == min(x["seed"] for x in results if x["method"] == r["method"]) else None
+        by_gen.plot(gens, rets, color=colours[r["method"]], lw=1.2, label=label)
+        by_cpu.plot([g * per_gen for g in gens], rets, color=colours[r["method"]], lw=1.2)
+    by_gen.set(xlabel="generation", ylabel="return on the trained-on bodies (centre)")
+    by_cpu.set(xlabel="training CPU-minutes")
+    for ax in (by_gen, by_cpu):
+        ax.grid(alpha=0.3)
+    by_gen.legend(loc="lower right", fontsize="small")
+    fig.suptitle("learning curves, one line per seed")
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--config", default=CONFIG)
@@ -186,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                             m.get(f"eval/retention/{key}"), r["generations"], round(r["cpu_s"], 1)])  # fmt: skip
     table = markdown(results, list(methods), trained, heldout)
     (out / "table.md").write_text(table)
+    curves_figure(results, list(methods), out / "curves.png")
     print(table)
     print(f"the runs are in {uri}: hybridopt report {cfg.experiment} --tracking-uri {uri} draws them side by side")
     return 1 if any(r["status"] != "FINISHED" for r in results) else 0
