@@ -23,6 +23,8 @@ and against its training CPU-minutes) under ``--out``;
 each run's result is kept as JSON under ``--out/runs/`` and reused, so an interrupted comparison
 resumes.  Every run is also an MLflow run (``--tracking-uri``, default ``<out>/mlflow.db``) with
 its returns per condition and their figure; ``hybridopt report`` draws the runs side by side.
+``benchmarks.plasticity_ablation --out <the same>`` re-measures the runs on fresh episodes with
+their plasticity switched off.
 
     python -m benchmarks.locomotion_comparison                           # 3 methods x 3 seeds x 30 CPU-min
     python -m benchmarks.locomotion_comparison --minutes 0.2 --seeds 0 --out /tmp/lc   # a dry run
