@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.locomotion_comparison import _mean_std
+
 
 def switch_off_plasticity(net: torch.nn.Module) -> int:
     """Set every plastic projection's ``alpha`` to 0 in place (``W_eff = W``); returns how many."""
@@ -77,14 +79,15 @@ def measure(
 
 
 def _cell(xs: list[float]) -> str:
-    xs = [x for x in xs if math.isfinite(x)]
-    if not xs:
-        return "—"
-    return f"{statistics.fmean(xs):.0f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.0f}"
+    m, s = _mean_std(xs)
+    return f"{m:.0f} ± {s:.0f}" if math.isfinite(m) else "—"
 
 
-def markdown(rows: list[dict[str, Any]], methods: list[str], conditions: list[str], roles: dict[str, str]) -> str:
+def markdown(rows: list[dict[str, Any]]) -> str:
     """Per method and condition: return with the plasticity on, off, and their difference."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    roles = {r["condition"]: r["role"] for r in rows}
+    conditions = list(roles)
     head = "| condition | " + " | ".join(f"{m} on | {m} off | {m} gain" for m in methods) + " |"
     lines = [head, "|---|" + "---:|" * (3 * len(methods))]
     for c in conditions:
@@ -127,11 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no finished runs under {out / 'runs'}", file=sys.stderr)
         return 2
     rows: list[dict[str, Any]] = []
-    roles: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, run in enumerate(runs):
             res, run_roles = measure(run, args.episodes, args.seed_offset, Path(tmp) / str(i))
-            roles |= run_roles
             for c in res["on"]:
                 rows.append({"method": run["method"], "seed": run["seed"], "condition": c, "role": run_roles[c],
                              "on": res["on"][c], "off": res["off"][c]})  # fmt: skip
@@ -141,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         w = csv.DictWriter(f, fieldnames=["method", "seed", "condition", "role", "on", "off"])
         w.writeheader()
         w.writerows(rows)
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    table = markdown(rows, methods, list(roles), roles)
+    table = markdown(rows)
     (out / "ablation.md").write_text(table)
     print(table)
     return 0
